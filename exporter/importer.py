@@ -1,0 +1,194 @@
+"""`mimic import`: Slack's official workspace export (ZIP or folder) into the store.
+
+The whole export is read and checked before anything is written, then written in one
+transaction: a corrupt file aborts with its name and entry, and the store stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from exporter.messages import channel_row, drop_reason, message_row, user_row
+from mimic.store import Run, Store, utcnow
+
+DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
+TS = re.compile(r"^\d+(\.\d+)?$")
+
+
+class BadExportError(Exception):
+    """The export cannot be imported; the message names the file and entry."""
+
+
+@dataclass
+class ImportSummary:
+    kept: int = 0
+    new: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    per_channel: Counter[str] = field(default_factory=Counter)
+    files: int = 0
+
+    def title(self, path: Path) -> str:
+        return f"Imported {path.name}: {self.files:,} day files"
+
+
+class _Source:
+    """Uniform reading of a ZIP or a folder; `root` is where users.json/channels.json live."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.is_dir():
+            self._zip = None
+            names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        elif zipfile.is_zipfile(path):
+            self._zip = zipfile.ZipFile(path)
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+        elif path.exists():
+            raise BadExportError(f"{path} is neither a ZIP file nor a folder. Pass the export "
+                                 "ZIP that Slack's 'Export data' page gives you, or its folder.")
+        else:
+            raise BadExportError(f"{path} does not exist.")
+        roots = sorted((PurePosixPath(n).parent for n in names
+                        if PurePosixPath(n).name == "channels.json"), key=lambda p: len(p.parts))
+        if not roots:
+            raise BadExportError(f"{path} has no channels.json: it is not a Slack workspace "
+                                 "export. Export from Slack's admin page (Settings → Import/"
+                                 "Export Data) and pass the ZIP.")
+        self.root = roots[0]
+        prefix = "" if str(self.root) == "." else f"{self.root}/"
+        self.names = {n[len(prefix):] for n in names if n.startswith(prefix)}
+
+    def read_json(self, name: str) -> Any:
+        full = name if str(self.root) == "." else f"{self.root}/{name}"
+        try:
+            data = (self._zip.read(full) if self._zip is not None
+                    else (self.path / full).read_bytes())
+            return json.loads(data)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BadExportError(f"{name}: cannot be read ({exc}). The export may be "
+                                 "truncated: download it again.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadExportError(f"{name}: not valid JSON ({exc}). The file is corrupt or "
+                                 "truncated: download the export again.") from None
+
+    def list_of_objects(self, name: str) -> list[dict[str, Any]]:
+        data = self.read_json(name)
+        if not isinstance(data, list):
+            raise BadExportError(f"{name}: expected a JSON list, found {type(data).__name__}.")
+        for index, entry in enumerate(data):
+            if not isinstance(entry, dict):
+                raise BadExportError(f"{name}: entry {index} is {type(entry).__name__}, "
+                                     "not an object.")
+        return data
+
+    def day_files(self, folder: str) -> list[str]:
+        return sorted(n for n in self.names
+                      if n.startswith(folder + "/") and DAY_FILE.match(n[len(folder) + 1:]))
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _conversations(src: _Source, include_dms: bool) -> Iterator[tuple[dict[str, Any], str]]:
+    """(channel row, folder name) for every conversation the import takes."""
+    lists = [("channels.json", False, False), ("groups.json", True, False)]
+    if include_dms:
+        lists += [("dms.json", True, True), ("mpims.json", True, True)]
+    for name, private, dm in lists:
+        if name not in src.names:
+            continue
+        for index, entry in enumerate(src.list_of_objects(name)):
+            if "id" not in entry:
+                raise BadExportError(f"{name}: entry {index} has no id.")
+            row = channel_row(entry, private=private, dm=dm)
+            # Public/private channel folders are named by channel name, DM folders by id.
+            yield row, (row["id"] if dm else row["name"])
+
+
+def _users(src: _Source) -> list[dict[str, Any]]:
+    rows = []
+    for name in ("users.json", "org_users.json"):
+        if name in src.names:
+            for index, entry in enumerate(src.list_of_objects(name)):
+                if "id" not in entry:
+                    raise BadExportError(f"{name}: entry {index} has no id.")
+                rows.append(user_row(entry))
+    return rows
+
+
+def import_export(
+    store: Store,
+    path: Path,
+    *,
+    include_dms: bool = False,
+    allow: Callable[[str], bool] = lambda _name: True,
+    progress: Console | None = None,
+) -> ImportSummary:
+    """Read the export at `path` and store the people's messages in one transaction."""
+    src = _Source(Path(path))
+    try:
+        return _import(store, src, include_dms, allow, progress)
+    finally:
+        src.close()
+
+
+def _import(store: Store, src: _Source, include_dms: bool, allow: Callable[[str], bool],
+            progress: Console | None) -> ImportSummary:
+    summary = ImportSummary()
+    users = _users(src)
+    user_names = {u["id"]: u["name"] for u in users}
+    bots = frozenset(u["id"] for u in users if u["is_bot"])
+    conversations = list(_conversations(src, include_dms))
+    channel_names = {row["id"]: row["name"] for row, _ in conversations}
+    work = [(row, folder, src.day_files(folder)) for row, folder in conversations]
+    total_files = sum(len(files) for _, _, files in work)
+
+    rows: list[dict[str, Any]] = []
+    with Progress(console=progress, disable=progress is None or total_files < 200,
+                  transient=True) as bar:
+        task = bar.add_task("reading export", total=total_files)
+        for channel, folder, files in work:
+            allowed = allow(channel["name"])
+            for name in files:
+                messages = src.list_of_objects(name)
+                summary.files += 1
+                bar.advance(task)
+                for index, message in enumerate(messages):
+                    ts = message.get("ts")
+                    if not isinstance(ts, str | int | float) or not TS.match(str(ts)):
+                        raise BadExportError(f"{name}: entry {index} has no valid ts "
+                                             f"(found {ts!r}).")
+                    reason = drop_reason(message, bots)
+                    if reason is None and not allowed:
+                        reason = "channel not in MIMIC_CHANNELS"
+                    if reason is not None:
+                        summary.dropped[reason] += 1
+                        continue
+                    rows.append(message_row(message, channel["id"], user_names, channel_names))
+
+    # A thread_broadcast can appear both in the channel and in its thread: one (channel, ts).
+    unique = {(r["channel_id"], r["ts"]): r for r in rows}
+    summary.kept = len(unique)
+    summary.per_channel = Counter(channel_names[c] for c, _ in unique)
+    with store.session() as session:
+        before = store.message_count(session)
+        store.upsert_users(session, users)
+        store.ensure_users(session, {r["user_id"] for r in unique.values()} - user_names.keys())
+        store.upsert_channels(session, [row for row, _ in conversations])
+        store.upsert_messages(session, list(unique.values()))
+        summary.new = store.message_count(session) - before
+        session.add(Run(kind="import", source=str(src.path), finished_at=utcnow(),
+                        status="ok", counts={"kept": summary.kept, "new": summary.new,
+                                             "files": summary.files,
+                                             "dropped": dict(summary.dropped)}))
+    return summary

@@ -1,0 +1,65 @@
+"""The one settings object, read from the environment and `.env` (see .env.example)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = Field("sqlite:///data/mimic.db", validation_alias="DATABASE_URL")
+    data_dir: Path = Field(Path("data"), validation_alias="MIMIC_DATA_DIR")
+
+    # Secrets are SecretStr so that repr(), logs and error messages show '**********'.
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="MIMIC_ADMINS"
+    )
+    retrain_cron: str = Field("0 3 * * *", validation_alias="MIMIC_RETRAIN_CRON")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="MIMIC_DEVICE")
+    channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="MIMIC_CHANNELS"
+    )
+
+    @field_validator("admins", "channels", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("channels")
+    @classmethod
+    def _strip_hash(cls, value: list[str]) -> list[str]:
+        return [name.lstrip("#").lower() for name in value]
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        # slack_sdk joins base_url + method name, so the slash matters.
+        return value if value.endswith("/") else value + "/"
+
+    def channel_allowed(self, name: str) -> bool:
+        """True when no allowlist is set or the channel is on it."""
+        return not self.channels or name.lower() in self.channels
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,283 @@
+"""The store: SQLAlchemy models of the workspace, the engine, and idempotent writes.
+
+Schema changes go through Alembic (`alembic/versions`); `mimic init` brings a database to head
+and every other command calls `open_store`, which refuses a database that is behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))  # the handle: @name
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    real_name: Mapped[str] = mapped_column(String(255), default="")
+    is_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Channel(Base):
+    __tablename__ = "channels"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    is_private: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Direct and group messages: stored only with --include-dms, never trained on.
+    is_dm: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "ts", name="uq_messages_channel_ts"),
+        Index("ix_messages_user_ts", "user_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    # Slack timestamps ("1512085950.000216") are kept as text: they are ids, and float loses digits.
+    ts: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    text_raw: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)  # normalised: markup resolved, entities unescaped
+    thread_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    subtype: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Watermark(Base):
+    """How far a channel's history has been exported through the Web API.
+
+    Everything at or before `done_ts` is stored. A run walks backwards from the newest message
+    to `done_ts`; while it does, `pending_high` is the newest ts of the run and `pending_low` the
+    oldest ts stored so far, so a killed run resumes below `pending_low` instead of starting over.
+    """
+
+    __tablename__ = "watermarks"
+
+    channel_id: Mapped[str] = mapped_column(
+        ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    done_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    pending_high: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    pending_low: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Run(Base):
+    """One import or export: when, from where, and what it counted."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "import" | "export"
+    source: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SchemaError(RuntimeError):
+    """The database is missing or behind the code's migrations."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL + NORMAL is durable against process crashes (only an OS crash can lose the last commit).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(ALEMBIC_DIR)).get_current_head() or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the database to the newest migration; returns (before, after)."""
+    from alembic import command
+
+    before = current_revision(engine)
+    command.upgrade(_alembic_config(engine), "head")
+    return before, head_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        state = "has no mimic tables" if current is None else f"is at revision {current}"
+        raise SchemaError(
+            f"The database {engine.url.render_as_string(hide_password=True)} {state}, "
+            f"but this version of mimic needs {head}. Run `mimic init` to bring it up to date."
+        )
+
+
+class Store:
+    """An engine plus a session factory; `with store.session() as s:` is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def message_count(self, session: Session) -> int:
+        return session.scalar(select(func.count()).select_from(Message)) or 0
+
+    # -- idempotent writes shared by the importer, the Web API exporter and live ingestion --
+
+    def _insert(self, table: Any) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def upsert_users(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or refresh users; never touches `opted_out`, which only the person changes."""
+        if not rows:
+            return
+        stmt = self._insert(User.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={c: stmt.excluded[c] for c in ("name", "display_name", "real_name",
+                                                 "is_bot", "deleted")},
+        )
+        for chunk in _chunks(list(_dedupe(rows, ("id",))), 2000):
+            session.execute(stmt, chunk)
+
+    def ensure_users(self, session: Session, ids: Iterable[str]) -> None:
+        """Create placeholder rows for authors a user list did not name (left the workspace)."""
+        rows = [{"id": uid, "name": uid, "display_name": "", "real_name": "", "is_bot": False,
+                 "deleted": True, "opted_out": False} for uid in set(ids)]
+        if rows:
+            stmt = self._insert(User.__table__).on_conflict_do_nothing(index_elements=["id"])
+            for chunk in _chunks(rows, 2000):
+                session.execute(stmt, chunk)
+
+    def upsert_channels(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(Channel.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={c: stmt.excluded[c] for c in ("name", "is_private", "is_archived", "is_dm")},
+        )
+        session.execute(stmt, list(_dedupe(rows, ("id",))))
+
+    def upsert_messages(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert new messages; an existing one is updated only when its edit stamp changed.
+
+        Rows need every Message column but `id`. Re-running with the same rows changes nothing.
+        """
+        if not rows:
+            return
+        table = Message.__table__
+        stmt = self._insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["channel_id", "ts"],
+            set_={c: stmt.excluded[c] for c in ("text_raw", "text", "edited_ts", "deleted",
+                                                 "thread_ts", "subtype", "user_id")},
+            where=(table.c.edited_ts.is_distinct_from(stmt.excluded.edited_ts))
+            | (table.c.deleted != stmt.excluded.deleted),
+        )
+        for chunk in _chunks(list(_dedupe(rows, ("channel_id", "ts"))), 5000):
+            session.execute(stmt, chunk)
+
+
+def _dedupe(rows: Iterable[dict[str, Any]], key: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Last row wins: one statement may not touch the same key twice (PostgreSQL refuses)."""
+    return iter({tuple(r[k] for k in key): r for r in rows}.values())
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def open_store(database_url: str, *, check: bool = True) -> Store:
+    store = Store(make_engine(database_url))
+    if check:
+        check_schema(store.engine)
+    return store
