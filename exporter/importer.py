@@ -150,14 +150,14 @@ def _import(store: Store, src: _Source, include_dms: bool, allow: Callable[[str]
     bots = frozenset(u["id"] for u in users if u["is_bot"])
     conversations = list(_conversations(src, include_dms))
     channel_names = {row["id"]: row["name"] for row, _ in conversations}
-    work = [(row, folder, src.day_files(folder)) for row, folder in conversations]
-    total_files = sum(len(files) for _, _, files in work)
+    work = [(row, src.day_files(folder)) for row, folder in conversations]
+    total_files = sum(len(files) for _, files in work)
 
     rows: list[dict[str, Any]] = []
     with Progress(console=progress, disable=progress is None or total_files < 200,
                   transient=True) as bar:
         task = bar.add_task("reading export", total=total_files)
-        for channel, folder, files in work:
+        for channel, files in work:
             allowed = allow(channel["name"])
             for name in files:
                 messages = src.list_of_objects(name)

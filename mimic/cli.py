@@ -70,7 +70,8 @@ def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, i
     for name, count in sorted(per_channel.items(), key=lambda kv: -kv[1]):
         table.add_row(f"#{name}", f"{count:,}")
     console.print(table)
-    console.print(f"{new:,} new messages stored; {kept - new:,} were already there (edits updated).")
+    console.print(f"{new:,} new messages stored; {kept - new:,} were already there "
+                  "(edits updated).")
     if dropped:
         reasons = ", ".join(f"{reason}: {n:,}" for reason, n in
                             sorted(dropped.items(), key=lambda kv: -kv[1]))

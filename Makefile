@@ -1,0 +1,33 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Pinned and installed first, so that nothing later pulls a newer torch (GBs of CUDA wheels).
+TORCH  := torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/mimic: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[demo,dev]'
+	@touch $@
+
+install: $(BIN)/mimic
+
+demo: install
+	$(BIN)/mimic init
+	$(BIN)/mimic demo-data data/demo-export.zip
+	$(BIN)/mimic import data/demo-export.zip
+
+test: install
+	bash tests/run.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/import_speed.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
