@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -116,6 +117,31 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="running")
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelVersion(Base):
+    """One trained model in the registry; its files live under MIMIC_DATA_DIR/models/."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("target", "version", name="uq_model_versions_target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # "base", "user:U123" or "channel:C123": ids, so a rename keeps the model.
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
+    data_watermark: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Digest of the exact corpus: edits, deletions and opt-outs change it, not just new messages.
+    data_digest: Mapped[str] = mapped_column(String(64))
+    chars_trained: Mapped[int] = mapped_column(Integer)
+    val_loss: Mapped[float] = mapped_column(Float)
+    device: Mapped[str] = mapped_column(String(32))
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # candidate → active | kept (worse than active) | failed (did not load); active → retired
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    path: Mapped[str] = mapped_column(Text)
 
 
 class SchemaError(RuntimeError):

@@ -1,0 +1,188 @@
+"""Training text from the store. `eligible()` is the one place that decides whose writing may
+be learned from; every corpus query goes through it.
+
+Targets: "base" (the workspace model), "user:<id>" (a person, from public channels) and
+"channel:<id>" (everything said in one channel; a private channel's model is only served there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy.orm import Session
+
+from mimic.config import Settings
+from mimic.store import Channel, Message, User
+
+VAL_FRACTION = 0.1
+
+
+class TargetError(ValueError):
+    """A target name that does not resolve; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # "base" | "user:U123" | "channel:C123"
+    label: str  # "workspace" | "@alice" | "#random"
+    private: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.key.split(":", 1)[0]
+
+    @property
+    def ident(self) -> str:
+        return self.key.split(":", 1)[-1]
+
+    @property
+    def dirname(self) -> str:
+        return self.key.replace(":", "-")
+
+
+BASE = Target("base", "workspace")
+
+
+@dataclass
+class Corpus:
+    target: Target
+    train: list[str]
+    val: list[str]
+    watermark: str | None  # newest message ts in the corpus
+    digest: str  # changes with any edit, deletion or exclusion, not just new messages
+
+    @property
+    def chars(self) -> int:
+        return sum(len(m) + 1 for m in self.train)
+
+
+def eligible(settings: Settings) -> ColumnElement[bool]:
+    """Messages any model may learn from: people's, not deleted, not opted out, not DMs, and in
+    an allowed channel. Joins Message with User and Channel."""
+    rules = [~Message.deleted, ~User.is_bot, ~User.opted_out, ~Channel.is_dm]
+    if settings.channels:
+        rules.append(func.lower(Channel.name).in_(settings.channels))
+    return and_(*rules)
+
+
+def _rows(session: Session, settings: Settings, where: ColumnElement[bool]) -> list[tuple]:
+    query = (select(Message.ts, Message.user_id, Message.channel_id, Message.text)
+             .join(User, Message.user_id == User.id)
+             .join(Channel, Message.channel_id == Channel.id)
+             .where(eligible(settings), where)
+             .order_by(Message.ts, Message.channel_id))
+    return [tuple(r) for r in session.execute(query)]
+
+
+def split_point(lengths: Sequence[int], fraction: float = VAL_FRACTION) -> int:
+    """Index of the first validation message: the last `fraction` of the characters (by time)."""
+    if len(lengths) < 2:
+        return len(lengths)
+    budget, seen = sum(lengths) * (1 - fraction), 0
+    for index, length in enumerate(lengths):
+        seen += length
+        if seen > budget:
+            return max(1, index)
+    return len(lengths) - 1
+
+
+def _digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
+    if target.kind == "base":
+        return _base_corpus(session, settings)
+    if target.kind == "user":
+        where = and_(Message.user_id == target.ident, ~Channel.is_private)
+    else:
+        where = Message.channel_id == target.ident
+    rows = _rows(session, settings, where)
+    texts = [r[3] for r in rows]
+    cut = split_point([len(t) + 1 for t in texts])
+    return Corpus(target, texts[:cut], texts[cut:], rows[-1][0] if rows else None,
+                  _digest(texts))
+
+
+def _base_corpus(session: Session, settings: Settings) -> Corpus:
+    """Every eligible public message, less each person's and channel's validation messages, so
+    a model fine-tuned from the base is never scored on text the base has already seen."""
+    rows = _rows(session, settings, ~Channel.is_private)
+    held_out: set[int] = set()
+    for column in (1, 2):  # per user, per channel
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, row in enumerate(rows):
+            groups[row[column]].append(index)
+        for indices in groups.values():
+            cut = split_point([len(rows[i][3]) + 1 for i in indices])
+            held_out.update(indices[cut:])
+    train = [r[3] for i, r in enumerate(rows) if i not in held_out]
+    val = [r[3] for i, r in enumerate(rows) if i in held_out]
+    return Corpus(BASE, train, val, rows[-1][0] if rows else None,
+                  _digest([r[3] for r in rows]))
+
+
+def resolve(session: Session, name: str) -> Target:
+    """'@alice', '#random', 'base' (also ids, `<@U1|x>`-free) → Target, or a helpful error."""
+    name = name.strip()
+    if name.lower() in ("base", "workspace"):
+        return BASE
+    if name.startswith("#"):
+        wanted = name[1:].lower()
+        channels = session.scalars(select(Channel).where(~Channel.is_dm)).all()
+        for channel in channels:
+            if wanted in (channel.name.lower(), channel.id.lower()):
+                return Target(f"channel:{channel.id}", f"#{channel.name}", channel.is_private)
+        raise TargetError(f"No channel called {name}." + _closest(
+            wanted, [c.name for c in channels if not c.is_private], "#"))
+    if name.startswith("@"):
+        wanted = name[1:].lower()
+        users = session.scalars(select(User).where(~User.is_bot)).all()
+        matches = [u for u in users if wanted in
+                   (u.id.lower(), u.name.lower(), u.display_name.lower(), u.real_name.lower())]
+        by_handle = [u for u in matches if u.name.lower() == wanted or u.id.lower() == wanted]
+        if len(by_handle) == 1 or len(matches) == 1:
+            user = (by_handle or matches)[0]
+            return Target(f"user:{user.id}", f"@{user.name}")
+        if matches:
+            raise TargetError(f"{name} could mean " + ", ".join(
+                f"@{u.name} ({u.real_name or u.display_name})" for u in matches[:5])
+                + ". Use the handle.")
+        raise TargetError(f"No person called {name}." + _closest(
+            wanted, [u.name for u in users], "@"))
+    raise TargetError(f"{name!r} is not a target: use @person, #channel or base.")
+
+
+def _closest(wanted: str, names: Sequence[str], sigil: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(sigil + c for c in close)}?" if close else ""
+
+
+def targets_with_data(session: Session, settings: Settings, min_chars: int) -> list[Target]:
+    """Every person and public channel with at least `min_chars` of eligible text."""
+    size = func.sum(func.length(Message.text) + 1)
+    base = (select(size).join(User, Message.user_id == User.id)
+            .join(Channel, Message.channel_id == Channel.id)
+            .where(eligible(settings)))
+    users = session.execute(
+        base.add_columns(User.id, User.name).where(~Channel.is_private)
+        .group_by(User.id, User.name).having(size >= min_chars)).all()
+    channels = session.execute(
+        base.add_columns(Channel.id, Channel.name, Channel.is_private)
+        .group_by(Channel.id, Channel.name, Channel.is_private)
+        .having(size >= min_chars)).all()
+    return ([Target(f"user:{uid}", f"@{name}") for _, uid, name in
+             sorted(users, key=lambda r: -r[0])]
+            + [Target(f"channel:{cid}", f"#{name}", private) for _, cid, name, private in
+               sorted(channels, key=lambda r: -r[0])])
+

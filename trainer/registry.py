@@ -1,0 +1,116 @@
+"""The model registry: version folders under MIMIC_DATA_DIR/models/<target>/<version>/ and a
+`model_versions` row for each. A folder is written under a temporary name and renamed into
+place, and its row is added only after that, so a crash never leaves a half model behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mimic.store import ModelVersion, Store
+from trainer.corpus import Target
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def models_root(data_dir: Path) -> Path:
+    return Path(data_dir) / "models"
+
+
+def active_version(session: Session, target_key: str) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(
+        ModelVersion.target == target_key, ModelVersion.status == "active")).first()
+
+
+def versions(session: Session, target_key: str | None = None) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.target, ModelVersion.version)
+    if target_key is not None:
+        query = query.where(ModelVersion.target == target_key)
+    return list(session.scalars(query))
+
+
+def publish(
+    store: Store,
+    data_dir: Path,
+    target: Target,
+    write: Callable[[Path], None],
+    verify: Callable[[Path], None],
+    row: dict[str, Any],
+    promote_if: Callable[[ModelVersion | None], bool],
+) -> ModelVersion:
+    """Write a new version's files, check they load, add its row, and promote it when
+    `promote_if(active)` says so; otherwise it is kept as 'kept' (or 'failed' if it won't load).
+
+    `write(folder)` fills the folder; `verify(folder)` raises if the model cannot be loaded.
+    """
+    root = models_root(data_dir) / target.dirname
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        write(staging)
+        try:
+            verify(staging)
+            status = "candidate"
+        except Exception:  # noqa: BLE001 - any load failure means: never promote
+            status = "failed"
+        with store.session() as session:
+            number = (session.scalar(select(func.max(ModelVersion.version))
+                                     .where(ModelVersion.target == target.key)) or 0) + 1
+            final = root / str(number)
+            if final.exists():  # left by a crash between rename and commit: it has no row
+                shutil.rmtree(final)
+            staging.rename(final)
+            version = ModelVersion(target=target.key, version=number, path=str(final),
+                                   status=status, **row)
+            session.add(version)
+            session.flush()
+            active = active_version(session, target.key)
+            if status == "candidate":
+                if promote_if(active):
+                    if active is not None:
+                        active.status = "retired"
+                    version.status = "active"
+                else:
+                    version.status = "kept"
+            return version
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
+    """Re-activate the version before the active one; returns (now active, was active)."""
+    with store.session() as session:
+        active = active_version(session, target.key)
+        if active is None:
+            raise RegistryError(f"{target.label} has no active model to roll back from.")
+        previous = session.scalars(
+            select(ModelVersion).where(ModelVersion.target == target.key,
+                                       ModelVersion.version < active.version,
+                                       ModelVersion.status.in_(("retired", "kept")))
+            .order_by(ModelVersion.version.desc())).first()
+        if previous is None:
+            raise RegistryError(f"{target.label} has no earlier working version than "
+                                f"v{active.version}.")
+        active.status, previous.status = "retired", "active"
+        return previous, active
+
+
+def delete_target(store: Store, data_dir: Path, target: Target) -> int:
+    """Remove every version of a target, files and rows; returns how many were removed."""
+    with store.session() as session:
+        rows = versions(session, target.key)
+        for row in rows:
+            session.delete(row)
+    shutil.rmtree(models_root(data_dir) / target.dirname, ignore_errors=True)
+    return len(rows)
