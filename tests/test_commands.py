@@ -1,0 +1,88 @@
+"""The /mimic grammar: every documented form, every error, and a property over any text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.commands import (
+    DEFAULT_TEMPERATURE,
+    Mimic,
+    OptOut,
+    ParseError,
+    Retrain,
+    Simple,
+    TargetRef,
+    parse,
+)
+
+ALICE = TargetRef("@", name="alice")
+
+
+@pytest.mark.parametrize(("text", "command"), [
+    ("@alice", Mimic(ALICE)),
+    ("  @alice  ", Mimic(ALICE)),
+    ("<@U123|alice>", Mimic(TargetRef("@", name="alice", id="U123"))),
+    ("<@U123>", Mimic(TargetRef("@", id="U123"))),
+    ("<@W9ABC|Alice Archer>", Mimic(TargetRef("@", name="Alice Archer", id="W9ABC"))),
+    ("#random", Mimic(TargetRef("#", name="random"))),
+    ("<#C123|random>", Mimic(TargetRef("#", name="random", id="C123"))),
+    ("<#C123>", Mimic(TargetRef("#", id="C123"))),
+    ("#random temp=1.0", Mimic(TargetRef("#", name="random"), 1.0)),
+    ("@alice t=0.5", Mimic(ALICE, 0.5)),
+    ("@alice Temperature=2", Mimic(ALICE, 2.0)),
+    ('@alice "I think we should"', Mimic(ALICE, DEFAULT_TEMPERATURE, "I think we should")),
+    ('@alice “I think we should” temp=1.2', Mimic(ALICE, 1.2, "I think we should")),
+    ("@alice temp=0.3 'hey there'", Mimic(ALICE, 0.3, "hey there")),
+    ("", Simple("help")),
+    ("help", Simple("help")),
+    ("LIST", Simple("list")),
+    ("status", Simple("status")),
+    ("optin", Simple("optin")),
+    ("optout", OptOut()),
+    ("optout --forget", OptOut(forget=True)),
+    ("retrain", Retrain()),
+    ("retrain all", Retrain()),
+    ("retrain @alice", Retrain(ALICE)),
+    ("retrain <#C1|general>", Retrain(TargetRef("#", name="general", id="C1"))),
+])
+def test_documented_forms(text: str, command: object) -> None:
+    assert parse(text) == command
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("@alice temp=0", "out of range"),
+    ("@alice temp=-1", "out of range"),
+    ("@alice temp=2.5", "out of range"),
+    ("@alice temp=nan", "out of range"),
+    ("@alice temp=hot", "not a temperature"),
+    ("@alice temp=", "not a temperature"),
+    ('@alice "unclosed', "unclosed quote"),
+    ("@alice I think", "Put the seed text in quotes"),
+    ('@alice "one" "two"', "only one seed text"),
+    ("alice", "start with a person"),
+    ('"just a seed"', "start with a person"),
+    ("@", "start with a person"),
+    ("help me", "takes nothing after it"),
+    ("optout now", "optout --forget"),
+    ("retrain bob", "retrain @person"),
+    ("@alice \"" + "x" * 300 + "\"", "keep it under"),
+])
+def test_errors_say_what_to_type(text: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from('@#<>|"“”\' =.-tempU1C2abc \n\t') | st.characters(),
+               max_size=80))
+def test_any_text_parses_or_explains(text: str) -> None:
+    try:
+        command = parse(text)
+    except ParseError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+    else:
+        assert isinstance(command, Mimic | Simple | OptOut | Retrain)
+        if isinstance(command, Mimic):
+            assert 0 < command.temperature <= 2
