@@ -142,51 +142,60 @@ def import_export(
         src.close()
 
 
+@dataclass
+class _Context:
+    """What reading a day file needs to know about the workspace."""
+
+    bots: frozenset[str]
+    users: dict[str, str]  # id → handle
+    channels: dict[str, str]  # id → name
+
+
+def _read_day(src: _Source, ctx: _Context, name: str, channel_id: str,
+              allowed: bool) -> tuple[list[dict[str, Any]], Counter[str]]:
+    rows, dropped = [], Counter[str]()
+    for index, message in enumerate(src.list_of_objects(name)):
+        ts = message.get("ts")
+        if not (isinstance(ts, str) and TS.match(ts)
+                or isinstance(ts, int | float) and not isinstance(ts, bool)):
+            raise BadExportError(f"{name}: entry {index} has no valid ts (found {ts!r}).")
+        reason = drop_reason(message, ctx.bots)
+        if reason is None and not allowed:
+            reason = "channel not in MIMIC_CHANNELS"
+        if reason is None:
+            rows.append(message_row(message, channel_id, ctx.users, ctx.channels))
+        else:
+            dropped[reason] += 1
+    return rows, dropped
+
+
 def _import(store: Store, src: _Source, include_dms: bool, allow: Callable[[str], bool],
             progress: Console | None) -> ImportSummary:
     summary = ImportSummary()
     users = _users(src)
-    user_names = {u["id"]: u["name"] for u in users}
-    bots = frozenset(u["id"] for u in users if u["is_bot"])
     conversations = list(_conversations(src, include_dms))
-    channel_names = {row["id"]: row["name"] for row, _ in conversations}
-    work = [(row, src.day_files(folder)) for row, folder in conversations]
-    total_files = sum(len(files) for _, files in work)
-
+    ctx = _Context(frozenset(u["id"] for u in users if u["is_bot"]),
+                   {u["id"]: u["name"] for u in users},
+                   {row["id"]: row["name"] for row, _ in conversations})
+    jobs = [(name, row["id"], allow(row["name"]))
+            for row, folder in conversations for name in src.day_files(folder)]
     rows: list[dict[str, Any]] = []
-    with Progress(console=progress, disable=progress is None or total_files < 200,
+    with Progress(console=progress, disable=progress is None or len(jobs) < 200,
                   transient=True) as bar:
-        task = bar.add_task("reading export", total=total_files)
-        for channel, files in work:
-            allowed = allow(channel["name"])
-            for name in files:
-                messages = src.list_of_objects(name)
-                summary.files += 1
-                bar.advance(task)
-                for index, message in enumerate(messages):
-                    ts = message.get("ts")
-                    if not isinstance(ts, str | int | float) or not TS.match(str(ts)):
-                        raise BadExportError(f"{name}: entry {index} has no valid ts "
-                                             f"(found {ts!r}).")
-                    reason = drop_reason(message, bots)
-                    if reason is None and not allowed:
-                        reason = "channel not in MIMIC_CHANNELS"
-                    if reason is not None:
-                        summary.dropped[reason] += 1
-                        continue
-                    rows.append(message_row(message, channel["id"], user_names, channel_names))
+        for job in bar.track(jobs, description="reading export"):
+            kept, dropped = _read_day(src, ctx, *job)
+            rows += kept
+            summary.dropped.update(dropped)
 
     # A thread_broadcast can appear both in the channel and in its thread: one (channel, ts).
-    unique = {(r["channel_id"], r["ts"]): r for r in rows}
-    summary.kept = len(unique)
-    summary.per_channel = Counter(channel_names[c] for c, _ in unique)
-    with store.session() as session:
-        before = store.message_count(session)
+    keys = {(r["channel_id"], r["ts"]) for r in rows}
+    summary.files, summary.kept = len(jobs), len(keys)
+    summary.per_channel = Counter(ctx.channels[c] for c, _ in keys)
+    with store.session() as session, store.deferred_indexes(session):
         store.upsert_users(session, users)
-        store.ensure_users(session, {r["user_id"] for r in unique.values()} - user_names.keys())
+        store.ensure_users(session, {r["user_id"] for r in rows} - ctx.users.keys())
         store.upsert_channels(session, [row for row, _ in conversations])
-        store.upsert_messages(session, list(unique.values()))
-        summary.new = store.message_count(session) - before
+        summary.new = store.upsert_messages(session, rows)
         session.add(Run(kind="import", source=str(src.path), finished_at=utcnow(),
                         status="ok", counts={"kept": summary.kept, "new": summary.new,
                                              "files": summary.files,

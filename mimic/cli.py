@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mimic.config import get_settings
-from mimic.store import SchemaError, Store, make_engine, open_store, upgrade
+from mimic.store import (
+    Channel,
+    SchemaError,
+    Store,
+    User,
+    make_engine,
+    open_store,
+    upgrade,
+)
+
+if TYPE_CHECKING:
+    from trainer.corpus import Target
 
 app = typer.Typer(help="mimic: learn how people and channels write on Slack, and imitate them.",
                   no_args_is_help=True, add_completion=False)
@@ -62,6 +75,26 @@ def import_(
                    summary.kept)
 
 
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Where to write the demo export ZIP.")],
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Only the first N conversations (all 7,168 by default).")] = None,
+    seed: Annotated[int, typer.Option(help="Another seed gives another channel layout.")] = 0,
+) -> None:
+    """Build a Slack export ZIP from the chitchat dataset, to try `mimic import` on."""
+    from exporter.demo_data import DemoDataError, build_demo_export
+
+    try:
+        stats = build_demo_export(out, seed=seed, limit_conversations=limit)
+    except DemoDataError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"Wrote {out}: {stats.users:,} users (+1 bot), {stats.channels} channels "
+                  f"(private: #{stats.private_channel}), {stats.messages:,} messages from "
+                  f"{stats.conversations:,} conversations, plus {stats.joins:,} joins and "
+                  f"{stats.bot_messages:,} bot posts that `mimic import` drops.")
+
+
 def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, int],
                    new: int, kept: int) -> None:
     table = Table(title=title, show_footer=True)
@@ -70,13 +103,105 @@ def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, i
     for name, count in sorted(per_channel.items(), key=lambda kv: -kv[1]):
         table.add_row(f"#{name}", f"{count:,}")
     console.print(table)
-    console.print(f"{new:,} new messages stored; {kept - new:,} were already there "
-                  "(edits updated).")
+    console.print(f"{new:,} new or edited messages stored; {kept - new:,} were already "
+                  "there unchanged.")
     if dropped:
         reasons = ", ".join(f"{reason}: {n:,}" for reason, n in
                             sorted(dropped.items(), key=lambda kv: -kv[1]))
         console.print(f"Dropped {sum(dropped.values()):,} that are not a person's writing "
                       f"({reasons}).")
+
+
+# -- training and the model registry ---------------------------------------------------------
+
+
+def _resolve(store: Store, names: list[str]) -> list[Target]:
+    from trainer.corpus import TargetError, resolve
+
+    with store.session() as session:
+        try:
+            return [resolve(session, name) for name in names]
+        except TargetError as exc:
+            raise _fail(str(exc)) from None
+
+
+@app.command()
+def train(
+    targets: Annotated[list[str] | None, typer.Argument(
+        help="People and channels to train, e.g. @alice #random.")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Train the workspace base model.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help=(
+        "The base (if its data changed) and every person and channel with at least "
+        "MIMIC_MIN_CHARS characters whose data changed."))] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --all: retrain unchanged ones "
+                                        "too.")] = False,
+    minutes: Annotated[float | None, typer.Option(help=(
+        "Time budget per model (default MIMIC_BASE_MINUTES / MIMIC_TARGET_MINUTES)."))] = None,
+) -> None:
+    """Train models: the base from scratch, people and channels fine-tuned from it."""
+    from trainer.corpus import BASE
+    from trainer.train import TrainError, retrain_changed
+    from trainer.train import train as train_one
+
+    store, settings = _store(), get_settings()
+    if minutes is not None:
+        settings = settings.model_copy(update={"base_minutes": minutes,
+                                               "target_minutes": minutes})
+    if all_:
+        retrain_changed(store, settings, force=force, console=console,
+                        report=lambda o: console.print(o.describe()))
+        return
+    chosen = ([BASE] if base else []) + _resolve(store, targets or [])
+    if not chosen:
+        raise _fail("Say what to train: `mimic train --base`, `mimic train @alice #random` "
+                    "or `mimic train --all`.")
+    for target in chosen:
+        try:
+            console.print(train_one(store, settings, target, console=console).describe())
+        except TrainError as exc:
+            raise _fail(str(exc)) from None
+
+
+@app.command()
+def models() -> None:
+    """List model versions: which is active, its loss, data and device."""
+    from trainer.registry import versions
+
+    store = _store()
+    table = Table(title="models")
+    for column in ("target", "version", "status", "val loss", "chars trained", "device",
+                   "seconds", "created"):
+        table.add_column(column)
+    with store.session() as session:
+        labels = _labels(session)
+        for v in versions(session):
+            table.add_row(labels.get(v.target, v.target), f"v{v.version}", v.status,
+                          f"{v.val_loss:.3f}", f"{v.chars_trained:,}", v.device,
+                          f"{v.seconds:.0f}", f"{v.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+def _labels(session: Session) -> dict[str, str]:
+
+    labels = {"base": "workspace (base)"}
+    labels |= {f"user:{u.id}": f"@{u.name}" for u in session.scalars(select(User))}
+    labels |= {f"channel:{c.id}": f"#{c.name}" for c in session.scalars(select(Channel))}
+    return labels
+
+
+@app.command()
+def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or base.")]) -> None:
+    """Re-activate the previous version of a target's model."""
+    from trainer.registry import RegistryError
+    from trainer.registry import rollback as roll
+
+    store = _store()
+    (chosen,) = _resolve(store, [target])
+    try:
+        now, was = roll(store, chosen)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{chosen.label}: v{now.version} is active again (v{was.version} retired).")
 
 
 if __name__ == "__main__":

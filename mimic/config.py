@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="MIMIC_CHANNELS"
     )
 
+    # Training: a person or channel needs this much text to get a model of its own.
+    min_chars: int = Field(5000, ge=1, validation_alias="MIMIC_MIN_CHARS")
+    base_minutes: float = Field(10.0, gt=0, validation_alias="MIMIC_BASE_MINUTES")
+    target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
+
     @field_validator("admins", "channels", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

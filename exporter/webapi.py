@@ -1,0 +1,260 @@
+"""`mimic export`: the workspace's history through the Slack Web API, resumable and exactly-once.
+
+Each channel is walked from its newest message back to its `Watermark.done_ts`, one page at a
+time; every page is written in its own transaction together with the watermark, so a run killed
+at any point resumes below the last page it stored and never loses or doubles a message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from sqlalchemy.orm import Session
+
+from exporter.messages import channel_row, drop_reason, message_row, user_row
+from mimic.config import Settings
+from mimic.store import Run, Store, Watermark, utcnow
+
+PAGE = 200  # history page size: Slack allows up to 999, smaller pages lose less when killed
+RETRIES = 5  # 429s in a row per call before giving up; each waits Retry-After
+TOKEN_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
+                          "token_expired", "not_allowed_token_type"})
+
+
+class SlackExportError(Exception):
+    """The export cannot go on; the message says what to change."""
+
+
+@dataclass
+class ExportSummary:
+    kept: int = 0  # people's messages fetched this run
+    new: int = 0  # of those, new or edited in the store
+    dropped: Counter[str] = field(default_factory=Counter)
+    per_channel: Counter[str] = field(default_factory=Counter)
+    channels: list[str] = field(default_factory=list)  # names exported
+    not_member: list[str] = field(default_factory=list)  # names skipped: bot not invited
+    users: int = 0
+
+    def title(self) -> str:
+        return (f"Exported {len(self.channels)} channel(s) through the Slack Web API "
+                f"({self.users:,} users)")
+
+
+def make_client(settings: Settings) -> WebClient:
+    if settings.slack_bot_token is None or not settings.slack_bot_token.get_secret_value():
+        raise SlackExportError("SLACK_BOT_TOKEN is not set — copy the Bot User OAuth Token "
+                               "(xoxb-…) from your Slack app's OAuth & Permissions page into .env.")
+    client = WebClient(token=settings.slack_bot_token.get_secret_value(),
+                       base_url=settings.slack_api_url)
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=RETRIES))
+    return client
+
+
+def _explain(exc: SlackApiError, channel: str | None = None) -> SlackExportError:
+    """A Slack error as a message the user can act on (never with the token in it)."""
+    data = exc.response.data if isinstance(exc.response.data, dict) else {}
+    error = str(data.get("error") or exc.response.status_code)
+    where = f" #{channel}" if channel else ""
+    if error in TOKEN_ERRORS:
+        return SlackExportError(f"SLACK_BOT_TOKEN is invalid ({error}) — copy the Bot User "
+                                "OAuth Token (xoxb-…) from your Slack app's OAuth & Permissions "
+                                "page into .env.")
+    if error == "missing_scope":
+        needed = data.get("needed") or "(Slack did not say which)"
+        return SlackExportError(f"The Slack app lacks the scope {needed}. Add it under OAuth & "
+                                "Permissions → Bot Token Scopes in the app config, reinstall the "
+                                "app to the workspace, and update SLACK_BOT_TOKEN if it changed.")
+    if error == "not_in_channel":
+        return SlackExportError(f"The bot is not a member of{where}: type `/invite @mimic` in "
+                                "that channel, then run the export again.")
+    if error == "ratelimited":
+        return SlackExportError(f"Slack kept rate-limiting the export{where} after {RETRIES} "
+                                "retries. Run it again later: it resumes where it stopped.")
+    return SlackExportError(f"Slack answered {error}{where}. Run the export again: it resumes "
+                            "where it stopped.")
+
+
+def _pages(client: WebClient, method: str, key: str, **params: Any) -> Iterator[list[Any]]:
+    """Every page of a cursor-paginated method."""
+    cursor = None
+    while True:
+        response = client.api_call(method, http_verb="GET",
+                                    params={**params, **({"cursor": cursor} if cursor else {})})
+        yield list(response.get(key) or [])
+        cursor = (response.get("response_metadata") or {}).get("next_cursor")
+        if not cursor:
+            return
+
+
+def _pick(listed: list[dict[str, Any]], wanted: list[str] | None, settings: Settings,
+          include_archived: bool) -> list[dict[str, Any]]:
+    """The channels to export: named ones (checked) or every allowed one the bot is in."""
+    if not wanted:
+        return [c for c in listed if settings.channel_allowed(c["name"])]
+    by_name = {c["name"].lower(): c for c in listed}
+    chosen = []
+    for raw in wanted:
+        name = raw.lstrip("#").lower()
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join('#' + c for c in close)}?" if close else ""
+            archived = "" if include_archived else " Archived channels need --include-archived."
+            raise SlackExportError(f"No channel #{name} that the bot can see.{hint}{archived}")
+        if not settings.channel_allowed(name):
+            raise SlackExportError(f"#{name} is not in MIMIC_CHANNELS, so mimic may not read it. "
+                                   "Add it there first.")
+        chosen.append(by_name[name])
+    return chosen
+
+
+def export_workspace(
+    store: Store,
+    settings: Settings,
+    *,
+    channels: list[str] | None = None,
+    include_archived: bool = False,
+    full: bool = False,
+    progress: Console | None = None,
+    client: WebClient | None = None,
+) -> ExportSummary:
+    """Fetch users, channels and new history into the store; see the module docstring.
+
+    `full` re-walks every channel to its start, so edits to old messages are stored too.
+    """
+    client = client or make_client(settings)
+    summary = ExportSummary()
+    with store.session() as session:
+        run = Run(kind="export", source=settings.slack_api_url, counts={})
+        session.add(run)
+    try:
+        _export(store, client, settings, summary, channels, include_archived, full, progress)
+    except SlackApiError as exc:
+        _finish(store, run, summary, "failed")
+        raise _explain(exc) from None
+    except BaseException:
+        _finish(store, run, summary, "failed")
+        raise
+    _finish(store, run, summary, "ok")
+    return summary
+
+
+def _finish(store: Store, run: Run, summary: ExportSummary, status: str) -> None:
+    with store.session() as session:
+        row = session.get(Run, run.id)
+        if row is not None:
+            row.status, row.finished_at = status, utcnow()
+            row.counts = {"kept": summary.kept, "new": summary.new, "users": summary.users,
+                          "channels": summary.channels, "not_member": summary.not_member,
+                          "dropped": dict(summary.dropped)}
+
+
+def _export(store: Store, client: WebClient, settings: Settings, summary: ExportSummary,
+            wanted: list[str] | None, include_archived: bool, full: bool,
+            progress: Console | None) -> None:
+    client.auth_test()  # a bad token fails here, before anything is fetched
+    users = [user_row(u) for page in _pages(client, "users.list", "members", limit=200)
+             for u in page]
+    listed = [c for page in _pages(client, "conversations.list", "channels",
+                                   types="public_channel,private_channel",
+                                   exclude_archived=not include_archived, limit=200)
+              for c in page]
+    rows = [channel_row(c, private=bool(c.get("is_private"))) for c in listed]
+    with store.session() as session:
+        store.upsert_users(session, users)
+        store.upsert_channels(session, rows)
+    summary.users = len(users)
+    ctx = _Context(bots=frozenset(u["id"] for u in users if u["is_bot"]),
+                   users={u["id"]: u["name"] for u in users},
+                   channels={r["id"]: r["name"] for r in rows})
+    for channel in _pick(listed, wanted, settings, include_archived):
+        name = channel["name"]
+        if not channel.get("is_member"):
+            if wanted:
+                raise SlackExportError(f"The bot is not a member of #{name}: type "
+                                       "`/invite @mimic` in that channel, then run again.")
+            summary.not_member.append(name)
+            continue
+        try:
+            _export_channel(store, client, ctx, channel["id"], name, summary, full)
+        except SlackApiError as exc:
+            raise _explain(exc, name) from None
+        summary.channels.append(name)
+        if progress is not None:
+            progress.print(f"#{name}: {summary.per_channel[name]:,} messages fetched")
+    if summary.not_member and progress is not None:
+        progress.print("Skipped (the bot is not a member): "
+                       + ", ".join(f"#{n}" for n in summary.not_member)
+                       + ". Type `/invite @mimic` in a channel to include it.")
+
+
+@dataclass
+class _Context:
+    bots: frozenset[str]
+    users: dict[str, str]  # id → handle
+    channels: dict[str, str]  # id → name
+
+
+def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, name: str,
+                    summary: ExportSummary, full: bool) -> None:
+    with store.session() as session:
+        mark = session.get(Watermark, cid) or Watermark(channel_id=cid)
+        if full:
+            mark.pending_high = mark.pending_low = None  # start over from the newest message
+        done = None if full else mark.done_ts
+        high, low = mark.pending_high, mark.pending_low
+        session.merge(mark)
+    while True:
+        # Walking by `latest` instead of a cursor makes the position a plain ts, which the
+        # watermark stores: a killed run resumes from it with nothing to remember but the row.
+        params: dict[str, Any] = {"channel": cid, "limit": PAGE, "inclusive": False}
+        if low:
+            params["latest"] = low
+        if done:
+            params["oldest"] = done
+        response = client.conversations_history(**params)
+        messages = list(response.get("messages") or [])
+        if not messages:
+            break
+        threads = [m for m in messages if int(m.get("reply_count") or 0) > 0]
+        replies = [r for m in threads
+                   for page in _pages(client, "conversations.replies", "messages",
+                                      channel=cid, ts=m["ts"], limit=PAGE)
+                   for r in page if r.get("ts") != m["ts"]]
+        page_tss = [str(m["ts"]) for m in messages]
+        high = high or max(page_tss, key=float)
+        low = min(page_tss, key=float)
+        with store.session() as session:
+            _write(store, session, ctx, cid, name, messages + replies, summary)
+            _save(session, cid, done_ts=mark.done_ts, pending_high=high, pending_low=low)
+        if not response.get("has_more"):
+            break
+    with store.session() as session:
+        # The walk reached done_ts: everything up to the run's newest message is stored.
+        _save(session, cid, done_ts=high or mark.done_ts, pending_high=None, pending_low=None)
+
+
+def _save(session: Session, cid: str, **values: str | None) -> None:
+    session.merge(Watermark(channel_id=cid, updated_at=utcnow(), **values))
+
+
+def _write(store: Store, session: Session, ctx: _Context, cid: str, name: str,
+           messages: list[dict[str, Any]], summary: ExportSummary) -> None:
+    rows = []
+    for message in messages:
+        reason = drop_reason(message, ctx.bots)
+        if reason is None:
+            rows.append(message_row(message, cid, ctx.users, ctx.channels))
+        else:
+            summary.dropped[reason] += 1
+    store.ensure_users(session, {r["user_id"] for r in rows} - ctx.users.keys())
+    summary.new += store.upsert_messages(session, rows)
+    summary.kept += len(rows)
+    summary.per_channel[name] += len(rows)
