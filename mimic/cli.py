@@ -95,6 +95,29 @@ def demo_data(
                   f"{stats.bot_messages:,} bot posts that `mimic import` drops.")
 
 
+@app.command()
+def export(
+    channel: Annotated[list[str] | None, typer.Option(
+        "--channel", help="Only this channel (repeatable), e.g. --channel general.")] = None,
+    include_archived: Annotated[bool, typer.Option(
+        "--include-archived", help="Also export archived channels.")] = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Re-fetch all history, not just what is new (picks up old edits).")] = False,
+) -> None:
+    """Fetch history through the Slack Web API (incremental and resumable)."""
+    from exporter.webapi import SlackExportError, export_workspace
+
+    store = _store()
+    try:
+        summary = export_workspace(store, get_settings(), channels=channel,
+                                   include_archived=include_archived, full=full,
+                                   progress=console)
+    except SlackExportError as exc:
+        raise _fail(str(exc)) from None
+    _print_summary(summary.title(), summary.per_channel, summary.dropped, summary.new,
+                   summary.kept)
+
+
 def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, int],
                    new: int, kept: int) -> None:
     table = Table(title=title, show_footer=True)

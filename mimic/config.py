@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     base_minutes: float = Field(10.0, gt=0, validation_alias="MIMIC_BASE_MINUTES")
     target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
 
+    # The Slack app: how many /mimic requests one person may make per minute.
+    rate_limit: int = Field(5, ge=1, validation_alias="MIMIC_RATE_LIMIT")
+
     @field_validator("admins", "channels", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

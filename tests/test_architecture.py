@@ -10,7 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # What each package must never import.
-FORBIDDEN = {"exporter": {"trainer", "bot"}, "trainer": {"bot", "exporter"}, "mimic": {"bot", "exporter", "trainer"}}
+FORBIDDEN = {
+    "exporter": {"trainer", "bot"},
+    "trainer": {"bot", "exporter"},
+    "mimic": {"bot", "exporter", "trainer"},
+}
 
 
 def imported_packages(path: Path) -> set[str]:

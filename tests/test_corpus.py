@@ -10,6 +10,7 @@ from sqlalchemy import update
 from exporter.importer import import_export
 from mimic.config import Settings
 from mimic.store import Message, Store, User
+from tests.slack_export import write_export
 from trainer.corpus import (
     BASE,
     TargetError,
@@ -18,7 +19,6 @@ from trainer.corpus import (
     split_point,
     targets_with_data,
 )
-from tests.slack_export import write_export
 
 
 @pytest.fixture

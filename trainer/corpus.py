@@ -130,8 +130,13 @@ def _base_corpus(session: Session, settings: Settings) -> Corpus:
                   _digest([r[3] for r in rows]))
 
 
-def resolve(session: Session, name: str) -> Target:
-    """'@alice', '#random', 'base' (also ids, `<@U1|x>`-free) → Target, or a helpful error."""
+def resolve(session: Session, name: str, where: str | None = None) -> Target:
+    """'@alice', '#random', 'base' (or '@U123', '#C123' by id) → Target, or a helpful error.
+
+    `where` is the Slack channel asking: a private channel resolves only from inside itself,
+    and from anywhere else gets the very answer a channel that does not exist gets. The shell
+    (where=None) sees every channel.
+    """
     name = name.strip()
     if name.lower() in ("base", "workspace"):
         return BASE
@@ -139,7 +144,8 @@ def resolve(session: Session, name: str) -> Target:
         wanted = name[1:].lower()
         channels = session.scalars(select(Channel).where(~Channel.is_dm)).all()
         for channel in channels:
-            if wanted in (channel.name.lower(), channel.id.lower()):
+            visible = not channel.is_private or where in (None, channel.id)
+            if visible and wanted in (channel.name.lower(), channel.id.lower()):
                 return Target(f"channel:{channel.id}", f"#{channel.name}", channel.is_private)
         raise TargetError(f"No channel called {name}." + _closest(
             wanted, [c.name for c in channels if not c.is_private], "#"))

@@ -45,10 +45,10 @@ def publish(
     write: Callable[[Path], None],
     verify: Callable[[Path], None],
     row: dict[str, Any],
-    promote_if: Callable[[ModelVersion | None], bool],
+    promote: bool,
 ) -> ModelVersion:
-    """Write a new version's files, check they load, add its row, and promote it when
-    `promote_if(active)` says so; otherwise it is kept as 'kept' (or 'failed' if it won't load).
+    """Write a new version's files, check they load, add its row, and make it the active one
+    if `promote`; otherwise it is 'kept' (or 'failed' if it would not load: never promoted).
 
     `write(folder)` fills the folder; `verify(folder)` raises if the model cannot be loaded.
     """
@@ -74,14 +74,11 @@ def publish(
                                    status=status, **row)
             session.add(version)
             session.flush()
-            active = active_version(session, target.key)
             if status == "candidate":
-                if promote_if(active):
-                    if active is not None:
-                        active.status = "retired"
-                    version.status = "active"
-                else:
-                    version.status = "kept"
+                active = active_version(session, target.key)
+                if promote and active is not None:
+                    active.status = "retired"
+                version.status = "active" if promote else "kept"
             return version
     finally:
         if staging.exists():
@@ -89,7 +86,8 @@ def publish(
 
 
 def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
-    """Re-activate the version before the active one; returns (now active, was active)."""
+    """Re-activate the version that was active before this one (never a 'kept' or 'failed'
+    one); returns (now active, was active)."""
     with store.session() as session:
         active = active_version(session, target.key)
         if active is None:
@@ -97,7 +95,7 @@ def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
         previous = session.scalars(
             select(ModelVersion).where(ModelVersion.target == target.key,
                                        ModelVersion.version < active.version,
-                                       ModelVersion.status.in_(("retired", "kept")))
+                                       ModelVersion.status == "retired")
             .order_by(ModelVersion.version.desc())).first()
         if previous is None:
             raise RegistryError(f"{target.label} has no earlier working version than "

@@ -1,0 +1,128 @@
+"""Sampling, the novelty filter and draw()."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.fit import TrainConfig, fit
+from trainer.model import CharLSTM, ModelConfig
+from trainer.novelty import WINDOW, NoveltyIndex
+from trainer.sampler import NoNovelText, draw, sample
+from trainer.vocab import Vocab
+
+SECRET = "my locker code is 4417 and the wifi password is hunter2, ok?"
+MESSAGES = [SECRET, "lunch at noon?", "sure, see you there", "who broke the build again"] * 30
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CharLSTM, Vocab]:
+    """A tiny model that has memorised MESSAGES (so it readily regurgitates SECRET)."""
+    vocab = Vocab.build(MESSAGES, min_count=1)
+    ids = vocab.encode_corpus(MESSAGES)
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=16, hidden_size=64, num_layers=1))
+    cfg = TrainConfig(
+        batch_size=16,
+        seq_len=64,
+        lr=1e-2,
+        warmup_steps=5,
+        max_seconds=0,
+        max_steps=200,
+        eval_every_s=0,
+        eval_every_steps=200,
+    )
+    fit(model, ids, ids[:2000], cfg, torch.device("cpu"))
+    return model, vocab
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_sample_shapes_and_seed(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    texts = sample(model, vocab, n=3, seed_text="lun", max_len=50, generator=gen())
+    assert len(texts) == 3
+    assert all(t.startswith("lun") and len(t) <= 50 and "\n" not in t for t in texts)
+    # Unknown seed characters are fine (they go in as UNK); UNK never comes out.
+    out = sample(model, vocab, n=2, seed_text="λ", max_len=30, generator=gen())
+    assert all(t.startswith("λ") and "\ufffd" not in t for t in out)
+    full = sample(model, vocab, n=2, max_len=40, generator=gen(), stop_at_eom=False)
+    assert all(len(t) == 40 for t in full)
+
+
+def test_tiny_temperature_is_deterministic(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    a = sample(model, vocab, n=4, temperature=1e-4, seed_text="who", generator=gen(1))
+    b = sample(model, vocab, n=4, temperature=1e-4, seed_text="who", generator=gen(2))
+    assert a == b and len(set(a)) == 1
+    assert a[0] == "who broke the build again"
+    # And a fixed generator seed reproduces ordinary sampling too.
+    c = sample(model, vocab, n=4, temperature=1.0, generator=gen(7))
+    assert c == sample(model, vocab, n=4, temperature=1.0, generator=gen(7))
+
+
+@pytest.mark.parametrize("temperature", [0, -0.5, 2.01, 100, math.nan, math.inf])
+def test_invalid_temperature_raises(trained: tuple[CharLSTM, Vocab], temperature: float) -> None:
+    model, vocab = trained
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, vocab, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature"):
+        draw(model, vocab, None, temperature=temperature)
+
+
+def test_top_k_one_is_greedy(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    greedy = sample(model, vocab, n=2, temperature=1e-4, seed_text="su")
+    assert sample(model, vocab, n=2, temperature=1.5, top_k=1, seed_text="su") == greedy
+    with pytest.raises(ValueError, match="top_k"):
+        sample(model, vocab, top_k=0)
+
+
+def test_novelty_index_finds_planted_copy(tmp_path: Path) -> None:
+    index = NoveltyIndex.build(MESSAGES)
+    planted = "so anyway " + SECRET[5 : 5 + WINDOW] + " lol"
+    assert index.has_copy(planted) and index.longest_copy(planted) == WINDOW
+    assert index.longest_copy("xx" + SECRET + "yy") == len(SECRET)
+    assert not index.has_copy(SECRET[: WINDOW - 1])  # one short of the window
+    assert not index.has_copy("entirely new words that nobody in this channel ever typed")
+    assert not index.has_copy(SECRET[: WINDOW + 10], span=WINDOW + 11)
+    # Spans across message boundaries do not count.
+    joined = MESSAGES[1] + MESSAGES[2]
+    assert not index.has_copy(joined) and index.has_copy(MESSAGES[2] + " " * 30 + SECRET)
+    # Corpora with no message as long as the window index nothing, and find nothing.
+    assert len(NoveltyIndex.build(["short", ""])) == 0 and len(NoveltyIndex.build([])) == 0
+    assert not NoveltyIndex.build(["short"]).has_copy("short" * 20)
+    path = tmp_path / "novelty.npy"
+    index.save(path)
+    loaded = NoveltyIndex.load(path)
+    assert len(loaded) == len(index) and loaded.has_copy(planted)
+
+
+def test_draw_rejects_copies_and_accepts_novel(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    index = NoveltyIndex.build(MESSAGES)
+    # Greedy from "my" regurgitates SECRET every time: every round is rejected.
+    with pytest.raises(NoNovelText, match="verbatim"):
+        draw(model, vocab, index, n=2, temperature=1e-4, seed_text="my", tries=3)
+    # Greedy from "who" gives a short training message (< WINDOW chars): accepted.
+    result = draw(model, vocab, index, n=2, temperature=1e-4, seed_text="who")
+    assert result.texts == ["who broke the build again"] * 2 and result.rejected == 0
+    # A seed that is itself a long copy can never pass.
+    with pytest.raises(NoNovelText, match="seed"):
+        draw(model, vocab, index, seed_text=SECRET)
+    # Without an index nothing is rejected, and output is made inert.
+    result = draw(model, vocab, None, n=1, temperature=1e-4, seed_text="<!here> @all my")
+    assert result.texts[0].startswith("&lt;!here&gt; @\u2060all my")
+
+
+def test_draw_counts_rejections_and_keeps_novel_ones(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    index = NoveltyIndex.build(MESSAGES)
+    result = draw(model, vocab, index, n=4, temperature=2.0, tries=5, generator=gen(3))
+    assert 1 <= len(result.texts) <= 4
+    assert not any(index.has_copy(t) for t in result.texts)

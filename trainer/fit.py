@@ -1,0 +1,271 @@
+"""Training: seq-to-seq char-LSTM with truncated BPTT, Adam, warmup + cosine, early stopping.
+
+The corpus is one long id stream (messages joined by EOM). It is cut into `batch_size`
+contiguous lanes that are walked `seq_len` characters at a time, carrying the (detached)
+LSTM state from one chunk to the next, so the model sees long context while backprop stays
+short, and every position contributes to the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.model import CharLSTM, LSTMState
+
+StopReason = Literal["budget", "early_stop", "max_steps", "interrupted"]
+
+
+class _Stop(Exception):
+    """Leaves both loops of fit() at once."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training hyperparameter, in one place. Defaults come from bench/train_speed.py
+    on a 2-core CPU: throughput (chars/s) was flat from 32 to 256 lanes, so 32 lanes × 128
+    steps buys the most Adam updates per second (~4k chars each) for the same compute."""
+
+    batch_size: int = 32  # lanes walked in parallel
+    seq_len: int = 128  # TBPTT chunk: backprop length, state carries on beyond it
+    lr: float = 3e-3  # peak Adam learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr × this
+    warmup_steps: int = 30  # linear warmup from ~0 to lr
+    weight_decay: float = 0.0  # Adam L2; dropout + early stopping usually suffice
+    grad_clip: float = 1.0  # max global gradient norm (LSTMs occasionally spike)
+    max_seconds: float = 120.0  # wall-clock budget (0 = none); the cosine spans this
+    max_steps: int = 0  # step budget (0 = none); the cosine spans whichever ends first
+    eval_every_s: float = 15.0  # validate this often in seconds (0 = off) ...
+    eval_every_steps: int = 0  # ... and/or in steps (0 = off)
+    val_max_chars: int = 65_536  # cap per validation, so it stays a few % of the time
+    patience: int = 4  # stop after this many validations without improvement
+    min_delta: float = 1e-3  # nats/char an improvement must beat
+    progress_every_s: float = 1.0  # on_progress heartbeat between validations
+    num_threads: int = 0  # CPU threads (0 = all cores; fewer leaves room for the bot)
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    best_state_dict: dict[str, torch.Tensor]  # CPU tensors
+    best_val_loss: float  # nats/char
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    chars_trained: int = 0
+    stopped_reason: StopReason = "budget"
+
+
+def _set_threads(device: torch.device, num_threads: int) -> None:
+    if device.type == "cpu":
+        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+
+
+def _autocast(device: torch.device):  # noqa: ANN202 - context manager type varies
+    # bf16 for the embedding/head matmuls on GPU; cuDNN's LSTM itself stays fp32 (TF32).
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _lanes(ids: torch.Tensor, batch_size: int, seq_len: int, offset: int = 0):
+    """(x, y) lanes of shape (B, L): y is x shifted by one. B shrinks for short streams."""
+    usable = ids.numel() - offset - 1
+    b = max(1, min(batch_size, usable // max(1, seq_len)))
+    length = usable // b
+    x = ids[offset : offset + b * length].view(b, length)
+    y = ids[offset + 1 : offset + 1 + b * length].view(b, length)
+    return x, y
+
+
+def _detach(state: LSTMState) -> LSTMState:
+    return state[0].detach(), state[1].detach()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: CharLSTM,
+    ids: np.ndarray | torch.Tensor,
+    device: torch.device | str = "cpu",
+    *,
+    max_chars: int | None = None,
+    batch_size: int = 32,
+    seq_len: int = 256,
+) -> float:
+    """Mean cross-entropy in nats/char of `ids` (statefully, like training). Lanes are at
+    least ~1k characters so the cold start of each lane barely matters; use the same
+    arguments when comparing two models."""
+    device = torch.device(device)
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    if max_chars is not None:
+        ids = ids[: max_chars + 1]
+    if ids.numel() < 2:
+        raise ValueError("need at least 2 characters to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        lanes = max(1, min(batch_size, (ids.numel() - 1) // 1024))
+        x, y = (t.to(device) for t in _lanes(ids, lanes, 1))
+        state, total, count = None, 0.0, 0
+        for i in range(0, x.shape[1], seq_len):
+            with _autocast(device):
+                logits, state = model(x[:, i : i + seq_len], state)
+            target = y[:, i : i + seq_len]
+            total += F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+            ).item()
+            count += target.numel()
+        return total / count
+    finally:
+        model.train(was_training)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over warmup_steps, then cosine from lr to lr × min_lr_ratio as
+    `progress` (fraction of the time/step budget used) goes 0 → 1."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    model: CharLSTM,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train `model` in place and return the best weights by validation loss.
+
+    Stops at the time or step budget, on early stopping, or on Ctrl-C (KeyboardInterrupt,
+    also when raised by on_progress), always returning the best state seen so far; the
+    model is left holding those best weights, in eval mode.
+    on_progress gets each history row: after every validation (with val_loss) and every
+    progress_every_s in between (val_loss None).
+    """
+    if cfg.max_seconds <= 0 and cfg.max_steps <= 0:
+        raise ValueError("set max_seconds or max_steps, or training never ends")
+    if len(train_ids) < 2 or len(val_ids) < 2:
+        raise ValueError("train and validation streams need at least 2 characters each")
+    _set_threads(device, cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.to(device).train()
+    train = torch.as_tensor(np.asarray(train_ids), dtype=torch.long).to(device)
+    val = torch.as_tensor(np.asarray(val_ids), dtype=torch.long)
+    seq_len = max(1, min(cfg.seq_len, train.numel() - 1))
+
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    result = FitResult(best_state_dict={}, best_val_loss=math.inf)
+    start = time.perf_counter()
+    train_time = 0.0  # excludes validation, so chars/s measures training alone
+    last_eval_t, last_eval_step, last_beat = start, 0, start
+    since_best, loss_sum, loss_n = 0, 0.0, 0
+
+    def snapshot(val_loss: float | None, now: float) -> dict[str, Any]:
+        return {
+            "step": result.steps,
+            "seconds": round(now - start, 3),
+            "train_loss": loss_sum / loss_n if loss_n else None,
+            "val_loss": val_loss,
+            "chars_per_s": result.chars_trained / train_time if train_time else 0.0,
+            "lr": opt.param_groups[0]["lr"],
+        }
+
+    def validate() -> None:
+        nonlocal since_best, loss_sum, loss_n, last_eval_t, last_eval_step
+        val_loss = evaluate(model, val, device, max_chars=cfg.val_max_chars)
+        if val_loss < result.best_val_loss - cfg.min_delta or not result.best_state_dict:
+            result.best_val_loss = val_loss
+            result.best_state_dict = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+            since_best = 0
+        else:
+            since_best += 1
+        now = time.perf_counter()
+        result.history.append(snapshot(val_loss, now))
+        loss_sum, loss_n = 0.0, 0
+        last_eval_t, last_eval_step = now, result.steps
+        if on_progress:
+            on_progress(result.history[-1])
+
+    try:
+        while True:
+            # New epoch: fresh state and a random phase so chunk edges move between epochs.
+            x, y = _lanes(train, cfg.batch_size, seq_len, int(rng.integers(0, seq_len)))
+            state: LSTMState | None = None
+            for i in range(0, x.shape[1], seq_len):
+                t0 = time.perf_counter()
+                elapsed = t0 - start
+                progress = max(
+                    result.steps / cfg.max_steps if cfg.max_steps else 0.0,
+                    elapsed / cfg.max_seconds if cfg.max_seconds else 0.0,
+                )
+                if cfg.max_steps and result.steps >= cfg.max_steps:
+                    result.stopped_reason = "max_steps"
+                    raise _Stop
+                if cfg.max_seconds and elapsed >= cfg.max_seconds:
+                    result.stopped_reason = "budget"
+                    raise _Stop
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, result.steps, progress)
+
+                xb, yb = x[:, i : i + seq_len], y[:, i : i + seq_len]
+                with _autocast(device):
+                    logits, state = model(xb, state)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+                opt.step()
+                state = _detach(state)
+
+                loss_sum += loss.item()  # the sync costs little next to a CPU step
+                loss_n += 1
+                result.steps += 1
+                result.chars_trained += yb.numel()
+                now = time.perf_counter()
+                train_time += now - t0
+                due = (cfg.eval_every_s and now - last_eval_t >= cfg.eval_every_s) or (
+                    cfg.eval_every_steps and result.steps - last_eval_step >= cfg.eval_every_steps
+                )
+                if due:
+                    validate()
+                    if since_best >= cfg.patience:
+                        result.stopped_reason = "early_stop"
+                        raise _Stop
+                elif on_progress and now - last_beat >= cfg.progress_every_s:
+                    last_beat = now
+                    on_progress(snapshot(None, now))
+    except _Stop:
+        if last_eval_step != result.steps or not result.best_state_dict:
+            try:
+                validate()
+            except KeyboardInterrupt:
+                result.stopped_reason = "interrupted"
+    except KeyboardInterrupt:
+        result.stopped_reason = "interrupted"
+        if not result.best_state_dict:
+            # Interrupted before any validation: the current weights are all we have.
+            result.best_state_dict = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+            # A second Ctrl-C leaves the loss unknown (inf) rather than hanging on.
+            with contextlib.suppress(KeyboardInterrupt):
+                result.best_val_loss = evaluate(model, val, device, max_chars=cfg.val_max_chars)
+    model.load_state_dict(result.best_state_dict)
+    model.eval()
+    return result
