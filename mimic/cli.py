@@ -227,5 +227,96 @@ def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or ba
     console.print(f"{chosen.label}: v{now.version} is active again (v{was.version} retired).")
 
 
+# -- the Slack app and the retraining job ---------------------------------------------------
+
+
+@app.command()
+def retrain(
+    target: Annotated[str | None, typer.Argument(
+        help="Only this @person or #channel (default: everything that changed).")] = None,
+    events: Annotated[bool, typer.Option(
+        "--events", help="Print progress as JSON lines (for the bot).")] = False,
+    lock_held: Annotated[bool, typer.Option("--lock-held", hidden=True)] = False,
+) -> None:
+    """Run the nightly job once: incremental export (with a bot token), then retrain."""
+    import contextlib
+    import json
+
+    from bot.retrain import retrain_job
+    from mimic.lock import Busy, retrain_lock
+
+    store, settings = _store(), get_settings()
+    (chosen,) = _resolve(store, [target]) if target else (None,)
+
+    def report(event: dict) -> None:
+        if events:
+            print(json.dumps(event), flush=True)
+        else:
+            console.print(event["text"])
+
+    lock = contextlib.nullcontext() if lock_held else retrain_lock(settings.data_dir)
+    try:
+        with lock:
+            retrain_job(store, settings, chosen, report)
+    except Busy as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    http: Annotated[int | None, typer.Option(
+        "--http", metavar="PORT", help="Serve HTTP on PORT (POST /slack/events) instead of "
+        "Socket Mode.")] = None,
+    host: Annotated[str, typer.Option(help="Interface for --http.")] = "0.0.0.0",
+    no_scheduler: Annotated[bool, typer.Option(
+        "--no-scheduler", help="Do not run the nightly retraining in this process.")] = False,
+) -> None:
+    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http."""
+    import logging
+
+    from slack_sdk.errors import SlackApiError
+
+    from bot.app import build_app, make_client
+    from bot.schedule import start_scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    store, settings = _store(), get_settings()
+    if settings.slack_bot_token is None:
+        raise _fail("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-…) from "
+                    "your app's OAuth & Permissions page into .env.")
+    if http is None and settings.slack_app_token is None:
+        raise _fail("Set SLACK_APP_TOKEN (an xapp-… token with connections:write) for Socket "
+                    "Mode, or run `mimic serve --http PORT` with SLACK_SIGNING_SECRET set.")
+    if http is not None and settings.slack_signing_secret is None:
+        raise _fail("HTTP mode needs SLACK_SIGNING_SECRET (Basic Information → App "
+                    "Credentials) to verify that requests come from Slack.")
+    try:
+        me = make_client(settings).auth_test()
+    except SlackApiError as exc:
+        raise _fail(f"Slack refused the bot token ({exc.response.get('error')}): check "
+                    "SLACK_BOT_TOKEN in .env.") from None
+    bolt = build_app(settings, store)
+    scheduler = None if no_scheduler else start_scheduler(settings)
+    console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
+                  f"{'off' if scheduler is None else settings.retrain_cron}.")
+    try:
+        if http is not None:
+            from bot.http import make_http_server
+
+            server = make_http_server(bolt, host, http)
+            console.print(f"Listening on http://{host}:{server.server_port}/slack/events")
+            server.serve_forever()
+        else:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            SocketModeHandler(bolt, settings.slack_app_token.get_secret_value()).start()
+    except KeyboardInterrupt:
+        console.print("Stopped.")
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
 if __name__ == "__main__":
     app()

@@ -40,6 +40,11 @@ class Target:
         return self.key.split(":", 1)[-1]
 
     @property
+    def ref(self) -> str:
+        """What `resolve` maps back to this target: by id, so renames do not matter."""
+        return {"user": f"@{self.ident}", "channel": f"#{self.ident}"}.get(self.kind, "base")
+
+    @property
     def dirname(self) -> str:
         return self.key.replace(":", "-")
 

@@ -206,12 +206,13 @@ def retrain_changed(
 ) -> list[Outcome]:
     """Retrain the base when its data changed, then every target whose data (or base) changed.
 
-    `targets` limits the run (default: everyone above MIMIC_MIN_CHARS); `force` retrains even
-    unchanged ones. A target that cannot be trained is reported as skipped, not fatal.
+    `targets` limits the run (default: everyone above MIMIC_MIN_CHARS); `force` retrains them
+    even when unchanged (the base only when its data changed). A target that cannot be
+    trained is reported as skipped, not fatal.
     """
     outcomes: list[Outcome] = []
 
-    def run(target: Target) -> None:
+    def run(target: Target, force: bool) -> None:
         if not force and not needs_training(store, settings, target):
             outcome = Outcome(target, "skipped", note="unchanged since its model was made")
         else:
@@ -223,10 +224,10 @@ def retrain_changed(
         if report:
             report(outcome)
 
-    run(BASE)
+    run(BASE, force=False)
     if targets is None:
         with store.session() as session:
             targets = targets_with_data(session, settings, settings.min_chars)
     for target in targets:
-        run(target)
+        run(target, force)
     return outcomes

@@ -1,0 +1,69 @@
+"""Loaded models, cached: bounded, least recently used, keyed by registry version.
+
+Each request asks the registry which version is active (one indexed query), so a promotion or
+rollback takes effect on the next request without a restart; requests already holding the old
+model finish with it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mimic.store import ModelVersion
+from trainer.model import CharLSTM, load_bundle
+from trainer.novelty import NoveltyIndex
+from trainer.train import NOVELTY, WEIGHTS
+from trainer.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version_id: int
+    version: int
+    model: CharLSTM
+    vocab: Vocab
+    novelty: NoveltyIndex
+
+
+def load_version(row: ModelVersion, device: torch.device | str = "cpu") -> LoadedModel:
+    folder = Path(row.path)
+    model, vocab = load_bundle(folder / WEIGHTS, device)
+    if vocab is None:
+        raise ValueError(f"{folder / WEIGHTS} has no vocabulary")
+    return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY))
+
+
+class ModelCache:
+    def __init__(self, size: int = 8, device: torch.device | str = "cpu") -> None:
+        self.size, self.device = size, device
+        self._models: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def get(self, row: ModelVersion) -> LoadedModel:
+        with self._lock:
+            if row.id in self._models:
+                self._models.move_to_end(row.id)
+                return self._models[row.id]
+            loading = self._loading.setdefault(row.id, threading.Lock())
+        # One thread loads a version; others asking for it wait rather than load it again.
+        with loading:
+            with self._lock:
+                if row.id in self._models:
+                    return self._models[row.id]
+            loaded = load_version(row, self.device)
+            with self._lock:
+                self._models[row.id] = loaded
+                self._models.move_to_end(row.id)
+                while len(self._models) > self.size:
+                    self._models.popitem(last=False)
+                self._loading.pop(row.id, None)
+            return loaded
+
+    def __len__(self) -> int:
+        return len(self._models)

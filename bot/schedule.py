@@ -1,0 +1,47 @@
+"""The nightly retraining: an APScheduler 3 BackgroundScheduler inside `mimic serve`.
+
+Jobs live in the store's database, so a run that falls due while the bot is restarting is
+still made up when it comes back (within the misfire grace), and the job is registered once
+however often the bot starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.retrain import RetrainRunner
+from mimic.config import Settings, get_settings
+from mimic.store import make_engine
+
+log = logging.getLogger(__name__)
+JOB_ID = "nightly-retrain"
+MISFIRE_GRACE_S = 6 * 3600  # a run missed by a restart (or a busy night) still happens
+
+
+def nightly_retrain() -> None:
+    """The job. Module-level and argument-free: the job store refers to it by name."""
+    settings = get_settings()
+    ran = RetrainRunner(settings).run(None, lambda event: log.info("retrain: %s",
+                                                                   event.get("text")))
+    if not ran:
+        log.info("nightly retrain skipped: another run holds the lock")
+
+
+def start_scheduler(settings: Settings) -> BackgroundScheduler:
+    trigger = CronTrigger.from_crontab(settings.retrain_cron)
+    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(
+        engine=make_engine(settings.database_url), tablename="scheduler_jobs")})
+    # Paused first, to look at the stored job: re-adding an unchanged job would move its next
+    # run to the future and forget one missed during the restart.
+    scheduler.start(paused=True)
+    existing = scheduler.get_job(JOB_ID)
+    if existing is None or str(existing.trigger) != str(trigger):
+        scheduler.add_job(nightly_retrain, trigger, id=JOB_ID, name="export and retrain",
+                          replace_existing=True, coalesce=True, max_instances=1,
+                          misfire_grace_time=MISFIRE_GRACE_S)
+    scheduler.resume()
+    return scheduler
