@@ -45,7 +45,7 @@ def build_app(
     runner: RetrainRunner | None = None,
 ) -> App:
     client = make_client(settings)
-    cache = cache or ModelCache(device=pick_device(settings.device))
+    cache = cache or ModelCache(settings.data_dir, device=pick_device(settings.device))
     runner = runner or RetrainRunner(settings)
     app = App(
         client=client,

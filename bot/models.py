@@ -17,6 +17,7 @@ import torch
 from mimic.store import ModelVersion
 from trainer.model import CharLSTM, load_bundle
 from trainer.novelty import NoveltyIndex
+from trainer.registry import version_dir
 from trainer.train import NOVELTY, WEIGHTS
 from trainer.vocab import Vocab
 
@@ -30,8 +31,8 @@ class LoadedModel:
     novelty: NoveltyIndex
 
 
-def load_version(row: ModelVersion, device: torch.device | str = "cpu") -> LoadedModel:
-    folder = Path(row.path)
+def load_version(folder: Path, row: ModelVersion,
+                 device: torch.device | str = "cpu") -> LoadedModel:
     model, vocab = load_bundle(folder / WEIGHTS, device)
     if vocab is None:
         raise ValueError(f"{folder / WEIGHTS} has no vocabulary")
@@ -39,8 +40,9 @@ def load_version(row: ModelVersion, device: torch.device | str = "cpu") -> Loade
 
 
 class ModelCache:
-    def __init__(self, size: int = 8, device: torch.device | str = "cpu") -> None:
-        self.size, self.device = size, device
+    def __init__(self, data_dir: Path, size: int = 8,
+                 device: torch.device | str = "cpu") -> None:
+        self.data_dir, self.size, self.device = data_dir, size, device
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -56,7 +58,7 @@ class ModelCache:
             with self._lock:
                 if row.id in self._models:
                     return self._models[row.id]
-            loaded = load_version(row, self.device)
+            loaded = load_version(version_dir(self.data_dir, row), row, self.device)
             with self._lock:
                 self._models[row.id] = loaded
                 self._models.move_to_end(row.id)

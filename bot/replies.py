@@ -24,7 +24,7 @@ from bot.models import ModelCache
 from mimic.config import Settings
 from mimic.inert import make_inert
 from mimic.store import Channel, Message, ModelVersion, Run, Store, User
-from trainer.corpus import BASE, Target, TargetError, eligible, resolve
+from trainer.corpus import BASE, Target, TargetError, corpus_chars, resolve
 from trainer.registry import active_version, delete_target
 from trainer.sampler import NoNovelText, draw
 
@@ -152,12 +152,7 @@ class Responder:
         return Reply(f"{make_inert(header)}\n>{result.texts[0]}", public=True)
 
     def _no_model(self, session: Session, target: Target) -> str:
-        column = Message.user_id if target.kind == "user" else Message.channel_id
-        chars = session.scalar(
-            select(func.coalesce(func.sum(func.length(Message.text) + 1), 0))
-            .join(User, Message.user_id == User.id)
-            .join(Channel, Message.channel_id == Channel.id)
-            .where(eligible(self.settings), column == target.ident)) or 0
+        chars = corpus_chars(session, self.settings, target)
         if chars < self.settings.min_chars:
             return (f"{target.label} has {chars:,} characters of messages I may learn from; a "
                     f"model needs at least {self.settings.min_chars:,}, so there is none yet.")

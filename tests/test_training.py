@@ -19,7 +19,14 @@ from mimic.config import Settings
 from mimic.store import Message, ModelVersion, Store, make_engine, upgrade
 from tests import workspace
 from trainer.corpus import BASE, resolve
-from trainer.registry import RegistryError, active_version, publish, rollback, versions
+from trainer.registry import (
+    RegistryError,
+    active_version,
+    publish,
+    rollback,
+    version_dir,
+    versions,
+)
 from trainer.train import WEIGHTS, TrainError, needs_training, retrain_changed, train
 
 TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1}
@@ -55,7 +62,7 @@ def test_base_then_fine_tune_publishes_complete_versions(trained: tuple[Store, S
         row = active_version(s, alice.key)
         base = active_version(s, BASE.key)
         assert row is not None and base is not None and row.parent_id == base.id
-        folder = Path(row.path)
+        folder = version_dir(settings.data_dir, row)
     assert folder == settings.data_dir / "models" / "user-U1" / "1"
     assert {p.name for p in folder.iterdir()} == {
         "model.pt", "config.json", "metrics.json", "loss.png", "novelty.npy"}

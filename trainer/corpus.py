@@ -103,14 +103,29 @@ def _digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def _scope(target: Target) -> ColumnElement[bool]:
+    """Which eligible messages a target learns from: a person's in public channels, a
+    channel's own, everyone's public ones for the base."""
+    if target.kind == "user":
+        return and_(Message.user_id == target.ident, ~Channel.is_private)
+    if target.kind == "channel":
+        return Message.channel_id == target.ident
+    return ~Channel.is_private
+
+
+def corpus_chars(session: Session, settings: Settings, target: Target) -> int:
+    """The size `load_corpus` would give (messages plus end-of-message marks), cheaply."""
+    return session.scalar(
+        select(func.coalesce(func.sum(func.length(Message.text) + 1), 0))
+        .join(User, Message.user_id == User.id)
+        .join(Channel, Message.channel_id == Channel.id)
+        .where(eligible(settings), _scope(target))) or 0
+
+
 def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
     if target.kind == "base":
         return _base_corpus(session, settings)
-    if target.kind == "user":
-        where = and_(Message.user_id == target.ident, ~Channel.is_private)
-    else:
-        where = Message.channel_id == target.ident
-    rows = _rows(session, settings, where)
+    rows = _rows(session, settings, _scope(target))
     texts = [r[3] for r in rows]
     cut = split_point([len(t) + 1 for t in texts])
     return Corpus(target, texts[:cut], texts[cut:], rows[-1][0] if rows else None,
@@ -120,7 +135,7 @@ def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
 def _base_corpus(session: Session, settings: Settings) -> Corpus:
     """Every eligible public message, less each person's and channel's validation messages, so
     a model fine-tuned from the base is never scored on text the base has already seen."""
-    rows = _rows(session, settings, ~Channel.is_private)
+    rows = _rows(session, settings, _scope(BASE))
     held_out: set[int] = set()
     for column in (1, 2):  # per user, per channel
         groups: dict[str, list[int]] = defaultdict(list)

@@ -26,6 +26,12 @@ def models_root(data_dir: Path) -> Path:
     return Path(data_dir) / "models"
 
 
+def version_dir(data_dir: Path, row: ModelVersion) -> Path:
+    """Where a version's files are. Rows hold paths relative to MIMIC_DATA_DIR, so the data
+    folder can move (or be copied to another machine) without touching the registry."""
+    return Path(data_dir) / row.path
+
+
 def active_version(session: Session, target_key: str) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(
         ModelVersion.target == target_key, ModelVersion.status == "active")).first()
@@ -70,7 +76,8 @@ def publish(
             if final.exists():  # left by a crash between rename and commit: it has no row
                 shutil.rmtree(final)
             staging.rename(final)
-            version = ModelVersion(target=target.key, version=number, path=str(final),
+            version = ModelVersion(target=target.key, version=number,
+                                   path=final.relative_to(data_dir).as_posix(),
                                    status=status, **row)
             session.add(version)
             session.flush()

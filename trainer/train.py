@@ -26,7 +26,7 @@ from trainer.device import pick_device
 from trainer.fit import FitResult, TrainConfig, evaluate, fit
 from trainer.model import CharLSTM, load_bundle, save_checkpoint, size_for
 from trainer.novelty import NoveltyIndex
-from trainer.registry import active_version, publish
+from trainer.registry import active_version, publish, version_dir
 from trainer.vocab import Vocab
 
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
@@ -136,7 +136,7 @@ def train(
         model = CharLSTM(size_for(corpus.chars, len(vocab), **(model_overrides or {})))
         cfg = TrainConfig(max_seconds=60 * (minutes or settings.base_minutes))
     else:
-        model, vocab = load_bundle(Path(base.path) / WEIGHTS)
+        model, vocab = load_bundle(version_dir(settings.data_dir, base) / WEIGHTS)
         assert vocab is not None
         cfg = TrainConfig(max_seconds=60 * (minutes or settings.target_minutes), **FINE_TUNE)
     cfg = replace(cfg, **(train_overrides or {}))
@@ -155,7 +155,7 @@ def train(
         result = fit(model, train_ids, val_ids, cfg, device, on_progress=show)
     seconds = time.perf_counter() - started
     new_loss = evaluate(model, val_ids, device)
-    old_loss = _loss_of(previous, val_ids, device)
+    old_loss = _loss_of(settings.data_dir, previous, val_ids, device)
 
     version = publish(
         store, settings.data_dir, target,
@@ -171,13 +171,14 @@ def train(
                    note=f"stopped: {result.stopped_reason}")
 
 
-def _loss_of(version: ModelVersion | None, val_ids: np.ndarray, device: Any) -> float | None:
+def _loss_of(data_dir: Path, version: ModelVersion | None, val_ids: np.ndarray,
+             device: Any) -> float | None:
     """The active model's loss on today's validation set; a model that no longer loads (or
     whose vocabulary changed) counts as infinitely bad, so a working one replaces it."""
     if version is None:
         return None
     try:
-        model, _ = load_bundle(Path(version.path) / WEIGHTS, device)
+        model, _ = load_bundle(version_dir(data_dir, version) / WEIGHTS, device)
         return evaluate(model, val_ids, device)
     except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
         return float("inf")

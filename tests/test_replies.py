@@ -1,0 +1,182 @@
+"""What /mimic answers, through the plain functions the Slack listener calls (real models)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.models import ModelCache
+from bot.replies import Reply, Responder
+from mimic.config import Settings
+from mimic.store import Message, ModelVersion, Store, User
+from tests import trained
+from trainer.corpus import BASE, resolve
+from trainer.registry import active_version, rollback
+from trainer.train import train
+
+GENERAL, SECRET, RANDOM = "C1", "G1", "C2"
+PING = re.compile(r"<[@!#]|(?<![\w\u2060])@(?!\u2060)\w")
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    trained.build(root)
+    return root
+
+
+@pytest.fixture
+def world(template: Path, tmp_path: Path) -> tuple[Store, Settings]:
+    return trained.copy(template, tmp_path)
+
+
+def responder(world: tuple[Store, Settings], **kw: object) -> Responder:
+    store, settings = world
+    return Responder(settings, store, ModelCache(settings.data_dir), **kw)  # type: ignore[arg-type]
+
+
+def ask(r: Responder, text: str, user: str = "U2", channel: str = GENERAL) -> Reply:
+    return r.handle(user, channel, text)
+
+
+def test_mimic_posts_a_labelled_inert_message(world: tuple[Store, Settings]) -> None:
+    reply = ask(responder(world), "@alice temp=0.5")
+    header, body = reply.text.split("\n", 1)
+    assert reply.public
+    assert "mimicking @\u2060alice · temp 0.5 · model v1" in header and "generated" in header
+    assert body.startswith(">") and len(body) > 1
+    assert not PING.search(reply.text)
+
+
+def test_escaped_mentions_and_seed_text(world: tuple[Store, Settings]) -> None:
+    r = responder(world)
+    assert "mimicking #general" in ask(r, "<#C1|general> t=1.0").text
+    reply = ask(r, '<@U1|alice> "MY CAT"')
+    assert reply.public and reply.text.split("\n", 1)[1].startswith(">MY CAT")
+
+
+def test_private_channel_answers_only_inside_itself(world: tuple[Store, Settings]) -> None:
+    r = responder(world)
+    inside = ask(r, "#secret", channel=SECRET)
+    assert inside.public and "mimicking #secret" in inside.text
+    outside = ask(r, "#secret", channel=GENERAL)
+    missing = ask(r, "#secreu", channel=GENERAL)
+    assert not outside.public
+    # Exactly what a channel that does not exist gets, name aside: nothing reveals it.
+    assert outside.text.replace("#secret", "#X") == missing.text.replace("#secreu", "#X")
+    assert ask(r, "<#G1|secret>", channel=GENERAL).text.startswith("No channel called")
+
+
+def test_errors_are_ephemeral_and_say_what_to_do(world: tuple[Store, Settings]) -> None:
+    r = responder(world)
+    cases = {
+        "@alice temp=5": "out of range",
+        "@nobody": "No person called @nobody",
+        "@alicee": "Did you mean @alice",
+        "#random": "no model for #random yet. The next training runs",
+        "@carol": "needs at least 500",
+        "alice": "start with a person",
+    }
+    for text, expected in cases.items():
+        reply = ask(r, text)
+        assert not reply.public and expected.lower() in reply.text.lower(), (text, reply)
+        assert "Traceback" not in reply.text
+
+
+def test_an_internal_failure_is_a_polite_message(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    with store.session() as s:
+        row = active_version(s, "user:U1")
+        assert row is not None
+        (settings.data_dir / row.path / "model.pt").write_bytes(b"garbage")
+    reply = ask(responder(world), "@alice")
+    assert not reply.public and "went wrong on mimic's side" in reply.text
+
+
+def test_rate_limit_answers_the_sixth_request_with_a_message(
+        world: tuple[Store, Settings]) -> None:
+    now = [1000.0]
+    r = responder(world)
+    r.limiter.clock = lambda: now[0]
+    assert all(ask(r, "@alice").public for _ in range(5))
+    sixth = ask(r, "@alice")
+    assert not sixth.public and "5 requests a minute" in sixth.text
+    assert ask(r, "@alice", user="U1").public  # per person
+    now[0] += 61
+    assert ask(r, "@alice").public
+
+
+def test_list_hides_private_channels_elsewhere_and_opted_out_people(
+        world: tuple[Store, Settings]) -> None:
+    r = responder(world)
+    public = ask(r, "list").text
+    assert "alice" in public and "#general" in public and "#secret" not in public
+    assert "#secret" in ask(r, "list", channel=SECRET).text
+    ask(r, "optout", user="U2")
+    assert "bob" not in ask(r, "list").text
+
+
+def test_optout_deletes_models_at_once_forget_deletes_messages_optin_restores(
+        world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    r = responder(world)
+    reply = ask(r, "optout", user="U1")
+    assert "1 model versions of you were deleted" in reply.text
+    assert not (settings.data_dir / "models" / "user-U1").exists()
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)
+                        .where(ModelVersion.target == "user:U1")) == 0
+        assert s.scalar(select(func.count()).select_from(Message)
+                        .where(Message.user_id == "U1")) > 0
+    refused = ask(r, "@alice", user="U2")
+    assert not refused.public and "opted out" in refused.text
+    assert "retrained without them" in ask(r, "status").text
+
+    ask(r, "optout --forget", user="U1")
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Message)
+                        .where(Message.user_id == "U1")) == 0
+    ask(r, "optin", user="U1")
+    with store.session() as s:
+        assert not s.get(User, "U1").opted_out  # type: ignore[union-attr]
+
+
+def test_retrain_is_for_admins_and_one_at_a_time(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    started: list[object] = []
+    busy = [False]
+
+    def start(target: object, followup: object) -> bool:
+        if busy[0]:
+            return False
+        busy[0] = True
+        started.append(target)
+        return True
+
+    r = responder((store, settings.model_copy(update={"admins": ["U9"]})),
+                  is_admin=lambda user: user == "U8", start_retrain=start)
+    assert "only mimic's admins" in ask(r, "retrain", user="U2").text
+    assert "Retraining everything that changed" in ask(r, "retrain all", user="U9").text
+    assert "already going" in ask(r, "retrain @alice", user="U8").text
+    busy[0] = False
+    assert "Retraining @alice" in ask(r, "retrain @alice", user="U8").text
+    assert started[0] is None and started[1].label == "@alice"  # type: ignore[attr-defined]
+
+
+def test_a_promoted_version_is_served_without_a_restart(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    r = responder(world)
+    assert "model v1" in ask(r, "@bob").text
+    with store.session() as s:
+        bob = resolve(s, "@bob")
+    outcome = train(store, settings, bob, train_overrides={**trained.QUICK, "max_steps": 90})
+    expected = f"model v{outcome.version}" if outcome.status == "active" else "model v1"
+    assert expected in ask(r, "@bob", user="U1").text
+    if outcome.status == "active":
+        rollback(store, bob)
+        assert "model v1" in ask(r, "@bob", user="W3").text
+    with store.session() as s:
+        assert active_version(s, BASE.key) is not None

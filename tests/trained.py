@@ -1,0 +1,46 @@
+"""A tiny trained workspace (real torch, seconds to build), built once per test session and
+copied for each test that changes it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from exporter.importer import import_export
+from mimic.config import Settings
+from mimic.store import Store, make_engine, upgrade
+from tests import workspace
+from trainer.corpus import BASE, resolve
+from trainer.train import train
+
+TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1}
+QUICK = {"max_seconds": 0, "max_steps": 60, "eval_every_steps": 30, "batch_size": 8,
+         "seq_len": 32}
+TRAINED = ["@alice", "@bob", "#general", "#secret"]  # #random is left without a model
+
+
+def settings_for(root: Path, **extra: object) -> Settings:
+    return Settings(_env_file=None, DATABASE_URL=f"sqlite:///{root}/m.db",
+                    MIMIC_DATA_DIR=str(root / "data"), MIMIC_MIN_CHARS=500,
+                    MIMIC_DEVICE="cpu", **extra)
+
+
+def build(root: Path) -> None:
+    settings = settings_for(root)
+    upgrade(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url))
+    import_export(store, workspace.build(root / "export"))
+    train(store, settings, BASE, model_overrides=TINY_MODEL, train_overrides=QUICK)
+    for name in TRAINED:
+        with store.session() as s:
+            target = resolve(s, name)
+        train(store, settings, target, train_overrides=QUICK)
+    store.engine.dispose()
+
+
+def copy(template: Path, root: Path, **extra: object) -> tuple[Store, Settings]:
+    """A private copy of the template workspace: its database and model files."""
+    shutil.copy(template / "m.db", root / "m.db")
+    shutil.copytree(template / "data", root / "data")
+    settings = settings_for(root, **extra)
+    return Store(make_engine(settings.database_url)), settings
