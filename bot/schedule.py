@@ -8,7 +8,9 @@ however often the bot starts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -31,12 +33,23 @@ def nightly_retrain() -> None:
         log.info("nightly retrain skipped: another run holds the lock")
 
 
-def start_scheduler(settings: Settings) -> BackgroundScheduler:
+def _log_result(event: JobExecutionEvent) -> None:
+    if event.exception is not None:
+        log.error("nightly retrain failed: %r", event.exception)
+
+
+def start_scheduler(
+    settings: Settings, listener: Callable[[JobExecutionEvent], None] | None = None
+) -> BackgroundScheduler:
+    """Start the scheduler with the nightly job; `listener` hears each run's end."""
     trigger = CronTrigger.from_crontab(settings.retrain_cron)
     scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(
         engine=make_engine(settings.database_url), tablename="scheduler_jobs")})
     # Paused first, to look at the stored job: re-adding an unchanged job would move its next
     # run to the future and forget one missed during the restart.
+    scheduler.add_listener(_log_result, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    if listener is not None:
+        scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     scheduler.start(paused=True)
     existing = scheduler.get_job(JOB_ID)
     if existing is None or str(existing.trigger) != str(trigger):
