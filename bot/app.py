@@ -17,6 +17,7 @@ from bot.replies import Reply, Responder
 from bot.retrain import Event, RetrainRunner
 from exporter.live import apply_event
 from mimic.config import Settings
+from mimic.inert import make_inert
 from mimic.store import Store
 from trainer.corpus import Target
 from trainer.device import pick_device
@@ -28,8 +29,10 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def _payload(reply: Reply) -> dict[str, Any]:
-    return {"text": reply.text, "response_type": "in_channel" if reply.public else "ephemeral",
+def payload(reply: Reply) -> dict[str, Any]:
+    """The response_url body for a reply; every text to Slack is made inert here, once more."""
+    return {"text": make_inert(reply.text),
+            "response_type": "in_channel" if reply.public else "ephemeral",
             "replace_original": False}
 
 
@@ -87,8 +90,8 @@ def build_app(
         ack()
         reply = responder.handle(command.get("user_id", ""), command.get("channel_id", ""),
                                  command.get("text") or "",
-                                 followup=lambda r: respond(**_payload(r)))
-        respond(**_payload(reply))
+                                 followup=lambda r: respond(**payload(r)))
+        respond(**payload(reply))
 
     @app.event("message")
     def on_message(event: dict[str, Any]) -> None:

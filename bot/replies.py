@@ -24,8 +24,9 @@ from bot.models import ModelCache
 from mimic.config import Settings
 from mimic.inert import make_inert
 from mimic.store import Channel, Message, ModelVersion, Run, Store, User
-from trainer.corpus import BASE, Target, TargetError, corpus_chars, resolve
-from trainer.registry import active_version, delete_target
+from trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
+from trainer.privacy import opt_in, opt_out
+from trainer.registry import active_version
 from trainer.sampler import NoNovelText, draw
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,11 @@ class Responder:
         with self.store.session() as session:
             if target.kind == "user":
                 person = session.get(User, target.ident)
-                if person is not None and person.opted_out:
-                    return Reply(f"{target.label} has opted out of mimic, so I won't imitate "
-                                 "them.")
+                if person is not None and not may_imitate(person, self.settings):
+                    why = ("has opted out of mimic" if person.opted_out else
+                           "hasn't opted in to mimic (this workspace asks people first: "
+                           "`/mimic optin`)")
+                    return Reply(f"{target.label} {why}, so I won't imitate them.")
             row = active_version(session, target.key)
             if row is None:
                 return Reply(self._no_model(session, target))
@@ -170,7 +173,7 @@ class Responder:
                 .order_by(ModelVersion.val_loss)).all()
             lines = []
             for version, user, channel in rows:
-                if user is not None and not user.opted_out:
+                if user is not None and may_imitate(user, self.settings):
                     label = f"@{user.name}"
                 elif channel is not None and (not channel.is_private
                                               or channel.id == channel_id):
@@ -202,28 +205,16 @@ class Responder:
         return Reply("*mimic status*\n" + "\n".join(lines))
 
     def optout(self, user_id: str, forget: bool) -> Reply:
-        with self.store.session() as session:
-            person = session.get(User, user_id)
-            if person is None:
-                person = User(id=user_id, name=user_id)
-                session.add(person)
-            person.opted_out = True
-            if forget:
-                session.execute(Message.__table__.delete().where(Message.user_id == user_id))
-        removed = delete_target(self.store, self.settings.data_dir,
-                                Target(f"user:{user_id}", f"<@{user_id}>"))
-        done = f"You're opted out: nobody can mimic you, and {removed} model versions of you " \
-               "were deleted."
+        removed = opt_out(self.store, self.settings.data_dir, user_id, forget=forget)
+        done = (f"You're opted out: nobody can mimic you, and {removed} model versions of you "
+                "were deleted.")
         if forget:
             done += " Your stored messages are deleted too."
         return Reply(done + " Channel and workspace models are retrained without your messages "
                      "at the next run. `/mimic optin` undoes this.")
 
     def optin(self, user_id: str) -> Reply:
-        with self.store.session() as session:
-            person = session.get(User, user_id)
-            if person is not None:
-                person.opted_out = False
+        opt_in(self.store, user_id)
         return Reply("You're opted in: your public messages can train models again from the "
                      "next training run.")
 

@@ -227,6 +227,22 @@ def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or ba
     console.print(f"{chosen.label}: v{now.version} is active again (v{was.version} retired).")
 
 
+@app.command()
+def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]) -> None:
+    """Opt a person out for good: delete their models and stored messages now; models that
+    learned from them among others are retrained without them at the next run."""
+    from trainer.privacy import opt_out
+
+    store = _store()
+    (target,) = _resolve(store, [person])
+    if target.kind != "user":
+        raise _fail(f"{person} is not a person: `mimic forget @handle`.")
+    removed = opt_out(store, get_settings().data_dir, target.ident, forget=True)
+    console.print(f"{target.label} is opted out; {removed} model versions and all their stored "
+                  "messages are deleted. Channel and base models are retrained without them at "
+                  "the next run.")
+
+
 # -- the Slack app and the retraining job ---------------------------------------------------
 
 

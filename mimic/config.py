@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     base_minutes: float = Field(10.0, gt=0, validation_alias="MIMIC_BASE_MINUTES")
     target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
 
+    # opt-out: everyone may be imitated until they `/mimic optout`; opt-in: nobody until they
+    # `/mimic optin`.
+    consent: Literal["opt-out", "opt-in"] = Field("opt-out", validation_alias="MIMIC_CONSENT")
     # The Slack app: how many /mimic requests one person may make per minute.
     rate_limit: int = Field(5, ge=1, validation_alias="MIMIC_RATE_LIMIT")
 

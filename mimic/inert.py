@@ -3,7 +3,10 @@
 Slack turns `<@U…>`, `<!here>`, `<#C…>`, `<!subteam^…>` and friends into mentions, and with
 link_names also bare `@here` / `@name`. We escape `&`, `<`, `>` as Slack's own entities so
 any markup shows literally, and put a WORD JOINER (U+2060, invisible, zero-width) after
-every at sign so no `@word` can be parsed as a mention. Run it on every generated text.
+every at sign so no `@word` can be parsed as a mention.
+
+It is idempotent (an existing entity or joiner is left alone), so the bot can run it once
+more on every reply at the Slack boundary, whatever was made inert before.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import re
 WORD_JOINER = "\u2060"
 # ASCII @, fullwidth ＠ and small ﹫: Slack (or a client) may fold the variants to '@'.
 AT_SIGNS = "@\uff20\ufe6b"
-_AT = re.compile(f"([{AT_SIGNS}])")
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_AT = re.compile(f"([{AT_SIGNS}])(?!{WORD_JOINER})")
+# An & that already starts one of Slack's three entities stays: Slack shows it literally.
+_SPECIAL = re.compile(r"&(?!(?:amp|lt|gt);)|<|>")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
 def make_inert(text: str) -> str:
     """Return `text` as Slack will display it literally, with no possible notification."""
-    # & first (translate does all three in one pass, so entities are never double-escaped).
-    return _AT.sub(r"\1" + WORD_JOINER, text.translate(_ESCAPES))
+    escaped = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
+    return _AT.sub(r"\1" + WORD_JOINER, escaped)

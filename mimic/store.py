@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     select,
 )
 from sqlalchemy.engine import make_url
@@ -53,6 +54,8 @@ class User(Base):
     is_bot: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Only consulted when MIMIC_CONSENT=opt-in: nobody is learned from until they say yes.
+    opted_in: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Channel(Base):

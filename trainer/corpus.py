@@ -65,10 +65,20 @@ class Corpus:
         return sum(len(m) + 1 for m in self.train)
 
 
+def consenting(settings: Settings) -> ColumnElement[bool]:
+    """People who may be learned from and imitated, under MIMIC_CONSENT."""
+    return User.opted_in if settings.consent == "opt-in" else ~User.opted_out
+
+
+def may_imitate(user: User, settings: Settings) -> bool:
+    """`consenting` for one loaded user (the bot's check before answering /mimic @them)."""
+    return user.opted_in if settings.consent == "opt-in" else not user.opted_out
+
+
 def eligible(settings: Settings) -> ColumnElement[bool]:
-    """Messages any model may learn from: people's, not deleted, not opted out, not DMs, and in
-    an allowed channel. Joins Message with User and Channel."""
-    rules = [~Message.deleted, ~User.is_bot, ~User.opted_out, ~Channel.is_dm]
+    """Messages any model may learn from: people's, not deleted, from consenting people, not
+    DMs, and in an allowed channel. Joins Message with User and Channel."""
+    rules = [~Message.deleted, ~User.is_bot, consenting(settings), ~Channel.is_dm]
     if settings.channels:
         rules.append(func.lower(Channel.name).in_(settings.channels))
     return and_(*rules)
