@@ -1,0 +1,105 @@
+"""Privacy by construction: private-channel canaries and an opted-out person's words never
+come out of a model usable in a public channel; consent mode opt-in asks people first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from bot.models import ModelCache
+from bot.replies import Responder
+from exporter.importer import import_export
+from mimic.store import ModelVersion, Store, make_engine, upgrade
+from tests import trained, workspace
+from trainer.corpus import BASE, load_corpus, resolve, targets_with_data
+from trainer.privacy import opt_in, opt_out
+from trainer.registry import version_dir
+from trainer.sampler import sample
+from trainer.train import train
+
+
+@pytest.fixture(scope="module")
+def forgotten_bob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, object]:
+    """Bob opts out before training; every model is then trained (tiny)."""
+    root = tmp_path_factory.mktemp("privacy")
+    settings = trained.settings_for(root)
+    upgrade(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url))
+    import_export(store, workspace.build(root / "export"))
+    opt_out(store, settings.data_dir, "U2")
+    train(store, settings, BASE, model_overrides=trained.TINY_MODEL,
+          train_overrides=trained.QUICK)
+    with store.session() as s:
+        targets = targets_with_data(s, settings, settings.min_chars)
+    for target in targets:
+        train(store, settings, target, train_overrides=trained.QUICK)
+    return store, settings
+
+
+def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple) -> None:
+    store, settings = forgotten_bob
+    cache = ModelCache(settings.data_dir)
+    with store.session() as s:
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).all()
+        labels = {t.key: t for t in targets_with_data(s, settings, settings.min_chars)}
+        for row in rows:
+            s.expunge(row)
+    public = [r for r in rows if not (r.target in labels and labels[r.target].private)]
+    assert {r.target for r in public} >= {"base", "user:U1", "channel:C1"}
+    assert "user:U2" not in {r.target for r in rows} and "channel:C2" not in labels
+
+    texts: list[str] = []
+    for row in public:
+        loaded = cache.get(row)
+        for temperature in (0.5, 1.0, 1.5):
+            texts += sample(loaded.model, loaded.vocab, n=40, temperature=temperature,
+                            generator=torch.Generator().manual_seed(7))
+    blob = "\n".join(texts).lower()
+    assert "canary" not in blob and "private-xq" not in blob
+    for line in workspace.BOB:
+        assert line not in blob
+    assert not any(word in blob for word in ("boat", "tide", "sailed"))
+
+
+def test_the_corpora_themselves_exclude_them(forgotten_bob: tuple) -> None:
+    store, settings = forgotten_bob
+    with store.session() as s:
+        for target in [BASE, resolve(s, "@alice"), resolve(s, "#general")]:
+            corpus = load_corpus(s, settings, target)
+            text = "\n".join(corpus.train + corpus.val)
+            assert "canary" not in text and "boat" not in text
+        secret = load_corpus(s, settings, resolve(s, "#secret"))
+        assert all("canary" in m for m in secret.train + secret.val)
+
+
+def test_the_private_model_is_kept_apart(forgotten_bob: tuple) -> None:
+    store, settings = forgotten_bob
+    with store.session() as s:
+        secret = resolve(s, "#secret")
+        row = s.scalars(select(ModelVersion).where(ModelVersion.target == secret.key)).one()
+        folder = version_dir(settings.data_dir, row)
+    assert folder.is_dir()
+    r = Responder(settings, store, ModelCache(settings.data_dir))
+    assert r.handle("U1", "G1", "#secret").public
+    assert r.handle("U1", "C1", "#secret").text.startswith("No channel called #secret.")
+
+
+def test_consent_opt_in_refuses_everyone_until_they_opt_in(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    template.mkdir()
+    trained.build(template)
+    store, settings = trained.copy(template, tmp_path, MIMIC_CONSENT="opt-in")
+    r = Responder(settings, store, ModelCache(settings.data_dir))
+    refused = r.handle("U2", "C1", "@alice")
+    assert not refused.public and "hasn't opted in" in refused.text
+    assert "alice" not in r.handle("U2", "C1", "list").text
+    with store.session() as s:
+        assert load_corpus(s, settings, resolve(s, "@alice")).train == []
+        assert targets_with_data(s, settings, 1) == []
+    opt_in(store, "U1")
+    assert r.handle("U2", "C1", "@alice").public
+    with store.session() as s:
+        assert load_corpus(s, settings, resolve(s, "@alice")).train
