@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App
-from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.models import ModelCache
 from bot.replies import Reply, Responder
 from bot.retrain import Event, RetrainRunner
 from exporter.live import apply_event
+from exporter.webapi import make_client
 from mimic.config import Settings
 from mimic.inert import make_inert
 from mimic.store import Store
@@ -34,10 +34,6 @@ def payload(reply: Reply) -> dict[str, Any]:
     return {"text": make_inert(reply.text),
             "response_type": "in_channel" if reply.public else "ephemeral",
             "replace_original": False}
-
-
-def make_client(settings: Settings) -> WebClient:
-    return WebClient(token=_secret(settings.slack_bot_token), base_url=settings.slack_api_url)
 
 
 def build_app(

@@ -33,6 +33,7 @@ def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000) -> WSGIS
 
 
 def serve_in_thread(server: WSGIServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="mimic-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="mimic-http",
+                              daemon=True)
     thread.start()
     return thread

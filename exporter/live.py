@@ -55,10 +55,10 @@ def apply_event(
         if reason is not None:
             return f"ignored: {reason}"
         text = str(message.get("text") or "")
-        users = dict(session.execute(select(User.id, User.name).where(
-            User.id.in_(_USER_IDS.findall(text)))).tuples())
-        channels = dict(session.execute(select(Channel.id, Channel.name).where(
-            Channel.id.in_(_CHANNEL_IDS.findall(text)))).tuples())
+        users = {uid: name for uid, name in session.execute(
+            select(User.id, User.name).where(User.id.in_(_USER_IDS.findall(text))))}
+        channels = {cid: name for cid, name in session.execute(
+            select(Channel.id, Channel.name).where(Channel.id.in_(_CHANNEL_IDS.findall(text))))}
         row = message_row(message, channel_id, users, channels)
         store.ensure_users(session, [row["user_id"]])
         written = store.upsert_messages(session, [row])

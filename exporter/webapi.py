@@ -11,6 +11,7 @@ import difflib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -139,6 +140,11 @@ def export_workspace(
     except SlackApiError as exc:
         _finish(store, run, summary, "failed")
         raise _explain(exc) from None
+    except OSError as exc:  # urllib's URLError and socket errors: Slack is not reachable
+        _finish(store, run, summary, "failed")
+        raise SlackExportError(f"Cannot reach Slack at {settings.slack_api_url} ({exc}). Check "
+                               "the network and SLACK_API_URL, then run again: the export "
+                               "resumes where it stopped.") from None
     except BaseException:
         _finish(store, run, summary, "failed")
         raise
@@ -210,6 +216,7 @@ def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, na
             mark.pending_high = mark.pending_low = None  # start over from the newest message
         done = None if full else mark.done_ts
         high, low = mark.pending_high, mark.pending_low
+        resumed = low is not None
         session.merge(mark)
     while True:
         # Walking by `latest` instead of a cursor makes the position a plain ts, which the
@@ -229,8 +236,9 @@ def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, na
                                       channel=cid, ts=m["ts"], limit=PAGE)
                    for r in page if r.get("ts") != m["ts"]]
         page_tss = [str(m["ts"]) for m in messages]
-        high = high or max(page_tss, key=float)
-        low = min(page_tss, key=float)
+        # Decimal, not float: a ts has 16 digits, more than a float keeps.
+        high = high or max(page_tss, key=Decimal)
+        low = min(page_tss, key=Decimal)
         with store.session() as session:
             _write(store, session, ctx, cid, name, messages + replies, summary)
             _save(session, cid, done_ts=mark.done_ts, pending_high=high, pending_low=low)
@@ -239,6 +247,9 @@ def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, na
     with store.session() as session:
         # The walk reached done_ts: everything up to the run's newest message is stored.
         _save(session, cid, done_ts=high or mark.done_ts, pending_high=None, pending_low=None)
+    if resumed:
+        # That finished a killed run's walk; what was posted since is above its pending_high.
+        _export_channel(store, client, ctx, cid, name, summary, full=False)
 
 
 def _save(session: Session, cid: str, **values: str | None) -> None:

@@ -243,6 +243,60 @@ def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]
                   "the next run.")
 
 
+@app.command("eval")
+def eval_(
+    targets: Annotated[list[str] | None, typer.Argument(help=(
+        "People and channels to evaluate (default: the 10 biggest people with a model; "
+        "channels named here are added to them)."))] = None,
+    samples: Annotated[int, typer.Option(
+        "--samples", min=1, help="Messages to generate per target (scored in groups of "
+        "five).")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed for the samples, for reproducible runs.")] = 0,
+) -> None:
+    """Measure the models: held-out loss, style fidelity, leaks and fluency, against real
+    messages and a markovify baseline; writes MIMIC_DATA_DIR/reports/<date>/report.md."""
+    from datetime import date
+
+    from trainer.report import EvalError, default_targets, evaluate_targets, write_report
+
+    store, settings = _store(), get_settings()
+    chosen = _resolve(store, targets or [])
+    if not any(t.kind == "user" for t in chosen):
+        chosen = default_targets(store, settings) + chosen
+    try:
+        with console.status("evaluating…") as status:
+            report = evaluate_targets(store, settings, chosen, samples=samples, seed=seed,
+                                      progress=lambda msg: status.update(msg))
+    except EvalError as exc:
+        raise _fail(str(exc)) from None
+    path = write_report(report, settings.data_dir / "reports" / date.today().isoformat())
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0%}"
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"mimic eval · {samples} samples · seed {seed}", show_footer=True)
+    overall = report.overall()
+    columns = [("target", "mean", None), ("loss", "val_loss", num),
+               ("base loss", "base_loss", num), ("fidelity", "fidelity_model", pct),
+               ("real", "fidelity_real", pct), ("markov", "fidelity_markov", pct),
+               ("leak raw", "leak_raw", pct), ("served", "leak_filtered", pct),
+               ("markov leak", "leak_markov", pct), ("fluency", "fluency_model", pct),
+               ("real fl.", "fluency_real", pct), ("markov fl.", "fluency_markov", pct)]
+    for title, attr, fmt in columns:
+        footer = attr if fmt is None else fmt(overall[attr])
+        table.add_column(title, footer=footer, justify="left" if fmt is None else "right")
+    for row in report.rows:
+        table.add_row(f"{row.target.label} v{row.version}",
+                      *(fmt(getattr(row, attr)) for _t, attr, fmt in columns[1:]))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"· {note}")
+    console.print(f"Report: {path}")
+
+
 # -- the Slack app and the retraining job ---------------------------------------------------
 
 
@@ -292,8 +346,9 @@ def serve(
 
     from slack_sdk.errors import SlackApiError
 
-    from bot.app import build_app, make_client
+    from bot.app import build_app
     from bot.schedule import start_scheduler
+    from exporter.webapi import make_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")

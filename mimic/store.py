@@ -274,8 +274,9 @@ class Store:
         session.execute(stmt, list(_dedupe(rows, ("id",))))
 
     def upsert_messages(self, session: Session, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert new messages and update those whose edit stamp or deleted flag changed;
-        returns how many rows were written. Re-running with the same rows writes nothing.
+        """Insert new messages and update those with a newer edit or newly deleted; returns
+        how many rows were written. Re-running with the same rows writes nothing, and an old
+        copy arriving late (events can come out of order) never overwrites a newer edit.
 
         Rows need every Message column but `id`. Comparing against what is stored first keeps
         a re-import cheap, and lets new rows take a plain insert.
@@ -291,8 +292,7 @@ class Store:
             select(Message.channel_id, Message.ts, Message.edited_ts, Message.deleted)
             .where(Message.channel_id.in_(channels)))}
         new = sorted((r for r in unique if key(r) not in stored), key=key)
-        changed = [r for r in unique if key(r) in stored
-                   and stored[key(r)] != (r["edited_ts"], bool(r["deleted"]))]
+        changed = [r for r in unique if key(r) in stored and _newer(r, *stored[key(r)])]
         table = Message.__table__
         if changed:
             stmt = self._insert(table)
@@ -334,6 +334,12 @@ class Store:
 
 MESSAGE_FIELDS = ("channel_id", "ts", "user_id", "text_raw", "text", "thread_ts", "subtype",
                   "edited_ts", "deleted")
+
+
+def _newer(row: dict[str, Any], edited_ts: str | None, deleted: bool) -> bool:
+    if row["deleted"] != deleted:
+        return bool(row["deleted"])  # deletion is final: a late copy does not revive it
+    return float(row["edited_ts"] or 0) > float(edited_ts or 0)
 
 
 def _dedupe(rows: Iterable[dict[str, Any]], key: tuple[str, ...]) -> Iterator[dict[str, Any]]:

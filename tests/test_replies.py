@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from bot.models import ModelCache
@@ -19,18 +17,6 @@ from trainer.train import train
 
 GENERAL, SECRET, RANDOM = "C1", "G1", "C2"
 PING = re.compile(r"<[@!#]|(?<![\w\u2060])@(?!\u2060)\w")
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    trained.build(root)
-    return root
-
-
-@pytest.fixture
-def world(template: Path, tmp_path: Path) -> tuple[Store, Settings]:
-    return trained.copy(template, tmp_path)
 
 
 def responder(world: tuple[Store, Settings], **kw: object) -> Responder:

@@ -1,0 +1,241 @@
+"""A fake Slack Web API over real HTTP, for tests that drive the real `slack_sdk.WebClient`.
+
+It keeps a small in-memory workspace and answers the read methods the exporter uses the way
+Slack does: bearer-token auth, scopes, membership, cursor pagination with small pages, newest
+first history, threads, and 429 bursts with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+TOKEN = "xoxb-test-token"
+ALL_SCOPES = frozenset({"users:read", "channels:read", "groups:read", "channels:history",
+                        "groups:history"})
+
+
+class SlackError(Exception):
+    def __init__(self, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.body = {"ok": False, "error": error, **extra}
+
+
+class FakeSlack:
+    """The workspace plus knobs; `url` is the base URL to hand to `WebClient(base_url=...)`."""
+
+    def __init__(self, page_size: int = 3) -> None:
+        self.page_size = page_size
+        self.token = TOKEN
+        self.scopes: set[str] = set(ALL_SCOPES)
+        self.users: list[dict[str, Any]] = []
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, dict[str, dict[str, Any]]] = {}  # channel → ts → message
+        self.calls: Counter[str] = Counter()
+        self.ratelimit: Counter[str] = Counter()  # method → how many next calls answer 429
+        self.retry_after = "1"
+        self.delay: dict[str, float] = {}  # method → seconds to sleep before answering
+        self.fail_after: dict[str, int] = {}  # method → answer internal_error after N calls
+        self._lock = threading.Lock()
+        self._clock = 1_700_000_000
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def start(self) -> FakeSlack:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, forever if never run
+            self._server.shutdown()
+        self._server.server_close()
+
+    # -- building the workspace --
+
+    def add_user(self, uid: str, name: str, **extra: Any) -> None:
+        self.users.append({"id": uid, "name": name, "real_name": name.title(),
+                           "profile": {"display_name": name}, **extra})
+
+    def add_channel(self, cid: str, name: str, *, private: bool = False, member: bool = True,
+                    archived: bool = False) -> None:
+        self.channels[cid] = {"id": cid, "name": name, "is_channel": not private,
+                              "is_group": private, "is_private": private, "is_member": member,
+                              "is_archived": archived}
+        self.messages.setdefault(cid, {})
+
+    def post(self, channel: str, text: str, user: str = "U1", *, thread_ts: str | None = None,
+             ts: str | None = None, **extra: Any) -> str:
+        """Add a message (a reply when `thread_ts` is given); returns its ts."""
+        with self._lock:
+            if ts is None:
+                self._clock += 1
+                ts = f"{self._clock}.000100"
+            message = {"type": "message", "user": user, "text": text, "ts": ts, **extra}
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+                message["parent_user_id"] = self.messages[channel][thread_ts]["user"]
+            self.messages[channel][ts] = message
+        return ts
+
+    def edit(self, channel: str, ts: str, text: str) -> None:
+        with self._lock:
+            self._clock += 1
+            message = self.messages[channel][ts]
+            message["text"] = text
+            message["edited"] = {"user": message.get("user"), "ts": f"{self._clock}.000000"}
+
+    # -- the API --
+
+    def _top_level(self, channel: str) -> list[dict[str, Any]]:
+        found = []
+        for m in self.messages[channel].values():
+            if m.get("thread_ts", m["ts"]) != m["ts"]:
+                continue  # a reply: history shows only its parent
+            m = dict(m)
+            replies = self._replies(channel, m["ts"])[1:]
+            if replies:
+                m |= {"thread_ts": m["ts"], "reply_count": len(replies),
+                      "latest_reply": replies[-1]["ts"]}
+            found.append(m)
+        return found
+
+    def _replies(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        thread = [m for m in self.messages[channel].values()
+                  if m["ts"] == ts or m.get("thread_ts") == ts]
+        return sorted(thread, key=lambda m: Decimal(m["ts"]))
+
+    def _page(self, items: list[Any], args: dict[str, str], key: str) -> dict[str, Any]:
+        start = int(args.get("cursor") or 0)
+        limit = min(int(args.get("limit") or 100), self.page_size)
+        page = items[start:start + limit]
+        more = start + limit < len(items)
+        return {"ok": True, key: page, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _need(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise SlackError("missing_scope", needed=scope, provided=",".join(sorted(self.scopes)))
+
+    def _channel(self, args: dict[str, str], history: bool) -> str:
+        channel = self.channels.get(args.get("channel", ""))
+        if channel is None:
+            raise SlackError("channel_not_found")
+        if history:
+            self._need("groups:history" if channel["is_private"] else "channels:history")
+            if not channel["is_member"]:
+                raise SlackError("not_in_channel")
+        return channel["id"]
+
+    def answer(self, method: str, args: dict[str, str]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "user_id": "UBOT", "user": "mimic", "team": "Test"}
+        if method == "users.list":
+            self._need("users:read")
+            return self._page(self.users, args, "members")
+        if method == "users.info":
+            self._need("users:read")
+            user = next((u for u in self.users if u["id"] == args.get("user")), None)
+            if user is None:
+                raise SlackError("user_not_found")
+            return {"ok": True, "user": user}
+        if method == "conversations.list":
+            types = (args.get("types") or "public_channel").split(",")
+            if "public_channel" in types:
+                self._need("channels:read")
+            if "private_channel" in types:
+                self._need("groups:read")
+            listed = [c for c in self.channels.values()
+                      if ("private_channel" if c["is_private"] else "public_channel") in types
+                      and (c["is_member"] or not c["is_private"])
+                      and not (c["is_archived"] and args.get("exclude_archived") in ("1", "true"))]
+            return self._page(listed, args, "channels")
+        if method == "conversations.info":
+            cid = self._channel(args, history=False)
+            return {"ok": True, "channel": self.channels[cid]}
+        if method == "conversations.history":
+            cid = self._channel(args, history=True)
+            inclusive = args.get("inclusive") in ("1", "true")
+            oldest = Decimal(args.get("oldest") or 0)
+            latest = Decimal(args["latest"]) if args.get("latest") else None
+            chosen = [m for m in self._top_level(cid)
+                      if (Decimal(m["ts"]) >= oldest if inclusive else Decimal(m["ts"]) > oldest)
+                      and (latest is None or (Decimal(m["ts"]) <= latest if inclusive
+                                              else Decimal(m["ts"]) < latest))]
+            chosen.sort(key=lambda m: Decimal(m["ts"]), reverse=True)
+            return self._page(chosen, args, "messages")
+        if method == "conversations.replies":
+            cid = self._channel(args, history=True)
+            thread = self._replies(cid, args.get("ts", ""))
+            if not thread:
+                raise SlackError("thread_not_found")
+            return self._page(thread, args, "messages")
+        raise SlackError("unknown_method")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass  # keep test output clean
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._serve()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._serve()
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                method = parts.path.rsplit("/", 1)[-1]
+                args = dict(parse_qsl(parts.query))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if body:
+                    if "json" in (self.headers.get("Content-Type") or ""):
+                        args |= {k: str(v) for k, v in json.loads(body).items()}
+                    else:
+                        args |= dict(parse_qsl(body.decode()))
+                auth = self.headers.get("Authorization", "")
+                token = auth.removeprefix("Bearer ") if auth else args.get("token", "")
+                with fake._lock:
+                    fake.calls[method] += 1
+                    limited = fake.ratelimit[method] > 0
+                    if limited:
+                        fake.ratelimit[method] -= 1
+                    failing = fake.calls[method] > fake.fail_after.get(method, 1 << 30)
+                time.sleep(fake.delay.get(method, 0))
+                status, headers = 200, {}
+                if limited:
+                    status, headers = 429, {"Retry-After": fake.retry_after}
+                    reply: dict[str, Any] = {"ok": False, "error": "ratelimited"}
+                elif token != fake.token:
+                    reply = {"ok": False, "error": "invalid_auth" if token else "not_authed"}
+                elif failing:
+                    reply = {"ok": False, "error": "internal_error"}
+                else:
+                    with fake._lock:
+                        try:
+                            reply = fake.answer(method, args)
+                        except SlackError as exc:
+                            reply = exc.body
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler

@@ -1,0 +1,181 @@
+"""The real Bolt app in HTTP mode on 127.0.0.1, its Web API client on the fake Slack, signed
+slash commands and events over real HTTP, replies caught at a local response_url."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from bot.app import build_app
+from bot.http import make_http_server, serve_in_thread
+from bot.retrain import RetrainRunner
+from mimic.config import Settings
+from mimic.store import Message, Store
+from tests import slack_client
+from tests.fake_slack import TOKEN, FakeSlack
+from tests.slack_client import Catcher, event, slash
+from trainer.corpus import resolve
+from trainer.train import train
+
+PING = re.compile(r"<[@!#]|[@＠](?!\u2060)\w")
+
+
+@dataclass
+class Running:
+    url: str
+    catcher: Catcher
+    store: Store
+    settings: Settings
+    slack: FakeSlack
+
+
+@pytest.fixture
+def running(world: tuple[Store, Settings], fake_slack: FakeSlack) -> Iterator[Running]:
+    store, settings = world
+    settings = settings.model_copy(update={
+        "slack_api_url": fake_slack.url, "admins": ["U9"],
+        "slack_signing_secret": SecretStr(slack_client.SIGNING_SECRET),
+        "slack_bot_token": SecretStr(TOKEN), "target_minutes": 0.05})
+    fake_slack.add_user("U1", "alice")
+    fake_slack.add_user("U2", "bob")
+    fake_slack.add_user("U8", "olga", is_admin=True)
+    fake_slack.add_channel("C1", "general")
+    env = {**os.environ, "DATABASE_URL": settings.database_url,
+           "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500",
+           "MIMIC_TARGET_MINUTES": "0.05", "MIMIC_DEVICE": "cpu",
+           "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": fake_slack.url}
+    app = build_app(settings, store, runner=RetrainRunner(settings, env=env))
+    server = make_http_server(app, "127.0.0.1", 0)
+    serve_in_thread(server)
+    catcher = Catcher()
+    yield Running(f"http://127.0.0.1:{server.server_port}/slack/events", catcher, store,
+                  settings, fake_slack)
+    server.shutdown()
+    server.server_close()
+    catcher.stop()
+
+
+def ask(r: Running, text: str, **kw: str) -> dict:
+    response_url = r.catcher.url()
+    start = time.perf_counter()
+    status, _ = slash(r.url, text, response_url, **kw)
+    assert status == 200 and time.perf_counter() - start < 3, "ack must come within 3 s"
+    return r.catcher.wait(response_url)[0]
+
+
+def test_mimic_answers_in_channel_labelled_and_inert(running: Running) -> None:
+    reply = ask(running, "<@U1|alice> temp=1.0")
+    assert reply["response_type"] == "in_channel"
+    header, body = reply["text"].split("\n", 1)
+    assert "mimicking @\u2060alice · temp 1 · model v1" in header
+    assert body.startswith("&gt;") and not PING.search(reply["text"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("@alice temp=9", "out of range"),
+    ("@nobody", "No person called @\u2060nobody"),
+    ("#random", "no model for #random yet"),
+    ("@carol", "needs at least"),
+    ('@alice "unclosed', "unclosed quote"),
+    ("#secret", "No channel called #secret"),
+    ("help", "optout"),
+])
+def test_errors_and_help_are_ephemeral(running: Running, text: str, expected: str) -> None:
+    reply = ask(running, text)
+    assert reply["response_type"] == "ephemeral"
+    assert expected.lower() in reply["text"].lower()
+
+
+def test_bad_signatures_and_stale_requests_get_401(running: Running) -> None:
+    url = running.catcher.url()
+    assert slash(running.url, "@alice", url, secret="wrong")[0] == 401
+    assert slash(running.url, "@alice", url, timestamp=int(time.time()) - 6 * 60)[0] == 401
+    assert running.catcher.bodies == {}
+
+
+def test_retrain_is_refused_to_non_admins(running: Running) -> None:
+    reply = ask(running, "retrain", user="U2")
+    assert "only mimic's admins" in reply["text"]
+    assert running.slack.calls["users.info"] == 1
+
+
+def test_admin_retrain_runs_reports_and_refuses_a_second(running: Running) -> None:
+    first_url = running.catcher.url()
+    assert slash(running.url, "retrain @alice", first_url, user="U8")[0] == 200
+    started = running.catcher.wait(first_url)[0]
+    assert "Retraining @\u2060alice" in started["text"]
+    second = ask(running, "retrain all", user="U9")  # on MIMIC_ADMINS
+    assert "already going" in second["text"]
+    # started, "Exporting…", export done, "Training…", then the results.
+    bodies = running.catcher.wait(first_url, count=5, timeout=120)
+    final = bodies[-1]["text"]
+    assert "Retraining finished" in final and "@\u2060alice: v2" in final
+    assert "validation loss" in final and all(b["response_type"] == "ephemeral"
+                                             for b in bodies)
+
+
+def test_a_new_version_is_swapped_in_under_concurrent_requests(running: Running) -> None:
+    with running.store.session() as s:
+        bob = resolve(s, "@bob")
+    users = [f"U{100 + i}" for i in range(16)]  # one request each: no rate limit in the way
+    promote = threading.Thread(target=train, args=(running.store, running.settings, bob),
+                               kwargs={"train_overrides": {"max_seconds": 0, "max_steps": 80,
+                                                           "batch_size": 8, "seq_len": 32}})
+    with ThreadPoolExecutor(8) as pool:
+        promote.start()
+        replies = list(pool.map(lambda u: ask(running, "@bob", user=u), users))
+    promote.join()
+    assert all(r["response_type"] == "in_channel" for r in replies)
+    versions = {re.search(r"model v(\d+)", r["text"]).group(1) for r in replies}  # type: ignore[union-attr]
+    assert versions <= {"1", "2"}
+    after = ask(running, "@bob", user="U200")
+    with running.store.session() as s:
+        from trainer.registry import active_version
+
+        active = active_version(s, bob.key)
+    assert f"model v{active.version}" in after["text"]  # type: ignore[union-attr]
+
+
+def test_live_ingestion_stores_edits_and_deletes(running: Running) -> None:
+    def stored() -> dict[str, tuple[str, bool]]:
+        with running.store.session() as s:
+            return {m.ts: (m.text, m.deleted) for m in s.scalars(
+                select(Message).where(Message.ts >= "1800000000"))}
+
+    def send(payload: dict, until: Callable[[dict], bool]) -> None:
+        # Bolt acks an event before its listener runs: wait for the write to land.
+        assert event(running.url, {"type": "message", "channel": "C1",
+                                   "channel_type": "channel", **payload})[0] == 200
+        deadline = time.monotonic() + 10
+        while not until(stored()):
+            assert time.monotonic() < deadline, stored()
+            time.sleep(0.02)
+
+    send({"user": "U1", "text": "hello <@U2>", "ts": "1800000000.000100"},
+         lambda m: m.get("1800000000.000100") == ("hello @bob", False))
+    send({"subtype": "message_changed", "message": {
+        "type": "message", "user": "U1", "text": "hello again", "ts": "1800000000.000100",
+        "edited": {"user": "U1", "ts": "1800000005.000000"}}},
+        lambda m: m["1800000000.000100"] == ("hello again", False))
+    send({"user": "U1", "text": "to be removed", "ts": "1800000001.000100"},
+         lambda m: "1800000001.000100" in m)
+    send({"subtype": "message_deleted", "deleted_ts": "1800000001.000100"},
+         lambda m: m["1800000001.000100"] == ("to be removed", True))
+    # Not a person's writing, and a DM: neither is stored (the next event proves they ran).
+    event(running.url, {"type": "message", "channel": "C1", "channel_type": "channel",
+                        "subtype": "channel_join", "user": "U2", "text": "joined",
+                        "ts": "1800000002.000100"})
+    event(running.url, {"type": "message", "channel": "D1", "channel_type": "im",
+                        "user": "U1", "text": "secret dm", "ts": "1800000003.000100"})
+    send({"user": "U2", "text": "last one", "ts": "1800000004.000100"},
+         lambda m: "1800000004.000100" in m)
+    assert set(stored()) == {"1800000000.000100", "1800000001.000100", "1800000004.000100"}
