@@ -16,9 +16,7 @@ $(BIN)/mimic: pyproject.toml
 install: $(BIN)/mimic
 
 demo: install
-	$(BIN)/mimic init
-	$(BIN)/mimic demo-data data/demo-export.zip
-	$(BIN)/mimic import data/demo-export.zip
+	$(BIN)/mimic demo
 
 test: install
 	bash tests/run.sh

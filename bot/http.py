@@ -12,6 +12,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # each request on its own thread: acks never queue behind others
+    request_queue_size = 128  # socketserver's 5 resets a burst of concurrent commands
 
 
 class _QuietHandler(WSGIRequestHandler):

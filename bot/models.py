@@ -9,34 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mimic.store import ModelVersion
-from trainer.model import CharLSTM, load_bundle
-from trainer.novelty import NoveltyIndex
-from trainer.registry import version_dir
-from trainer.train import NOVELTY, WEIGHTS
-from trainer.vocab import Vocab
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    version_id: int
-    version: int
-    model: CharLSTM
-    vocab: Vocab
-    novelty: NoveltyIndex
-
-
-def load_version(folder: Path, row: ModelVersion,
-                 device: torch.device | str = "cpu") -> LoadedModel:
-    model, vocab = load_bundle(folder / WEIGHTS, device)
-    if vocab is None:
-        raise ValueError(f"{folder / WEIGHTS} has no vocabulary")
-    return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY))
+from trainer.registry import LoadedModel, load_version
 
 
 class ModelCache:
@@ -58,7 +36,7 @@ class ModelCache:
             with self._lock:
                 if row.id in self._models:
                     return self._models[row.id]
-            loaded = load_version(version_dir(self.data_dir, row), row, self.device)
+            loaded = load_version(self.data_dir, row, self.device)
             with self._lock:
                 self._models[row.id] = loaded
                 self._models.move_to_end(row.id)

@@ -19,6 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bot.batching import SampleBatcher
 from bot.commands import USAGE, Mimic, OptOut, ParseError, Retrain, TargetRef, parse
 from bot.models import ModelCache
 from mimic.config import Settings
@@ -27,10 +28,10 @@ from mimic.store import Channel, Message, ModelVersion, Run, Store, User
 from trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
 from trainer.privacy import opt_in, opt_out
 from trainer.registry import active_version
-from trainer.sampler import NoNovelText, draw
+from trainer.sampler import NoNovelText, Row, draw
 
 log = logging.getLogger(__name__)
-CANDIDATES = 4  # drawn in one batch; the first novel one is served
+CANDIDATES = 4  # drawn in one batch; the first novel one is served, so one round does
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ class Responder:
         *,
         is_admin: Callable[[str], bool] = lambda _user: False,
         start_retrain: Callable[[Target | None, Callable[[Reply], None]], bool] | None = None,
+        batcher: SampleBatcher | None = None,
     ) -> None:
         self.settings, self.store, self.cache = settings, store, cache
+        self.batcher = batcher or SampleBatcher(cache.device)
         self.is_admin = is_admin
         self.start_retrain = start_retrain
         self.limiter = RateLimiter(settings.rate_limit)
@@ -143,9 +146,10 @@ class Responder:
                 return Reply(self._no_model(session, target))
         try:
             loaded = self.cache.get(row)
-            result = draw(loaded.model, loaded.vocab, loaded.novelty, n=CANDIDATES,
+            wanted = Row(command.seed, command.temperature)
+            result = draw(loaded.model, loaded.vocab, loaded.novelty, candidates=CANDIDATES,
                           temperature=command.temperature, seed_text=command.seed,
-                          device=self.cache.device)
+                          sampler=lambda k: self.batcher.sample(loaded, [wanted] * k))
         except NoNovelText:
             return Reply(f"Every message I drew for {target.label} repeated their own words "
                          "too closely, so I won't post it. Try a higher temperature, e.g. "

@@ -228,6 +228,46 @@ def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or ba
 
 
 @app.command()
+def sample(
+    target: Annotated[str, typer.Argument(help="@person or #channel with an active model.")],
+    temp: Annotated[float, typer.Option("--temp", help="Temperature, above 0 and at most 2: "
+                                        "higher is wilder, lower is safer.")] = 0.8,
+    seed: Annotated[str, typer.Option("--seed", help="Text each message starts with, e.g. "
+                                      "--seed \"I think we should\".")] = "",
+    n: Annotated[int, typer.Option("-n", min=1, max=20, help="How many messages.")] = 3,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Draw only from the k "
+                                              "likeliest characters.")] = None,
+) -> None:
+    """Write new messages in a person's or channel's voice, as the bot would (novel, inert)."""
+    from trainer.device import pick_device
+    from trainer.registry import active_version, load_version
+    from trainer.sampler import NoNovelText, draw
+
+    store, settings = _store(), get_settings()
+    (chosen,) = _resolve(store, [target])
+    if not 0 < temp <= 2:
+        raise _fail(f"--temp {temp:g} is out of range: use a number above 0 and at most 2, "
+                    "e.g. --temp 0.8.")
+    with store.session() as session:
+        row = active_version(session, chosen.key)
+    if row is None:
+        raise _fail(f"{chosen.label} has no active model yet: `mimic train {chosen.label}` "
+                    "(or `mimic train --all`).")
+    device = pick_device(settings.device)
+    loaded = load_version(settings.data_dir, row, device)
+    try:
+        result = draw(loaded.model, loaded.vocab, loaded.novelty, n=n, temperature=temp,
+                      top_k=top_k, seed_text=seed, device=device)
+    except NoNovelText as exc:
+        raise _fail(f"{chosen.label}: {exc}.") from None
+    console.print(f"[dim]{chosen.label} · model v{row.version} · temp {temp:g}"
+                  + (f" · {result.rejected} drawn copies refused" if result.rejected else "")
+                  + "[/]")
+    for text in result.texts:
+        console.print(text, markup=False, highlight=False)
+
+
+@app.command()
 def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]) -> None:
     """Opt a person out for good: delete their models and stored messages now; models that
     learned from them among others are retrained without them at the next run."""
@@ -295,6 +335,29 @@ def eval_(
     for note in report.notes:
         console.print(f"· {note}")
     console.print(f"Report: {path}")
+
+
+@app.command()
+def demo(
+    minutes: Annotated[float, typer.Option(help="Training time budget in minutes: half for "
+                                           "the base model, half for the people and "
+                                           "channels.")] = 5.0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over: rebuild, re-import and "
+                                        "retrain everything.")] = False,
+    folder: Annotated[Path, typer.Option(help="Where the demo keeps its database and models "
+                                         "(apart from your workspace's).")] = Path("data/demo"),
+    limit: Annotated[int | None, typer.Option(help="Use only the first N conversations "
+                                              "(a smaller, faster demo).")] = None,
+) -> None:
+    """The whole loop on real chat data, no Slack needed: build, import, train, answer."""
+    from bot.demo import run_demo
+    from exporter.demo_data import DemoDataError
+
+    try:
+        run_demo(get_settings(), folder, minutes=minutes, fresh=fresh, console=console,
+                 limit=limit)
+    except DemoDataError as exc:
+        raise _fail(str(exc)) from None
 
 
 # -- the Slack app and the retraining job ---------------------------------------------------

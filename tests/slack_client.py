@@ -17,6 +17,13 @@ from slack_sdk.signature import SignatureVerifier
 SIGNING_SECRET = "test-signing-secret"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 drops connections in a burst of replies; the client then
+    # retries only after a second, which would show up as latency that is not the app's.
+    request_queue_size = 128
+
+
 class Catcher:
     """Collects what the app POSTs to response URLs: path → list of JSON bodies."""
 
@@ -40,8 +47,7 @@ class Catcher:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         self._next = 0
 

@@ -15,8 +15,9 @@ from exporter.importer import import_export
 from mimic.store import ModelVersion, Store, make_engine, upgrade
 from tests import trained, workspace
 from trainer.corpus import BASE, load_corpus, resolve, targets_with_data
+from trainer.model import load_bundle
 from trainer.privacy import opt_in, opt_out
-from trainer.registry import version_dir
+from trainer.registry import WEIGHTS, version_dir
 from trainer.sampler import sample
 from trainer.train import train
 
@@ -41,7 +42,6 @@ def forgotten_bob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, obje
 
 def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple) -> None:
     store, settings = forgotten_bob
-    cache = ModelCache(settings.data_dir)
     with store.session() as s:
         rows = s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).all()
         labels = {t.key: t for t in targets_with_data(s, settings, settings.min_chars)}
@@ -52,10 +52,10 @@ def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple)
     assert "user:U2" not in {r.target for r in rows} and "channel:C2" not in labels
 
     texts: list[str] = []
-    for row in public:
-        loaded = cache.get(row)
+    for row in public:  # the base too: it is never served, but every model starts from it
+        model, vocab = load_bundle(version_dir(settings.data_dir, row) / WEIGHTS)
         for temperature in (0.5, 1.0, 1.5):
-            texts += sample(loaded.model, loaded.vocab, n=40, temperature=temperature,
+            texts += sample(model, vocab, n=40, temperature=temperature,
                             generator=torch.Generator().manual_seed(7))
     blob = "\n".join(texts).lower()
     assert "canary" not in blob and "private-xq" not in blob

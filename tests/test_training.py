@@ -20,6 +20,7 @@ from mimic.store import Message, ModelVersion, Store, make_engine, upgrade
 from tests import workspace
 from trainer.corpus import BASE, resolve
 from trainer.registry import (
+    WEIGHTS,
     RegistryError,
     active_version,
     publish,
@@ -27,7 +28,7 @@ from trainer.registry import (
     version_dir,
     versions,
 )
-from trainer.train import WEIGHTS, TrainError, needs_training, retrain_changed, train
+from trainer.train import TrainError, needs_training, retrain_changed, train
 
 TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1}
 QUICK = {"max_seconds": 0, "max_steps": 40, "eval_every_steps": 20, "batch_size": 8,

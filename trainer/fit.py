@@ -129,6 +129,32 @@ def evaluate(
         model.train(was_training)
 
 
+def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device, steps: int = 2) -> float:
+    """Training characters per second of `model` under `cfg` on `device`: forward and
+    backward passes over random ids, after one warm-up step. Leaves the weights untouched."""
+    _set_threads(device, cfg.num_threads)
+    model = model.to(device).train()
+    batch_size, seq_len = cfg.batch_size, cfg.seq_len
+    x = torch.randint(model.config.vocab_size, (batch_size, seq_len + 1), device=device)
+
+    def step() -> None:
+        with _autocast(device):
+            logits, _ = model(x[:, :-1])
+        F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+                        ).backward()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    model.zero_grad(set_to_none=True)
+    return steps * batch_size * seq_len / (time.perf_counter() - start)
+
+
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over warmup_steps, then cosine from lr to lr × min_lr_ratio as
     `progress` (fraction of the time/step budget used) goes 0 → 1."""

@@ -75,7 +75,8 @@ def flops_per_char(config: ModelConfig) -> int:
 HIDDEN_CHOICES = (128, 192, 256, 320, 384, 448, 512)
 
 
-def size_for(train_chars: int, vocab_size: int, **overrides: Any) -> ModelConfig:
+def size_for(train_chars: int, vocab_size: int, max_params: int | None = None,
+             **overrides: Any) -> ModelConfig:
     """Pick a model size for a corpus of `train_chars` characters.
 
     char-rnn's rule of thumb (Karpathy): the parameter count should be of the same order as
@@ -85,15 +86,17 @@ def size_for(train_chars: int, vocab_size: int, **overrides: Any) -> ModelConfig
     (where 2×512's 3.4M parameters are already below the data), and 1 × 128 for corpora too
     small for even 2 × 128 (~250k parameters). Dropout is 0.1 (the time budget allows only
     a few epochs, so regularising harder slows learning more than it saves), 0.25 only for
-    the 1 × 128 fallback, which can outnumber its data. Any field can be overridden.
+    the 1 × 128 fallback, which can outnumber its data. `max_params` caps the size further
+    (what a time budget can train, see trainer/train.py). Any field can be overridden.
     """
+    cap = train_chars if max_params is None else min(train_chars, max_params)
     layers, hidden = 2, HIDDEN_CHOICES[0]
     for h in HIDDEN_CHOICES:
-        if param_count(ModelConfig(vocab_size, hidden_size=h, num_layers=2)) <= train_chars:
+        if param_count(ModelConfig(vocab_size, hidden_size=h, num_layers=2)) <= cap:
             hidden = h
-    if param_count(ModelConfig(vocab_size, hidden_size=128, num_layers=2)) > train_chars:
+    if param_count(ModelConfig(vocab_size, hidden_size=128, num_layers=2)) > cap:
         layers = 1
-    if param_count(ModelConfig(vocab_size, hidden_size=512, num_layers=3)) <= train_chars:
+    if param_count(ModelConfig(vocab_size, hidden_size=512, num_layers=3)) <= cap:
         layers, hidden = 3, 512
     config = ModelConfig(vocab_size, hidden_size=hidden, num_layers=layers)
     ratio = train_chars / param_count(config)

@@ -8,14 +8,22 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mimic.store import ModelVersion, Store
 from trainer.corpus import Target
+from trainer.model import CharLSTM, load_bundle
+from trainer.novelty import NoveltyIndex
+from trainer.vocab import Vocab
+
+# A version folder's files (with config.json, metrics.json and loss.png for people to read).
+WEIGHTS, NOVELTY = "model.pt", "novelty.npy"
 
 
 class RegistryError(RuntimeError):
@@ -30,6 +38,27 @@ def version_dir(data_dir: Path, row: ModelVersion) -> Path:
     """Where a version's files are. Rows hold paths relative to MIMIC_DATA_DIR, so the data
     folder can move (or be copied to another machine) without touching the registry."""
     return Path(data_dir) / row.path
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A published version, ready to sample from: what the bot, `mimic sample` and
+    `mimic eval` serve."""
+
+    version_id: int
+    version: int
+    model: CharLSTM
+    vocab: Vocab
+    novelty: NoveltyIndex
+
+
+def load_version(data_dir: Path, row: ModelVersion,
+                 device: torch.device | str = "cpu") -> LoadedModel:
+    folder = version_dir(data_dir, row)
+    model, vocab = load_bundle(folder / WEIGHTS, device)
+    if vocab is None:
+        raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
+    return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY))
 
 
 def active_version(session: Session, target_key: str) -> ModelVersion | None:

@@ -32,9 +32,8 @@ from trainer.device import pick_device
 from trainer.fit import evaluate
 from trainer.model import load_bundle
 from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.registry import active_version, version_dir
+from trainer.registry import WEIGHTS, active_version, load_version, version_dir
 from trainer.sampler import NoNovelText, draw, sample
-from trainer.train import NOVELTY, WEIGHTS
 
 TEMPERATURE = 0.8  # the bot's default: evaluate what people actually get
 GROUP = 5  # messages per classification: one short message says little about its author
@@ -257,9 +256,8 @@ def evaluate_targets(
     for target, row, corpus in chosen:
         say(f"evaluating {target.label}")
         folder = version_dir(settings.data_dir, row)
-        model, vocab = load_bundle(folder / WEIGHTS, device)
-        assert vocab is not None  # every published version carries its vocabulary
-        novelty = NoveltyIndex.load(folder / NOVELTY)
+        loaded = load_version(settings.data_dir, row, device)
+        model, vocab, novelty = loaded.model, loaded.vocab, loaded.novelty
         val_loss = base_loss = None
         val_chars = sum(len(t) + 1 for t in corpus.val)
         if val_chars >= 2:

@@ -1,0 +1,40 @@
+"""The chitchat demo workspace, built and imported through `mimic import`'s own code into a
+bench folder (reused on the next run: the import is idempotent)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from exporter.demo_data import build_demo_export
+from exporter.importer import import_export
+from mimic.config import Settings
+from mimic.store import Store, make_engine, upgrade
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def chitchat(folder: Path, refresh: bool = True, **settings: object) -> tuple[Store, Settings]:
+    """(store, settings) of the chitchat workspace kept in `folder`; `refresh` builds and
+    imports what is missing (a no-op once done)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Settings(_env_file=None, DATABASE_URL=f"sqlite:///{folder}/mimic.db",
+                      MIMIC_DATA_DIR=str(folder), **settings)
+    engine = make_engine(config.database_url)
+    upgrade(engine)
+    store = Store(engine)
+    if not refresh:
+        return store, config
+    export = folder / "chitchat-export.zip"
+    if not export.exists():
+        build_demo_export(export)
+    import_export(store, export)
+    return store, config
