@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Pinned and installed first, so that nothing later pulls a newer torch (GBs of CUDA wheels).
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-quality clean
 
 $(BIN)/mimic: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# The quick ones (a few minutes); bench-quality takes about 32 minutes.
 bench: install
 	$(BIN)/python bench/import_speed.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python -m bench.latency
+
+bench-quality: install
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -64,7 +64,7 @@ def main() -> None:
                    help="a chitchat workspace with trained models (default: bench.quality's)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of concurrent requests")
     p.add_argument("--concurrency", type=int, default=20, help="requests per round")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature asked for")
+    p.add_argument("--temp", type=float, default=0.6, help="temperature asked for")
     args = p.parse_args()
 
     print(f"machine: {machine()}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from trainer.sampler import DEFAULT_TEMPERATURE
+
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0  # exclusive, inclusive
-DEFAULT_TEMPERATURE = 0.8
 MAX_SEED = 200
 
 USAGE = (

@@ -25,7 +25,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
 
-    def get(self, row: ModelVersion) -> LoadedModel:
+    def get(self, row: ModelVersion, parent: ModelVersion | None = None) -> LoadedModel:
         with self._lock:
             if row.id in self._models:
                 self._models.move_to_end(row.id)
@@ -36,7 +36,7 @@ class ModelCache:
             with self._lock:
                 if row.id in self._models:
                     return self._models[row.id]
-            loaded = load_version(self.data_dir, row, self.device)
+            loaded = load_version(self.data_dir, row, self.device, parent)
             with self._lock:
                 self._models[row.id] = loaded
                 self._models.move_to_end(row.id)

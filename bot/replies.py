@@ -27,11 +27,10 @@ from mimic.inert import make_inert
 from mimic.store import Channel, Message, ModelVersion, Run, Store, User
 from trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
 from trainer.privacy import opt_in, opt_out
-from trainer.registry import active_version
-from trainer.sampler import NoNovelText, Row, draw
+from trainer.registry import active_version, parent_of
+from trainer.sampler import NoNovelText, Row, reply
 
 log = logging.getLogger(__name__)
-CANDIDATES = 4  # drawn in one batch; the first novel one is served, so one round does
 
 
 @dataclass(frozen=True)
@@ -144,12 +143,12 @@ class Responder:
             row = active_version(session, target.key)
             if row is None:
                 return Reply(self._no_model(session, target))
+            parent = parent_of(session, row)
         try:
-            loaded = self.cache.get(row)
+            loaded = self.cache.get(row, parent)
             wanted = Row(command.seed, command.temperature)
-            result = draw(loaded.model, loaded.vocab, loaded.novelty, candidates=CANDIDATES,
-                          temperature=command.temperature, seed_text=command.seed,
-                          sampler=lambda k: self.batcher.sample(loaded, [wanted] * k))
+            result = reply(loaded, temperature=command.temperature, seed_text=command.seed,
+                           sampler=lambda k: self.batcher.sample(loaded, [wanted] * k))
         except NoNovelText:
             return Reply(f"Every message I drew for {target.label} repeated their own words "
                          "too closely, so I won't post it. Try a higher temperature, e.g. "

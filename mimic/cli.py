@@ -230,8 +230,9 @@ def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or ba
 @app.command()
 def sample(
     target: Annotated[str, typer.Argument(help="@person or #channel with an active model.")],
-    temp: Annotated[float, typer.Option("--temp", help="Temperature, above 0 and at most 2: "
-                                        "higher is wilder, lower is safer.")] = 0.8,
+    temp: Annotated[float | None, typer.Option("--temp", help="Temperature, above 0 and at "
+                                               "most 2: higher is wilder, lower is safer "
+                                               "(default: the bot's).")] = None,
     seed: Annotated[str, typer.Option("--seed", help="Text each message starts with, e.g. "
                                       "--seed \"I think we should\".")] = "",
     n: Annotated[int, typer.Option("-n", min=1, max=20, help="How many messages.")] = 3,
@@ -240,24 +241,26 @@ def sample(
 ) -> None:
     """Write new messages in a person's or channel's voice, as the bot would (novel, inert)."""
     from trainer.device import pick_device
-    from trainer.registry import active_version, load_version
-    from trainer.sampler import NoNovelText, draw
+    from trainer.registry import active_version, load_version, parent_of
+    from trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target])
+    temp = DEFAULT_TEMPERATURE if temp is None else temp
     if not 0 < temp <= 2:
         raise _fail(f"--temp {temp:g} is out of range: use a number above 0 and at most 2, "
                     "e.g. --temp 0.8.")
     with store.session() as session:
         row = active_version(session, chosen.key)
+        parent = parent_of(session, row) if row is not None else None
     if row is None:
         raise _fail(f"{chosen.label} has no active model yet: `mimic train {chosen.label}` "
                     "(or `mimic train --all`).")
     device = pick_device(settings.device)
-    loaded = load_version(settings.data_dir, row, device)
+    loaded = load_version(settings.data_dir, row, device, parent)
     try:
-        result = draw(loaded.model, loaded.vocab, loaded.novelty, n=n, temperature=temp,
-                      top_k=top_k, seed_text=seed, device=device)
+        result = reply(loaded, n=n, temperature=temp, top_k=top_k, seed_text=seed,
+                       device=device)
     except NoNovelText as exc:
         raise _fail(f"{chosen.label}: {exc}.") from None
     console.print(f"[dim]{chosen.label} · model v{row.version} · temp {temp:g}"
@@ -269,8 +272,10 @@ def sample(
 
 @app.command()
 def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]) -> None:
-    """Opt a person out for good: delete their models and stored messages now; models that
-    learned from them among others are retrained without them at the next run."""
+    """Opt a person out for good: delete their models and stored messages now.
+
+    Channel and base models that learned from them are retrained without them at the next
+    run."""
     from trainer.privacy import opt_out
 
     store = _store()
@@ -290,11 +295,13 @@ def eval_(
         "channels named here are added to them)."))] = None,
     samples: Annotated[int, typer.Option(
         "--samples", min=1, help="Messages to generate per target (scored in groups of "
-        "five).")] = 50,
+        "five).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the samples, for reproducible runs.")] = 0,
 ) -> None:
-    """Measure the models: held-out loss, style fidelity, leaks and fluency, against real
-    messages and a markovify baseline; writes MIMIC_DATA_DIR/reports/<date>/report.md."""
+    """Measure the models: held-out loss, style fidelity, leaks and fluency.
+
+    Against real held-out messages and a markovify baseline; writes
+    MIMIC_DATA_DIR/reports/<date>/report.md and its plots."""
     from datetime import date
 
     from trainer.report import EvalError, default_targets, evaluate_targets, write_report

@@ -11,7 +11,17 @@ import torch
 from trainer.fit import TrainConfig, fit
 from trainer.model import CharLSTM, ModelConfig
 from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.sampler import NoNovelText, draw, sample
+from trainer.registry import LoadedModel
+from trainer.sampler import (
+    NoNovelText,
+    Row,
+    contrast,
+    draw,
+    log_likelihood,
+    reply,
+    sample,
+    sample_rows,
+)
 from trainer.vocab import Vocab
 
 SECRET = "my locker code is 4417 and the wifi password is hunter2, ok?"
@@ -126,3 +136,74 @@ def test_draw_counts_rejections_and_keeps_novel_ones(trained: tuple[CharLSTM, Vo
     result = draw(model, vocab, index, n=4, temperature=2.0, tries=5, generator=gen(3))
     assert 1 <= len(result.texts) <= 4
     assert not any(index.has_copy(t) for t in result.texts)
+
+
+def test_rows_with_their_own_seed_and_temperature_share_one_batch(
+        trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    rows = [Row("who", 1e-4), Row("lun", 1e-4), Row("", 1.5), Row("su", 1e-4), Row("who", 1e-4)]
+    texts = sample_rows(model, vocab, rows, generator=gen(5))
+    # Greedy rows give exactly what they give alone, whatever else shares (and leaves) the
+    # batch: the short "sure, see you there" ends long before the others.
+    for row, text in zip(rows, texts, strict=True):
+        if row.temperature < 1:
+            assert text == sample(model, vocab, n=1, temperature=row.temperature,
+                                  seed_text=row.seed_text)[0]
+        assert text.startswith(row.seed_text)
+    assert texts[0] == texts[4] == "who broke the build again"
+    assert sample_rows(model, vocab, []) == []
+    with pytest.raises(ValueError, match="temperature"):
+        sample_rows(model, vocab, [Row("", 0.5), Row("", 3.0)])
+
+
+def test_draw_serves_from_a_round_of_candidates(trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    index = NoveltyIndex.build(MESSAGES)
+    asked: list[int] = []
+
+    def sampler(k: int) -> list[str]:
+        asked.append(k)
+        return sample(model, vocab, n=k, temperature=1e-4, seed_text="who")
+
+    result = draw(model, vocab, index, n=1, candidates=4, seed_text="who", sampler=sampler)
+    assert asked == [4] and result.texts == ["who broke the build again"]
+
+
+def test_temperature_shapes_the_words_not_the_length() -> None:
+    """A model that ends a message with probability 0.2 at every character: a low temperature
+    must not stop it from ending (tempering the end mark made messages run to max_len)."""
+    vocab = Vocab(list("ab"))
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=4, hidden_size=8, num_layers=1))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.log(torch.tensor([0.2, 1e-9, 0.7, 0.1])))  # EOM, UNK, a, b
+    texts = sample(model, vocab, n=200, temperature=0.1, generator=gen(0))
+    lengths = [len(t) for t in texts]
+    assert 3 < sum(lengths) / len(lengths) < 6  # geometric with p = 0.2: mean 4
+    assert set("".join(texts)) == {"a"}  # the wording is as sharp as asked
+
+
+def test_reply_serves_the_candidate_most_like_its_target(
+        trained: tuple[CharLSTM, Vocab]) -> None:
+    model, vocab = trained
+    other = ["the weather is lovely today", "shall we go for a walk later"] * 60
+    torch.manual_seed(1)
+    reference = CharLSTM(model.config)
+    fit(reference, Vocab.encode_corpus(vocab, other), Vocab.encode_corpus(vocab, other[:20]),
+        TrainConfig(batch_size=16, seq_len=64, lr=1e-2, warmup_steps=5, max_seconds=0,
+                    max_steps=150, eval_every_s=0, eval_every_steps=150),
+        torch.device("cpu"))
+    ours, theirs = "who broke the build again", "shall we go for a walk later"
+    assert log_likelihood(model, vocab, [ours])[0] > log_likelihood(model, vocab, [theirs])[0]
+    high, low = contrast(model, reference, vocab, [ours, theirs])
+    assert high > 0 > low
+
+    loaded = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), reference)
+    offered = [[theirs, "sure, see you there", ours, theirs]]
+    result = reply(loaded, sampler=lambda k: offered.pop(0)[:k])
+    best = max([theirs, "sure, see you there", ours], key=lambda t: contrast(
+        model, reference, vocab, [t])[0])
+    assert result.texts == [best] and best != theirs
+    # Without a reference the first acceptable candidate is served.
+    plain = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]))
+    assert reply(plain, sampler=lambda k: [theirs, ours][:k]).texts == [theirs]

@@ -27,15 +27,20 @@ def settings_for(root: Path, **extra: object) -> Settings:
 
 def build(root: Path) -> None:
     settings = settings_for(root)
-    upgrade(make_engine(settings.database_url))
-    store = Store(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = Store(engine)
     import_export(store, workspace.build(root / "export"))
     train(store, settings, BASE, model_overrides=TINY_MODEL, train_overrides=QUICK)
     for name in TRAINED:
         with store.session() as s:
             target = resolve(s, name)
         train(store, settings, target, train_overrides=QUICK)
-    store.engine.dispose()
+    # Everything into m.db itself (WAL mode keeps recent pages aside until a checkpoint):
+    # copy() takes that one file.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
 
 
 def copy(template: Path, root: Path, **extra: object) -> tuple[Store, Settings]:

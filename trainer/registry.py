@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from mimic.store import ModelVersion, Store
 from trainer.corpus import Target
-from trainer.model import CharLSTM, load_bundle
+from trainer.model import CharLSTM, CheckpointError, load_bundle
 from trainer.novelty import NoveltyIndex
 from trainer.vocab import Vocab
 
@@ -50,15 +50,34 @@ class LoadedModel:
     model: CharLSTM
     vocab: Vocab
     novelty: NoveltyIndex
+    reference: CharLSTM | None = None  # the base it was fine-tuned from, to rank candidates
 
 
-def load_version(data_dir: Path, row: ModelVersion,
-                 device: torch.device | str = "cpu") -> LoadedModel:
+def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
+                 parent: ModelVersion | None = None) -> LoadedModel:
+    """A version ready to serve; with its `parent` (the base it started from) as reference
+    when that still loads and shares its vocabulary."""
     folder = version_dir(data_dir, row)
     model, vocab = load_bundle(folder / WEIGHTS, device)
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
-    return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY))
+    reference = None
+    if parent is not None:
+        try:
+            base, base_vocab = load_bundle(version_dir(data_dir, parent) / WEIGHTS, device)
+            reference = base if base_vocab == vocab else None
+        except CheckpointError:  # a deleted or broken base: serve unranked, not not at all
+            reference = None
+    return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
+                       reference)
+
+
+def parent_of(session: Session, row: ModelVersion) -> ModelVersion | None:
+    """The base version `row` was fine-tuned from (whatever its status now)."""
+    parent = session.get(ModelVersion, row.parent_id) if row.parent_id else None
+    if parent is not None:
+        session.expunge(parent)
+    return parent
 
 
 def active_version(session: Session, target_key: str) -> ModelVersion | None:

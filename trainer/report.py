@@ -32,10 +32,10 @@ from trainer.device import pick_device
 from trainer.fit import evaluate
 from trainer.model import load_bundle
 from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.registry import WEIGHTS, active_version, load_version, version_dir
-from trainer.sampler import NoNovelText, draw, sample
+from trainer.registry import WEIGHTS, active_version, load_version, parent_of, version_dir
+from trainer.sampler import CANDIDATES, DEFAULT_TEMPERATURE, NoNovelText, reply, sample
 
-TEMPERATURE = 0.8  # the bot's default: evaluate what people actually get
+TEMPERATURE = DEFAULT_TEMPERATURE  # the bot's: evaluate what people actually get
 GROUP = 5  # messages per classification: one short message says little about its author
 MAX_PEOPLE = 10  # the default evaluates the biggest people only: the classifier stays sharp
 LOSS_CHARS = 200_000  # cap per held-out set, for both models alike (same arguments)
@@ -58,12 +58,12 @@ class TargetRow:
     val_chars: int
     val_loss: float | None  # the active model on the target's validation set, nats/char
     base_loss: float | None  # the base model alone on the same set
-    generated: int  # messages draw() returned (after the novelty filter)
+    generated: int  # messages reply() returned (after the novelty filter)
     fidelity_model: float | None = None  # share of groups attributed to the right person
     fidelity_real: float | None = None
     fidelity_markov: float | None = None
     leak_raw: float | None = None  # raw sample(): before the novelty filter
-    leak_filtered: float | None = None  # draw(): after it (must be 0)
+    leak_filtered: float | None = None  # reply(): after it (must be 0)
     leak_markov: float | None = None
     fluency_model: float | None = None  # share of words the workspace uses
     fluency_real: float | None = None
@@ -212,7 +212,7 @@ def evaluate_targets(
     store: Store,
     settings: Settings,
     targets: Sequence[Target],
-    samples: int = 50,
+    samples: int = 100,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
@@ -224,7 +224,7 @@ def evaluate_targets(
     say = progress or (lambda _msg: None)
     device = pick_device(settings.device)
     notes: list[str] = []
-    chosen: list[tuple[Target, Any, Corpus]] = []
+    chosen: list[tuple[Target, Any, Any, Corpus]] = []
     with store.session() as session:
         base_row = active_version(session, BASE.key)
         base_corpus = load_corpus(session, settings, BASE)
@@ -237,7 +237,8 @@ def evaluate_targets(
                 notes.append(f"{target.label} has no active model: left out.")
                 continue
             session.expunge(row)
-            chosen.append((target, row, load_corpus(session, settings, target)))
+            chosen.append((target, row, parent_of(session, row),
+                           load_corpus(session, settings, target)))
     if not chosen:
         raise EvalError("No target to evaluate has an active model: train first: "
                         "mimic train --all")
@@ -253,10 +254,10 @@ def evaluate_targets(
     rows: list[TargetRow] = []
     markov: dict[str, list[str]] = {}
     generated: dict[str, list[str]] = {}
-    for target, row, corpus in chosen:
+    for target, row, parent, corpus in chosen:
         say(f"evaluating {target.label}")
         folder = version_dir(settings.data_dir, row)
-        loaded = load_version(settings.data_dir, row, device)
+        loaded = load_version(settings.data_dir, row, device, parent)
         model, vocab, novelty = loaded.model, loaded.vocab, loaded.novelty
         val_loss = base_loss = None
         val_chars = sum(len(t) + 1 for t in corpus.val)
@@ -267,16 +268,16 @@ def evaluate_targets(
                 base_loss = evaluate(base_model, base_vocab.encode_corpus(corpus.val), device,
                                      max_chars=LOSS_CHARS)
         rng = _seed_for(seed, target)
-        # The same seed for both: the raw batch is exactly draw()'s first round, unfiltered.
-        raw = sample(model, vocab, n=samples, temperature=TEMPERATURE, device=device,
-                     generator=torch.Generator(device).manual_seed(rng))
+        # The same seed for both: the raw batch is exactly reply()'s first round, unfiltered.
+        raw = sample(model, vocab, n=samples * CANDIDATES, temperature=TEMPERATURE,
+                     device=device, generator=torch.Generator(device).manual_seed(rng))
         try:
-            kept = draw(model, vocab, novelty, n=samples, temperature=TEMPERATURE,
-                        device=device, generator=torch.Generator(device).manual_seed(rng)).texts
+            kept = reply(loaded, n=samples, temperature=TEMPERATURE, device=device,
+                         generator=torch.Generator(device).manual_seed(rng)).texts
         except NoNovelText as exc:
             kept = []
             notes.append(f"{target.label}: no novel message could be drawn ({exc}).")
-        raw = [t for t in raw if t.strip()]  # draw() drops blanks too: compare like with like
+        raw = [t for t in raw if t.strip()]  # reply() drops blanks too: compare like with like
         baseline = markov_messages(corpus.train, samples, rng)
         if len(baseline) < samples:
             notes.append(f"{target.label}: markovify made {len(baseline)} of {samples} "
@@ -295,7 +296,7 @@ def evaluate_targets(
             history=_history(folder)))
         markov[target.key], generated[target.key] = baseline, kept
 
-    people = [(r, c) for r, (_t, _row, c) in zip(rows, chosen, strict=True) if r.is_person]
+    people = [(r, c) for r, (_t, _row, _parent, c) in zip(rows, chosen, strict=True) if r.is_person]
     labels: list[str] = []
     if len(people) < 2:
         notes.append("Style fidelity needs at least two people with models; skipped.")
@@ -471,8 +472,9 @@ def write_report(report: Report, folder: Path) -> Path:
            "the base model alone on the same validation set.", "",
            "![loss curves](loss_curves.png)", "",
            "## Method", "",
-           f"- Generated with draw() (the bot's path: novelty filter, inert) at temperature "
-           f"{TEMPERATURE}; raw leaks from sample() with the same seed, i.e. draw()'s first "
+           f"- Generated with reply() (the bot's path: {CANDIDATES} candidates a message, "
+           "copies refused, the most characteristic kept, inert) at temperature "
+           f"{TEMPERATURE}; raw leaks from sample() with the same seed, i.e. reply()'s first "
            "round before filtering.",
            f"- Held-out loss on at most {LOSS_CHARS:,} validation characters per target.",
            "- Classifier: TF-IDF of character 1–4-grams (char_wb, sublinear tf, case kept) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,13 @@ from trainer.model import CharLSTM
 from trainer.novelty import WINDOW, NoveltyIndex
 from trainer.vocab import Vocab
 
+if TYPE_CHECKING:
+    from trainer.registry import LoadedModel
+
+# The default for /mimic, `mimic sample` and `mimic eval`: at 0.8 a tenth of the words were
+# misspellings, at 0.6 fewer than 3 %, and the author classifier recognised people more often
+# (BENCHMARKS.md, "Temperature").
+DEFAULT_TEMPERATURE = 0.6
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
 
 
@@ -33,7 +41,7 @@ class _Stepper:
 
     def __init__(self, model: CharLSTM) -> None:
         lstm = model.lstm
-        self.layers = model.config.num_layers
+        self.layers, self.hidden = model.config.num_layers, model.config.hidden_size
         w_ih0 = lstm.weight_ih_l0
         self.table = model.embed.weight @ w_ih0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
         # Transposed copies laid out contiguously: ~1.5x faster small-batch matmuls on CPU.
@@ -55,9 +63,12 @@ class _Stepper:
                 gates = torch.addmm(self.table[ids], h[0], self.w_hh[0])
             else:
                 gates = torch.addmm(self.bias[i], x, self.w_ih[i]).addmm_(h[i], self.w_hh[i])
-            ig, fg, gg, og = gates.chunk(4, dim=1)  # PyTorch's gate order: i, f, g, o
-            c[i] = torch.sigmoid(fg) * c[i] + torch.sigmoid(ig) * torch.tanh(gg)
-            h[i] = x = torch.sigmoid(og) * torch.tanh(c[i])
+            # PyTorch's gate order is i, f, g, o: one sigmoid over all four (g's quarter is
+            # wasted) costs less than three calls at these sizes.
+            ig, fg, _, og = torch.sigmoid(gates).chunk(4, dim=1)
+            gg = torch.tanh(gates[:, 2 * self.hidden : 3 * self.hidden])
+            c[i] = (fg * c[i]).addcmul_(ig, gg)
+            h[i] = x = og * torch.tanh(c[i])
         return torch.addmm(self.head_b, x, self.head_w)
 
 
@@ -73,10 +84,131 @@ class Row:
     """One message to generate: the text it starts with and its temperature."""
 
     seed_text: str = ""
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
 
 
-@torch.inference_mode()
+class Generation:
+    """Messages being generated together, one character a step. Rows may join between steps
+    (the bot adds requests that arrive while others are being written: continuous batching)
+    and leave the batch when they end, so the cost follows the messages' real lengths.
+
+    Each row starts from its seed text (primed on EOM + seed, as if a new message starts)
+    and ends at end of message or at `max_len` characters in all, seed included. UNK is
+    never drawn.
+    """
+
+    def __init__(self, model: CharLSTM, vocab: Vocab, *, top_k: int | None = None,
+                 max_len: int = 280, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu", stop_at_eom: bool = True) -> None:
+        self.model, self.vocab, self.top_k, self.max_len = model, vocab, top_k, max_len
+        self.generator, self.device = generator, torch.device(device)
+        self.stop_at_eom = stop_at_eom
+        self._draw_device = generator.device if generator is not None else self.device
+        self._step = _Stepper(model)
+        self._alive: list[int] = []  # row ids in batch order
+        self._state: dict[str, torch.Tensor] = {}  # logits, h, c, temps, greedy: batch-aligned
+        self._rows: dict[int, tuple[Row, list[int]]] = {}  # id → (row, ids drawn so far)
+        self._done: dict[int, str] = {}
+        self._next = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._alive)
+
+    def __len__(self) -> int:
+        """Rows still being written."""
+        return len(self._alive)
+
+    @torch.inference_mode()
+    def add(self, rows: Sequence[Row]) -> list[int]:
+        """Start generating `rows`; returns their ids for `take`."""
+        for row in rows:
+            _check(row.temperature, self.top_k)
+            if len(row.seed_text) > self.max_len:
+                raise ValueError(f"seed_text ({len(row.seed_text)} chars) is longer than "
+                                 f"max_len {self.max_len}")
+        primed = {}
+        for seed in dict.fromkeys(r.seed_text for r in rows):
+            ids = torch.tensor([[self.vocab.eom, *self.vocab.encode(seed)]], device=self.device)
+            logits, (h, c) = self.model(ids)
+            primed[seed] = (logits[0, -1].float(), h[:, 0], c[:, 0])
+        temps = torch.tensor([r.temperature for r in rows], device=self.device)
+        new = {"logits": torch.stack([primed[r.seed_text][0] for r in rows]),
+               "h": torch.stack([primed[r.seed_text][1] for r in rows], dim=1),
+               "c": torch.stack([primed[r.seed_text][2] for r in rows], dim=1),
+               "greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
+        for key, value in new.items():
+            dim = 1 if key in ("h", "c") else 0
+            old = self._state.get(key)
+            self._state[key] = (value if old is None else torch.cat([old, value], dim)
+                                ).contiguous()
+        ids = list(range(self._next, self._next + len(rows)))
+        self._next += len(rows)
+        self._alive += ids
+        for i, row in zip(ids, rows, strict=True):
+            self._rows[i] = (row, [])
+            if len(row.seed_text) == self.max_len:  # nothing left to write
+                self._finish(i)
+        self._compact()
+        return ids
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Draw one character for every row still going."""
+        st = self._state
+        logits = st["logits"]
+        logits[:, self.vocab.unk] = -torch.inf
+        # Temperature shapes the wording, not the length: whether the message ends here is
+        # drawn at the model's own odds. Tempering the end mark too made messages at 0.6
+        # 2.5x as long as the person's (it is rarely the likeliest symbol at any one place).
+        end = torch.softmax(logits, dim=-1)[:, self.vocab.eom : self.vocab.eom + 1]
+        scaled = logits / st["temps"]
+        scaled[:, self.vocab.eom] = -torch.inf
+        if self.top_k is not None and self.top_k < scaled.shape[-1]:
+            kth = torch.topk(scaled, self.top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, -torch.inf)
+        probs = torch.softmax(scaled, dim=-1) * (1 - end)
+        probs[:, self.vocab.eom] = end[:, 0]
+        probs = probs.to(self._draw_device)
+        nxt = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(self.device)
+        nxt = torch.where(st["greedy"], logits.argmax(-1), nxt)
+        for i, token in zip(self._alive, nxt.tolist(), strict=True):
+            row, drawn = self._rows[i]
+            drawn.append(token)
+            if (self.stop_at_eom and token == self.vocab.eom) or \
+                    len(row.seed_text) + len(drawn) >= self.max_len:
+                self._finish(i)
+        kept = self._compact()
+        if kept is not None:
+            nxt = nxt.index_select(0, kept)
+        if self._alive:
+            st = self._state  # compaction made a new one
+            st["logits"] = self._step(nxt, st["h"], st["c"]).float()
+
+    def take(self, ids: Sequence[int]) -> list[str] | None:
+        """The finished texts of `ids` (forgotten here), or None while any is still going."""
+        if any(i not in self._done for i in ids):
+            return None
+        return [self._done.pop(i) for i in ids]
+
+    def _finish(self, i: int) -> None:
+        row, drawn = self._rows.pop(i)
+        if self.stop_at_eom and self.vocab.eom in drawn:
+            drawn = drawn[: drawn.index(self.vocab.eom)]
+        self._done[i] = row.seed_text + self.vocab.decode(drawn)
+
+    def _compact(self) -> torch.Tensor | None:
+        """Drop finished rows from the batch; returns the batch positions kept, if any went."""
+        keep = [k for k, i in enumerate(self._alive) if i in self._rows]
+        if len(keep) == len(self._alive):
+            return None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._state = {key: value.index_select(1 if key in ("h", "c") else 0, index)
+                       for key, value in self._state.items()}
+        self._alive = [self._alive[k] for k in keep]
+        return index
+
+
 def sample_rows(
     model: CharLSTM,
     vocab: Vocab,
@@ -88,67 +220,21 @@ def sample_rows(
     device: torch.device | str = "cpu",
     stop_at_eom: bool = True,
 ) -> list[str]:
-    """Generate one message per row in a single batch, each starting with its seed text and
-    ending at end of message or at `max_len` characters in all (seed included). Rows may
-    differ in seed and temperature, so concurrent requests share one batch; a row that ends
-    leaves the batch, so the cost follows the messages' real lengths. UNK is never drawn."""
+    """One message per row, generated in a single batch (see Generation)."""
     if not rows:
         return []
-    for row in rows:
-        _check(row.temperature, top_k)
-        if len(row.seed_text) > max_len:
-            raise ValueError(f"seed_text ({len(row.seed_text)} chars) is longer than max_len "
-                             f"{max_len}")
-    device = torch.device(device)
     was_training = model.training
     model.eval()
     try:
-        # Prime once per distinct seed on EOM + seed (as if a new message starts), then give
-        # each row its seed's state.
-        primed = {}
-        for seed in dict.fromkeys(r.seed_text for r in rows):
-            ids = torch.tensor([[vocab.eom, *vocab.encode(seed)]], device=device)
-            logits, (h, c) = model(ids)
-            primed[seed] = (logits[0, -1].float(), h[:, 0], c[:, 0])
-        logits = torch.stack([primed[r.seed_text][0] for r in rows])
-        h = torch.stack([primed[r.seed_text][1] for r in rows], dim=1).contiguous()
-        c = torch.stack([primed[r.seed_text][2] for r in rows], dim=1).contiguous()
-        temps = torch.tensor([[r.temperature] for r in rows], device=device)
-        greedy = temps[:, 0] < GREEDY_BELOW
-        temps = temps.clamp(min=GREEDY_BELOW)
-        limits = torch.tensor([max_len - len(r.seed_text) for r in rows])
-        alive = torch.arange(len(rows))  # rows still generating, in batch order
-        out = torch.full((len(rows), int(limits.max())), vocab.eom, dtype=torch.long)
-        step = _Stepper(model)
-        draw_device = generator.device if generator is not None else device
-        for t in range(out.shape[1]):
-            logits[:, vocab.unk] = -torch.inf
-            scaled = logits / temps
-            if top_k is not None and top_k < scaled.shape[-1]:
-                kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, -torch.inf)
-            probs = torch.softmax(scaled, dim=-1).to(draw_device)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0].to(device)
-            nxt = torch.where(greedy, logits.argmax(-1), nxt)
-            out[alive, t] = nxt.cpu()
-            ended = limits[alive] <= t + 1
-            if stop_at_eom:
-                ended |= (nxt == vocab.eom).cpu()
-            if bool(ended.any()):
-                keep = ~ended
-                alive, nxt, greedy, temps = alive[keep], nxt[keep], greedy[keep], temps[keep]
-                h, c = h[:, keep.to(device)].contiguous(), c[:, keep.to(device)].contiguous()
-                if not len(alive):
-                    break
-            logits = step(nxt, h, c).float()
+        batch = Generation(model, vocab, top_k=top_k, max_len=max_len, generator=generator,
+                           device=device, stop_at_eom=stop_at_eom)
+        ids = batch.add(rows)
+        while batch.active:
+            batch.step()
     finally:
         model.train(was_training)
-    texts = []
-    for row, ids in zip(rows, out.tolist(), strict=True):
-        ids = ids[: max_len - len(row.seed_text)]
-        if stop_at_eom and vocab.eom in ids:
-            ids = ids[: ids.index(vocab.eom)]
-        texts.append(row.seed_text + vocab.decode(ids))
+    texts = batch.take(ids)
+    assert texts is not None
     return texts
 
 
@@ -157,7 +243,7 @@ def sample(
     vocab: Vocab,
     *,
     n: int = 1,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
     max_len: int = 280,
@@ -174,13 +260,37 @@ def sample(
                        stop_at_eom=stop_at_eom)
 
 
+@torch.inference_mode()
+def log_likelihood(model: CharLSTM, vocab: Vocab, texts: Sequence[str]) -> list[float]:
+    """Log-probability (nats) of each whole message under `model`, end mark included."""
+    seqs = [[vocab.eom, *vocab.encode(t), vocab.eom] for t in texts]
+    width = max(len(q) for q in seqs)
+    ids = torch.tensor([q + [vocab.eom] * (width - len(q)) for q in seqs])
+    mask = torch.tensor([[1.0] * (len(q) - 1) + [0.0] * (width - len(q)) for q in seqs])
+    device = next(model.parameters()).device
+    logits, _ = model(ids[:, :-1].to(device))
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return (logp.gather(2, ids[:, 1:, None])[..., 0] * mask).sum(1).tolist()
+
+
+def contrast(model: CharLSTM, reference: CharLSTM, vocab: Vocab,
+             texts: Sequence[str]) -> list[float]:
+    """How characteristic each text is of `model` rather than `reference` (the workspace
+    model it was fine-tuned from): the log-likelihood ratio per character. High for a
+    person's own habits, low for what anyone in the workspace might write."""
+    ours, theirs = log_likelihood(model, vocab, texts), log_likelihood(reference, vocab, texts)
+    return [(a - b) / (len(t) + 1) for a, b, t in zip(ours, theirs, texts, strict=True)]
+
+
 def draw(
     model: CharLSTM,
     vocab: Vocab,
     novelty: NoveltyIndex | None,
     *,
     n: int = 1,
-    temperature: float = 0.8,
+    candidates: int = 1,
+    rank: Callable[[list[str]], list[float]] | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
     max_len: int = 280,
@@ -188,14 +298,13 @@ def draw(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     sampler: Callable[[int], list[str]] | None = None,
-    candidates: int | None = None,
 ) -> DrawResult:
-    """Sample up to `n` texts that quote no ≥ WINDOW-char span of the training data,
-    redrawing for up to `tries` rounds, and make them inert for Slack. Returns fewer than
-    `n` texts if that is all the rounds produced; raises NoNovelText if none survived.
-    Each round draws `candidates` texts (default: as many as still missing), so one round
-    almost always suffices; `sampler(k)`, if given, draws the k raw texts instead (the bot's
-    shared batch)."""
+    """Up to `n` messages, each chosen among `candidates` drawn for it: blanks and those
+    quoting a ≥ WINDOW-char span of the training data are refused, and of the rest the one
+    `rank` scores highest (else the first) is kept. Slots left empty are drawn again, for
+    up to `tries` rounds. The texts come back inert for Slack; fewer than `n` if that is all
+    the rounds produced, NoNovelText if none survived. `sampler(k)`, if given, draws the k
+    raw texts instead (the bot's shared batch)."""
     _check(temperature, top_k)
     if novelty is not None and novelty.has_copy(seed_text, WINDOW):
         raise NoNovelText(f"the seed text itself quotes {WINDOW}+ characters of the training data")
@@ -204,23 +313,52 @@ def draw(
             return sample(model, vocab, n=k, temperature=temperature, top_k=top_k,
                           seed_text=seed_text, max_len=max_len, generator=generator,
                           device=device)
-    kept: list[str] = []
+    chosen: list[str] = []
     rejected = blank = 0
     for _ in range(max(1, tries)):
-        for text in sampler(max(candidates or 0, n - len(kept))):
-            if len(kept) == n:
-                break
-            if not text.strip():
-                blank += 1
-            elif novelty is not None and novelty.has_copy(text, WINDOW):
-                rejected += 1
-            else:
-                kept.append(text)
-        if len(kept) == n:
+        raw = sampler((n - len(chosen)) * candidates)
+        for start in range(0, len(raw), candidates):
+            ok = []
+            for text in raw[start : start + candidates]:
+                if not text.strip():
+                    blank += 1
+                elif novelty is not None and novelty.has_copy(text, WINDOW):
+                    rejected += 1
+                else:
+                    ok.append(text)
+            if ok:
+                scores = rank(ok) if rank is not None and len(ok) > 1 else [0.0]
+                chosen.append(ok[max(range(len(scores)), key=scores.__getitem__)])
+        if len(chosen) == n:
             break
-    if not kept:
+    if not chosen:
         raise NoNovelText(
             f"all {rejected + blank} candidates over {tries} tries were verbatim copies of "
             f"training text ({rejected}) or blank ({blank}); try a higher temperature"
         )
-    return DrawResult([make_inert(t) for t in kept], rejected, blank)
+    return DrawResult([make_inert(t) for t in chosen], rejected, blank)
+
+
+# What the bot serves, and what `mimic sample` and `mimic eval` show: four candidates per
+# message, the most characteristic one kept (on the chitchat top 10, style attribution went
+# from 0.82 for the first candidate to 0.94; BENCHMARKS.md, "Choosing among candidates").
+CANDIDATES = 4
+
+
+def score(loaded: LoadedModel, texts: Sequence[str]) -> list[float]:
+    """`contrast` against the version's reference; all equal without one."""
+    if loaded.reference is None:
+        return [0.0] * len(texts)
+    return contrast(loaded.model, loaded.reference, loaded.vocab, texts)
+
+
+def reply(loaded: LoadedModel, *, n: int = 1, temperature: float = DEFAULT_TEMPERATURE,
+          seed_text: str = "", top_k: int | None = None,
+          generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+          sampler: Callable[[int], list[str]] | None = None) -> DrawResult:
+    """`n` messages the way mimic serves them (see CANDIDATES), from a published version;
+    `sampler(k)` replaces the drawing done here (the bot's shared batch)."""
+    rank = None if loaded.reference is None else (lambda texts: score(loaded, texts))
+    return draw(loaded.model, loaded.vocab, loaded.novelty, n=n, candidates=CANDIDATES,
+                rank=rank, temperature=temperature, top_k=top_k, seed_text=seed_text,
+                generator=generator, device=device, sampler=sampler)

@@ -1,0 +1,39 @@
+"""`mimic sample`: what the bot would say, from the shell, with clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mimic.config import Settings
+from mimic.store import Store
+
+
+def mimic(settings: Settings, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "COLUMNS": "200",
+           "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_DEVICE": "cpu",
+           "MIMIC_MIN_CHARS": "500"}
+    return subprocess.run([sys.executable, "-m", "mimic.cli", *args], cwd=cwd, env=env,
+                          text=True, capture_output=True, timeout=120)
+
+
+def test_sample_prints_novel_inert_messages_and_explains_errors(
+        world: tuple[Store, Settings], tmp_path: Path) -> None:
+    _store, settings = world
+    done = mimic(settings, tmp_path, "sample", "@alice", "--temp", "0.9", "-n", "4",
+                 "--seed", "we should")
+    assert done.returncode == 0, done.stderr
+    header, *lines = done.stdout.rstrip("\n").split("\n")
+    assert "@alice · model v1 · temp 0.9" in header
+    assert 1 <= len(lines) <= 4 and all(line.startswith("we should") for line in lines)
+
+    for args, message in [
+        (["@alice", "--temp", "3"], "out of range"),
+        (["@nobody"], "No person called @nobody"),
+        (["#random"], "no active model yet"),
+    ]:
+        failed = mimic(settings, tmp_path, "sample", *args)
+        assert failed.returncode == 1 and message in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
