@@ -267,7 +267,7 @@ def sample(
                   + (f" · {result.rejected} drawn copies refused" if result.rejected else "")
                   + "[/]")
     for text in result.texts:
-        console.print(text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -414,6 +414,7 @@ def serve(
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http."""
     import logging
 
+    import torch
     from slack_sdk.errors import SlackApiError
 
     from bot.app import build_app
@@ -437,6 +438,9 @@ def serve(
     except SlackApiError as exc:
         raise _fail(f"Slack refused the bot token ({exc.response.get('error')}): check "
                     "SLACK_BOT_TOKEN in .env.") from None
+    # Answers are many small torch calls: one thread each beat two fighting over the cores
+    # (one /mimic on 2 cores: 161 ms against 198 ms). Retraining runs in its own process.
+    torch.set_num_threads(1)
     bolt = build_app(settings, store)
     scheduler = None if no_scheduler else start_scheduler(settings)
     console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
