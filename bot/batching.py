@@ -10,7 +10,6 @@ the number of rows; a request is answered as soon as its own rows end.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from trainer.registry import LoadedModel
 from trainer.sampler import Generation, Row
 
 MAX_ROWS = 128  # in flight per model: past this, new requests wait for rows to end
-SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -55,10 +53,6 @@ class SampleBatcher:
     def _start(self) -> None:
         with self._start_lock:
             if not self._started:
-                # The sampling thread gives up the interpreter lock at every torch call and
-                # must get it back at once: with the default 5 ms switch interval, twenty
-                # request threads stretched each 1 ms step several times over.
-                sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
                 threading.Thread(target=self._work, name="mimic-sampler", daemon=True).start()
                 self._started = True
 
