@@ -24,7 +24,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-# The quick ones (a few minutes); bench-quality takes about 32 minutes.
+# The quick ones (a few minutes); bench-quality takes about 35 minutes.
 bench: install
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/train_speed.py
@@ -32,6 +32,7 @@ bench: install
 
 bench-quality: install
 	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.drawing
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

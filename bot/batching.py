@@ -75,8 +75,9 @@ class SampleBatcher:
         later: list[_Job] = []
         for job in jobs:
             key = job.loaded.version_id
-            batch = batches.get(key) or _Batch(Generation(job.loaded.model, job.loaded.vocab,
-                                                          device=self.device))
+            batch = batches.get(key) or _Batch(Generation(
+                job.loaded.model, job.loaded.vocab, reference=job.loaded.reference,
+                device=self.device))
             if len(batch.generation) and len(batch.generation) + len(job.rows) > MAX_ROWS:
                 later.append(job)
                 continue

@@ -324,6 +324,9 @@ def eval_(
     def num(value: float | None) -> str:
         return "—" if value is None else f"{value:.3f}"
 
+    def chars(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0f}"
+
     table = Table(title=f"mimic eval · {samples} samples · seed {seed}", show_footer=True)
     overall = report.overall()
     columns = [("target", "mean", None), ("loss", "val_loss", num),
@@ -331,7 +334,8 @@ def eval_(
                ("real", "fidelity_real", pct), ("markov", "fidelity_markov", pct),
                ("leak raw", "leak_raw", pct), ("served", "leak_filtered", pct),
                ("markov leak", "leak_markov", pct), ("fluency", "fluency_model", pct),
-               ("real fl.", "fluency_real", pct), ("markov fl.", "fluency_markov", pct)]
+               ("real fl.", "fluency_real", pct), ("markov fl.", "fluency_markov", pct),
+               ("chars", "length_model", chars), ("real chars", "length_real", chars)]
     for title, attr, fmt in columns:
         footer = attr if fmt is None else fmt(overall[attr])
         table.add_column(title, footer=footer, justify="left" if fmt is None else "right")

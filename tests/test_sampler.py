@@ -13,11 +13,10 @@ from trainer.model import CharLSTM, ModelConfig
 from trainer.novelty import WINDOW, NoveltyIndex
 from trainer.registry import LoadedModel
 from trainer.sampler import (
+    END_ODDS,
     NoNovelText,
     Row,
-    contrast,
     draw,
-    log_likelihood,
     reply,
     sample,
     sample_rows,
@@ -156,54 +155,78 @@ def test_rows_with_their_own_seed_and_temperature_share_one_batch(
         sample_rows(model, vocab, [Row("", 0.5), Row("", 3.0)])
 
 
-def test_draw_serves_from_a_round_of_candidates(trained: tuple[CharLSTM, Vocab]) -> None:
+def test_draw_draws_again_only_what_was_refused(trained: tuple[CharLSTM, Vocab]) -> None:
     model, vocab = trained
     index = NoveltyIndex.build(MESSAGES)
+    rounds = [[SECRET, "who broke the build again"], ["   "], ["lunch at noon?"]]
     asked: list[int] = []
 
     def sampler(k: int) -> list[str]:
         asked.append(k)
-        return sample(model, vocab, n=k, temperature=1e-4, seed_text="who")
+        return rounds.pop(0)[:k]
 
-    result = draw(model, vocab, index, n=1, candidates=4, seed_text="who", sampler=sampler)
-    assert asked == [4] and result.texts == ["who broke the build again"]
+    result = draw(model, vocab, index, n=2, sampler=sampler)
+    assert asked == [2, 1, 1]
+    assert result.texts == ["who broke the build again", "lunch at noon?"]
+    assert (result.rejected, result.blank) == (1, 1)
+
+
+def fixed_odds(vocab: Vocab, probs: list[float]) -> CharLSTM:
+    """A model whose next-symbol distribution is `probs` (EOM, UNK, then the characters)
+    whatever came before."""
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=4, hidden_size=8, num_layers=1))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.log(torch.tensor(probs)))
+    return model
 
 
 def test_temperature_shapes_the_words_not_the_length() -> None:
     """A model that ends a message with probability 0.2 at every character: a low temperature
     must not stop it from ending (tempering the end mark made messages run to max_len)."""
     vocab = Vocab(list("ab"))
-    model = CharLSTM(ModelConfig(len(vocab), embed_dim=4, hidden_size=8, num_layers=1))
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.log(torch.tensor([0.2, 1e-9, 0.7, 0.1])))  # EOM, UNK, a, b
-    texts = sample(model, vocab, n=200, temperature=0.1, generator=gen(0))
+    model = fixed_odds(vocab, [0.2, 1e-9, 0.7, 0.1])
+    texts = sample(model, vocab, n=400, temperature=0.1, generator=gen(0))
     lengths = [len(t) for t in texts]
-    assert 3 < sum(lengths) / len(lengths) < 6  # geometric with p = 0.2: mean 4
+    end = 0.2 * END_ODDS / (1 + 0.2 * (END_ODDS - 1))  # the end mark's odds, times END_ODDS
+    mean = (1 - end) / end  # geometric
+    assert 0.75 * mean < sum(lengths) / len(lengths) < 1.25 * mean
     assert set("".join(texts)) == {"a"}  # the wording is as sharp as asked
 
 
-def test_reply_serves_the_candidate_most_like_its_target(
-        trained: tuple[CharLSTM, Vocab]) -> None:
+def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:
+    """The person writes a and b equally often; everyone else mostly a. Drawn against the
+    workspace, b (the person's habit) wins; c is boosted most of all (the workspace never
+    writes it) but the person rarely does either, so it is never drawn."""
+    vocab = Vocab(list("abc"))
+    person = fixed_odds(vocab, [0.2, 1e-9, 0.39, 0.39, 0.02])
+    workspace = fixed_odds(vocab, [0.2, 1e-9, 0.7, 0.1, 1e-6])
+    alone = "".join(sample(person, vocab, n=300, temperature=1.0, generator=gen(0)))
+    contrasted = "".join(sample(person, vocab, n=300, reference=workspace, temperature=1.0,
+                                generator=gen(0)))
+    assert 0.4 < alone.count("b") / len(alone.replace("c", "")) < 0.6
+    assert contrasted.count("b") / len(contrasted) > 0.8
+    assert "c" in alone and "c" not in contrasted
+    # The length is still the person's: the end mark is not contrasted.
+    assert 0.8 < len(contrasted) / len(alone) < 1.25
+
+
+def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Vocab]) -> None:
     model, vocab = trained
     other = ["the weather is lovely today", "shall we go for a walk later"] * 60
     torch.manual_seed(1)
     reference = CharLSTM(model.config)
-    fit(reference, Vocab.encode_corpus(vocab, other), Vocab.encode_corpus(vocab, other[:20]),
+    fit(reference, vocab.encode_corpus(other), vocab.encode_corpus(other[:20]),
         TrainConfig(batch_size=16, seq_len=64, lr=1e-2, warmup_steps=5, max_seconds=0,
                     max_steps=150, eval_every_s=0, eval_every_steps=150),
         torch.device("cpu"))
-    ours, theirs = "who broke the build again", "shall we go for a walk later"
-    assert log_likelihood(model, vocab, [ours])[0] > log_likelihood(model, vocab, [theirs])[0]
-    high, low = contrast(model, reference, vocab, [ours, theirs])
-    assert high > 0 > low
-
-    loaded = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), reference)
-    offered = [[theirs, "sure, see you there", ours, theirs]]
-    result = reply(loaded, sampler=lambda k: offered.pop(0)[:k])
-    best = max([theirs, "sure, see you there", ours], key=lambda t: contrast(
-        model, reference, vocab, [t])[0])
-    assert result.texts == [best] and best != theirs
-    # Without a reference the first acceptable candidate is served.
+    with_reference = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), reference)
     plain = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]))
-    assert reply(plain, sampler=lambda k: [theirs, ours][:k]).texts == [theirs]
+    for loaded in (with_reference, plain):
+        served = reply(loaded, n=20, temperature=1.0, generator=gen(4)).texts
+        direct = sample(model, vocab, n=20, reference=loaded.reference, temperature=1.0,
+                        generator=gen(4))
+        first_round = [t for t in direct if t.strip()]  # blanks are drawn again after it
+        assert served[: len(first_round)] == first_round
+    assert reply(with_reference, n=20, temperature=1.0, generator=gen(4)).texts != \
+        reply(plain, n=20, temperature=1.0, generator=gen(4)).texts

@@ -50,7 +50,7 @@ class LoadedModel:
     model: CharLSTM
     vocab: Vocab
     novelty: NoveltyIndex
-    reference: CharLSTM | None = None  # the base it was fine-tuned from, to rank candidates
+    reference: CharLSTM | None = None  # the base it was fine-tuned from: sampled against
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",

@@ -33,7 +33,7 @@ from trainer.fit import evaluate
 from trainer.model import load_bundle
 from trainer.novelty import WINDOW, NoveltyIndex
 from trainer.registry import WEIGHTS, active_version, load_version, parent_of, version_dir
-from trainer.sampler import CANDIDATES, DEFAULT_TEMPERATURE, NoNovelText, reply, sample
+from trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample
 
 TEMPERATURE = DEFAULT_TEMPERATURE  # the bot's: evaluate what people actually get
 GROUP = 5  # messages per classification: one short message says little about its author
@@ -68,6 +68,10 @@ class TargetRow:
     fluency_model: float | None = None  # share of words the workspace uses
     fluency_real: float | None = None
     fluency_markov: float | None = None
+    # Mean characters a message: longer messages are easier to attribute, so fidelity is
+    # only comparable next to these.
+    length_model: float | None = None
+    length_real: float | None = None
     samples: list[str] = field(default_factory=list)  # inert
     markov_samples: list[str] = field(default_factory=list)  # inert
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -92,7 +96,7 @@ class Report:
         """Means over the rows that have each figure (fidelity: people only)."""
         names = ("val_loss", "base_loss", "fidelity_model", "fidelity_real", "fidelity_markov",
                  "leak_raw", "leak_filtered", "leak_markov", "fluency_model", "fluency_real",
-                 "fluency_markov")
+                 "fluency_markov", "length_model", "length_real")
         return {name: _mean([getattr(r, name) for r in self.rows]) for name in names}
 
 
@@ -269,8 +273,9 @@ def evaluate_targets(
                                      max_chars=LOSS_CHARS)
         rng = _seed_for(seed, target)
         # The same seed for both: the raw batch is exactly reply()'s first round, unfiltered.
-        raw = sample(model, vocab, n=samples * CANDIDATES, temperature=TEMPERATURE,
-                     device=device, generator=torch.Generator(device).manual_seed(rng))
+        raw = sample(model, vocab, n=samples, reference=loaded.reference,
+                     temperature=TEMPERATURE, device=device,
+                     generator=torch.Generator(device).manual_seed(rng))
         try:
             kept = reply(loaded, n=samples, temperature=TEMPERATURE, device=device,
                          generator=torch.Generator(device).manual_seed(rng)).texts
@@ -291,6 +296,7 @@ def evaluate_targets(
             leak_markov=leak_rate(baseline, novelty),
             fluency_model=fluency(kept, vocabulary), fluency_real=fluency(real, vocabulary),
             fluency_markov=fluency(baseline, vocabulary),
+            length_model=_mean([len(t) for t in kept]), length_real=_mean([len(t) for t in real]),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
             history=_history(folder)))
@@ -320,8 +326,8 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _md(text: str) -> str:
@@ -421,6 +427,7 @@ def write_report(report: Report, folder: Path) -> Path:
          _pct(o["fluency_markov"])],
         ["leak rate", f"{_pct(o['leak_raw'])} raw → {_pct(o['leak_filtered'])} served", "—",
          _pct(o["leak_markov"])],
+        ["characters a message", _num(o["length_model"], 0), _num(o["length_real"], 0), "—"],
         ["held-out loss (nats/char)", _num(o["val_loss"]), "—", "—"],
         ["base alone (nats/char)", _num(o["base_loss"]), "—", "—"]])
     md += ["![fidelity, fluency and leaks](comparison.png)", ""]
@@ -440,12 +447,15 @@ def write_report(report: Report, folder: Path) -> Path:
            "the real training messages of " + (", ".join(report.people) or "the people") +
            ", attributes to the right person. Chance is "
            + (f"{1 / len(report.people):.0%}." if report.people else "undefined.")
-           + " Real held-out messages are the ceiling, markovify the baseline.", ""]
+           + " Real held-out messages are the ceiling, markovify the baseline. Longer "
+           "messages carry more evidence, so the mean lengths stand beside them.", ""]
     people = [r for r in rows if r.is_person]
     if report.people:
-        md += _table(["person", "model", "real held-out", "markovify"], [
+        md += _table(["person", "model", "real held-out", "markovify", "chars: model",
+                      "chars: real"], [
             [r.target.label, _pct(r.fidelity_model), _pct(r.fidelity_real),
-             _pct(r.fidelity_markov)] for r in people])
+             _pct(r.fidelity_markov), _num(r.length_model, 0), _num(r.length_real, 0)]
+            for r in people])
     else:
         md += ["Skipped: it needs at least two people with models.", ""]
     md += ["## Leak rate", "",
@@ -472,8 +482,8 @@ def write_report(report: Report, folder: Path) -> Path:
            "the base model alone on the same validation set.", "",
            "![loss curves](loss_curves.png)", "",
            "## Method", "",
-           f"- Generated with reply() (the bot's path: {CANDIDATES} candidates a message, "
-           "copies refused, the most characteristic kept, inert) at temperature "
+           "- Generated with reply() (the bot's path: drawn against the base model, copies "
+           "refused and drawn again, inert) at temperature "
            f"{TEMPERATURE}; raw leaks from sample() with the same seed, i.e. reply()'s first "
            "round before filtering.",
            f"- Held-out loss on at most {LOSS_CHARS:,} validation characters per target.",

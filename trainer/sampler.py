@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,22 +17,34 @@ from trainer.vocab import Vocab
 if TYPE_CHECKING:
     from trainer.registry import LoadedModel
 
-# The default for /mimic, `mimic sample` and `mimic eval`: at 0.8, 7 % of generated words were
-# words nobody in the workspace uses, at 0.6 about 2 %, and the author classifier recognised
-# people more often (BENCHMARKS.md, "Temperature").
+# How mimic writes; `python -m bench.drawing` compares settings (BENCHMARKS.md, "How a message
+# is drawn"). The default temperature of /mimic, `mimic sample` and `mimic eval`: at 0.8, 3 % of
+# generated words are words nobody in the workspace uses; at 0.6, under 2 %.
 DEFAULT_TEMPERATURE = 0.6
+# Read alongside the workspace model the person's was fine-tuned from, each character's log-odds
+# get BOOST x (log p_person - log p_workspace) added: the person's own habits are favoured over
+# what anyone might write. Style fidelity 0.73 -> 0.96 at one row a message; ranking four
+# candidates afterwards had reached 0.915 with four rows and two more passes over each.
+BOOST = 1.0
+# ... but only among characters the person's model itself finds plausible: at least this share
+# of its likeliest character's probability (else its rare slips would be boosted too).
+PLAUSIBLE = 0.1
+# Sharper wording runs longer (it rarely reaches the places people stop): at 0.6 and BOOST 1
+# messages were 1.5 x the person's length. Doubling the end mark's odds brings them back (55
+# characters against 56).
+END_ODDS = 2.0
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
 
 
 class NoNovelText(Exception):
-    """Every candidate drawn quoted the training data verbatim; nothing safe to post."""
+    """Every message drawn quoted the training data verbatim; nothing safe to post."""
 
 
 @dataclass
 class DrawResult:
-    texts: list[str]  # novel, inert candidates (at most n, at least 1)
-    rejected: int  # candidates dropped for quoting ≥ WINDOW chars of training text
-    blank: int = 0  # candidates dropped for being empty or whitespace only
+    texts: list[str]  # novel, inert messages (at most n, at least 1)
+    rejected: int  # drawn and dropped for quoting ≥ WINDOW chars of training text
+    blank: int = 0  # drawn and dropped for being empty or whitespace only
 
 
 class _Stepper:
@@ -87,6 +100,11 @@ class Row:
     temperature: float = DEFAULT_TEMPERATURE
 
 
+def _dim(key: str) -> int:
+    """The batch dimension of a Generation state entry: 1 for LSTM states (layers, n, H)."""
+    return 1 if key[0] in "hc" else 0
+
+
 class Generation:
     """Messages being generated together, one character a step. Rows may join between steps
     (the bot adds requests that arrive while others are being written: continuous batching)
@@ -94,19 +112,28 @@ class Generation:
 
     Each row starts from its seed text (primed on EOM + seed, as if a new message starts)
     and ends at end of message or at `max_len` characters in all, seed included. UNK is
-    never drawn.
+    never drawn. With a `reference` (the workspace model `model` was fine-tuned from), the
+    reference reads along and every character is drawn contrasted with it (see BOOST).
     """
 
-    def __init__(self, model: CharLSTM, vocab: Vocab, *, top_k: int | None = None,
-                 max_len: int = 280, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", stop_at_eom: bool = True) -> None:
+    def __init__(self, model: CharLSTM, vocab: Vocab, *, reference: CharLSTM | None = None,
+                 top_k: int | None = None, max_len: int = 280,
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu", stop_at_eom: bool = True,
+                 boost: float = BOOST, end_odds: float = END_ODDS) -> None:
         self.model, self.vocab, self.top_k, self.max_len = model, vocab, top_k, max_len
+        self.boost, self.end_odds = boost, end_odds  # others only to compare (bench/drawing.py)
         self.generator, self.device = generator, torch.device(device)
         self.stop_at_eom = stop_at_eom
         self._draw_device = generator.device if generator is not None else self.device
-        self._step = _Stepper(model)
+        self._nets = [model] + ([] if reference is None else [reference])
+        self._steps = [_Stepper(net) for net in self._nets]
+        self._unk, self._eom = (torch.tensor([i], device=self.device)
+                                for i in (vocab.unk, vocab.eom))
         self._alive: list[int] = []  # row ids in batch order
-        self._state: dict[str, torch.Tensor] = {}  # logits, h, c, temps, greedy: batch-aligned
+        # Batch-aligned: logits<m>, h<m>, c<m> for net m (0 the model, 1 the reference),
+        # temps and greedy.
+        self._state: dict[str, torch.Tensor] = {}
         self._rows: dict[int, tuple[Row, list[int]]] = {}  # id → (row, ids drawn so far)
         self._done: dict[int, str] = {}
         self._next = 0
@@ -127,20 +154,28 @@ class Generation:
             if len(row.seed_text) > self.max_len:
                 raise ValueError(f"seed_text ({len(row.seed_text)} chars) is longer than "
                                  f"max_len {self.max_len}")
-        primed = {}
+        if not rows:
+            return []
+        primed: dict[str, dict[str, torch.Tensor]] = {}
         for seed in dict.fromkeys(r.seed_text for r in rows):
-            ids = torch.tensor([[self.vocab.eom, *self.vocab.encode(seed)]], device=self.device)
-            logits, (h, c) = self.model(ids)
-            primed[seed] = (logits[0, -1].float(), h[:, 0], c[:, 0])
+            # Step by step, not nn.LSTM: its ~3 ms per call was a third of the bot's sampling
+            # thread when twenty requests came at once (seeds are short, most are empty).
+            ids = torch.tensor([self.vocab.eom, *self.vocab.encode(seed)], device=self.device)
+            primed[seed] = {}
+            for m, (net, step) in enumerate(zip(self._nets, self._steps, strict=True)):
+                size = (net.config.num_layers, 1, net.config.hidden_size)
+                h, c = (torch.zeros(size, device=self.device) for _ in "hc")
+                for i in range(len(ids)):
+                    logits = step(ids[i : i + 1], h, c)
+                primed[seed] |= {f"logits{m}": logits[0].float(), f"h{m}": h[:, 0],
+                                 f"c{m}": c[:, 0]}
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
-        new = {"logits": torch.stack([primed[r.seed_text][0] for r in rows]),
-               "h": torch.stack([primed[r.seed_text][1] for r in rows], dim=1),
-               "c": torch.stack([primed[r.seed_text][2] for r in rows], dim=1),
-               "greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
+        new = {key: torch.stack([primed[r.seed_text][key] for r in rows], dim=_dim(key))
+               for key in primed[rows[0].seed_text]}
+        new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
         for key, value in new.items():
-            dim = 1 if key in ("h", "c") else 0
             old = self._state.get(key)
-            self._state[key] = (value if old is None else torch.cat([old, value], dim)
+            self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
                                 ).contiguous()
         ids = list(range(self._next, self._next + len(rows)))
         self._next += len(rows)
@@ -156,22 +191,28 @@ class Generation:
     def step(self) -> None:
         """Draw one character for every row still going."""
         st = self._state
-        logits = st["logits"]
-        logits[:, self.vocab.unk] = -torch.inf
+        eom = self.vocab.eom
+        logp = st["logits0"].index_fill(1, self._unk, -torch.inf).log_softmax(-1)
         # Temperature shapes the wording, not the length: whether the message ends here is
-        # drawn at the model's own odds. Tempering the end mark too made messages at 0.6
-        # 2.5x as long as the person's (it is rarely the likeliest symbol at any one place).
-        end = torch.softmax(logits, dim=-1)[:, self.vocab.eom : self.vocab.eom + 1]
-        scaled = logits / st["temps"]
-        scaled[:, self.vocab.eom] = -torch.inf
+        # drawn at the model's own odds (x END_ODDS). Tempering the end mark too made
+        # messages at 0.6 2.5x as long as the person's (it is rarely the likeliest symbol).
+        p_end = logp[:, eom : eom + 1].exp()
+        end = p_end * self.end_odds / (1 + p_end * (self.end_odds - 1))
+        words = logp.index_fill(1, self._eom, -torch.inf)
+        if len(self._nets) > 1 and self.boost:
+            contrast = logp - st["logits1"].log_softmax(-1)
+            likeliest = words.max(-1, keepdim=True).values
+            words = torch.where(words >= likeliest + math.log(PLAUSIBLE),
+                                words + self.boost * contrast, -torch.inf)
+        scaled = words / st["temps"]
         if self.top_k is not None and self.top_k < scaled.shape[-1]:
             kth = torch.topk(scaled, self.top_k, dim=-1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, -torch.inf)
         probs = torch.softmax(scaled, dim=-1) * (1 - end)
-        probs[:, self.vocab.eom] = end[:, 0]
-        probs = probs.to(self._draw_device)
-        nxt = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(self.device)
-        nxt = torch.where(st["greedy"], logits.argmax(-1), nxt)
+        probs[:, eom] = end[:, 0]
+        nxt = torch.multinomial(probs.to(self._draw_device), 1,
+                                generator=self.generator)[:, 0].to(self.device)
+        nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
         for i, token in zip(self._alive, nxt.tolist(), strict=True):
             row, drawn = self._rows[i]
             drawn.append(token)
@@ -183,7 +224,8 @@ class Generation:
             nxt = nxt.index_select(0, kept)
         if self._alive:
             st = self._state  # compaction made a new one
-            st["logits"] = self._step(nxt, st["h"], st["c"]).float()
+            for m, step in enumerate(self._steps):
+                st[f"logits{m}"] = step(nxt, st[f"h{m}"], st[f"c{m}"]).float()
 
     def take(self, ids: Sequence[int]) -> list[str] | None:
         """The finished texts of `ids` (forgotten here), or None while any is still going."""
@@ -203,7 +245,7 @@ class Generation:
         if len(keep) == len(self._alive):
             return None
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self._state = {key: value.index_select(1 if key in ("h", "c") else 0, index)
+        self._state = {key: value.index_select(_dim(key), index)
                        for key, value in self._state.items()}
         self._alive = [self._alive[k] for k in keep]
         return index
@@ -214,6 +256,7 @@ def sample_rows(
     vocab: Vocab,
     rows: Sequence[Row],
     *,
+    reference: CharLSTM | None = None,
     top_k: int | None = None,
     max_len: int = 280,
     generator: torch.Generator | None = None,
@@ -223,16 +266,19 @@ def sample_rows(
     """One message per row, generated in a single batch (see Generation)."""
     if not rows:
         return []
-    was_training = model.training
-    model.eval()
+    nets = [net for net in (model, reference) if net is not None]
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
     try:
-        batch = Generation(model, vocab, top_k=top_k, max_len=max_len, generator=generator,
-                           device=device, stop_at_eom=stop_at_eom)
+        batch = Generation(model, vocab, reference=reference, top_k=top_k, max_len=max_len,
+                           generator=generator, device=device, stop_at_eom=stop_at_eom)
         ids = batch.add(rows)
         while batch.active:
             batch.step()
     finally:
-        model.train(was_training)
+        for net, mode in zip(nets, modes, strict=True):
+            net.train(mode)
     texts = batch.take(ids)
     assert texts is not None
     return texts
@@ -243,6 +289,7 @@ def sample(
     vocab: Vocab,
     *,
     n: int = 1,
+    reference: CharLSTM | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
@@ -255,31 +302,9 @@ def sample(
     _check(temperature, top_k)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return sample_rows(model, vocab, [Row(seed_text, temperature)] * n, top_k=top_k,
-                       max_len=max_len, generator=generator, device=device,
+    return sample_rows(model, vocab, [Row(seed_text, temperature)] * n, reference=reference,
+                       top_k=top_k, max_len=max_len, generator=generator, device=device,
                        stop_at_eom=stop_at_eom)
-
-
-@torch.inference_mode()
-def log_likelihood(model: CharLSTM, vocab: Vocab, texts: Sequence[str]) -> list[float]:
-    """Log-probability (nats) of each whole message under `model`, end mark included."""
-    seqs = [[vocab.eom, *vocab.encode(t), vocab.eom] for t in texts]
-    width = max(len(q) for q in seqs)
-    ids = torch.tensor([q + [vocab.eom] * (width - len(q)) for q in seqs])
-    mask = torch.tensor([[1.0] * (len(q) - 1) + [0.0] * (width - len(q)) for q in seqs])
-    device = next(model.parameters()).device
-    logits, _ = model(ids[:, :-1].to(device))
-    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-    return (logp.gather(2, ids[:, 1:, None])[..., 0] * mask).sum(1).tolist()
-
-
-def contrast(model: CharLSTM, reference: CharLSTM, vocab: Vocab,
-             texts: Sequence[str]) -> list[float]:
-    """How characteristic each text is of `model` rather than `reference` (the workspace
-    model it was fine-tuned from): the log-likelihood ratio per character. High for a
-    person's own habits, low for what anyone in the workspace might write."""
-    ours, theirs = log_likelihood(model, vocab, texts), log_likelihood(reference, vocab, texts)
-    return [(a - b) / (len(t) + 1) for a, b, t in zip(ours, theirs, texts, strict=True)]
 
 
 def draw(
@@ -288,8 +313,7 @@ def draw(
     novelty: NoveltyIndex | None,
     *,
     n: int = 1,
-    candidates: int = 1,
-    rank: Callable[[list[str]], list[float]] | None = None,
+    reference: CharLSTM | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
@@ -299,66 +323,45 @@ def draw(
     device: torch.device | str = "cpu",
     sampler: Callable[[int], list[str]] | None = None,
 ) -> DrawResult:
-    """Up to `n` messages, each chosen among `candidates` drawn for it: blanks and those
-    quoting a ≥ WINDOW-char span of the training data are refused, and of the rest the one
-    `rank` scores highest (else the first) is kept. Slots left empty are drawn again, for
-    up to `tries` rounds. The texts come back inert for Slack; fewer than `n` if that is all
-    the rounds produced, NoNovelText if none survived. `sampler(k)`, if given, draws the k
-    raw texts instead (the bot's shared batch)."""
+    """Up to `n` messages: blanks and those quoting a ≥ WINDOW-char span of the training data
+    are refused and drawn again, for up to `tries` rounds. The texts come back inert for
+    Slack; fewer than `n` if that is all the rounds produced, NoNovelText if none survived.
+    `sampler(k)`, if given, draws the k raw texts instead (the bot's shared batch)."""
     _check(temperature, top_k)
     if novelty is not None and novelty.has_copy(seed_text, WINDOW):
         raise NoNovelText(f"the seed text itself quotes {WINDOW}+ characters of the training data")
     if sampler is None:
         def sampler(k: int) -> list[str]:
-            return sample(model, vocab, n=k, temperature=temperature, top_k=top_k,
-                          seed_text=seed_text, max_len=max_len, generator=generator,
-                          device=device)
+            return sample(model, vocab, n=k, reference=reference, temperature=temperature,
+                          top_k=top_k, seed_text=seed_text, max_len=max_len,
+                          generator=generator, device=device)
     chosen: list[str] = []
     rejected = blank = 0
     for _ in range(max(1, tries)):
-        raw = sampler((n - len(chosen)) * candidates)
-        for start in range(0, len(raw), candidates):
-            ok = []
-            for text in raw[start : start + candidates]:
-                if not text.strip():
-                    blank += 1
-                elif novelty is not None and novelty.has_copy(text, WINDOW):
-                    rejected += 1
-                else:
-                    ok.append(text)
-            if ok:
-                scores = rank(ok) if rank is not None and len(ok) > 1 else [0.0]
-                chosen.append(ok[max(range(len(scores)), key=scores.__getitem__)])
+        for text in sampler(n - len(chosen)):
+            if not text.strip():
+                blank += 1
+            elif novelty is not None and novelty.has_copy(text, WINDOW):
+                rejected += 1
+            else:
+                chosen.append(text)
         if len(chosen) == n:
             break
     if not chosen:
         raise NoNovelText(
-            f"all {rejected + blank} candidates over {tries} tries were verbatim copies of "
+            f"all {rejected + blank} messages drawn over {tries} tries were verbatim copies of "
             f"training text ({rejected}) or blank ({blank}); try a higher temperature"
         )
     return DrawResult([make_inert(t) for t in chosen], rejected, blank)
-
-
-# What the bot serves, and what `mimic sample` and `mimic eval` show: four candidates per
-# message, the most characteristic one kept (on the chitchat top 10, style attribution went
-# from 0.82 for the first candidate to 0.94; BENCHMARKS.md, "Choosing among candidates").
-CANDIDATES = 4
-
-
-def score(loaded: LoadedModel, texts: Sequence[str]) -> list[float]:
-    """`contrast` against the version's reference; all equal without one."""
-    if loaded.reference is None:
-        return [0.0] * len(texts)
-    return contrast(loaded.model, loaded.reference, loaded.vocab, texts)
 
 
 def reply(loaded: LoadedModel, *, n: int = 1, temperature: float = DEFAULT_TEMPERATURE,
           seed_text: str = "", top_k: int | None = None,
           generator: torch.Generator | None = None, device: torch.device | str = "cpu",
           sampler: Callable[[int], list[str]] | None = None) -> DrawResult:
-    """`n` messages the way mimic serves them (see CANDIDATES), from a published version;
-    `sampler(k)` replaces the drawing done here (the bot's shared batch)."""
-    rank = None if loaded.reference is None else (lambda texts: score(loaded, texts))
-    return draw(loaded.model, loaded.vocab, loaded.novelty, n=n, candidates=CANDIDATES,
-                rank=rank, temperature=temperature, top_k=top_k, seed_text=seed_text,
+    """`n` messages the way mimic serves them, from a published version: contrasted with the
+    base it was fine-tuned from (see BOOST); `sampler(k)` replaces the drawing done here (the
+    bot's shared batch, which does the same)."""
+    return draw(loaded.model, loaded.vocab, loaded.novelty, n=n, reference=loaded.reference,
+                temperature=temperature, top_k=top_k, seed_text=seed_text,
                 generator=generator, device=device, sampler=sampler)
