@@ -304,7 +304,14 @@ def eval_(
     MIMIC_DATA_DIR/reports/<date>/report.md and its plots."""
     from datetime import date
 
-    from trainer.report import EvalError, default_targets, evaluate_targets, write_report
+    from trainer.report import (
+        EvalError,
+        default_targets,
+        evaluate_targets,
+        number,
+        percent,
+        write_report,
+    )
 
     store, settings = _store(), get_settings()
     chosen = _resolve(store, targets or [])
@@ -318,23 +325,17 @@ def eval_(
         raise _fail(str(exc)) from None
     path = write_report(report, settings.data_dir / "reports" / date.today().isoformat())
 
-    def pct(value: float | None) -> str:
-        return "—" if value is None else f"{value:.0%}"
-
-    def num(value: float | None) -> str:
-        return "—" if value is None else f"{value:.3f}"
-
     def chars(value: float | None) -> str:
-        return "—" if value is None else f"{value:.0f}"
+        return number(value, 0)
 
     table = Table(title=f"mimic eval · {samples} samples · seed {seed}", show_footer=True)
     overall = report.overall()
-    columns = [("target", "mean", None), ("loss", "val_loss", num),
-               ("base loss", "base_loss", num), ("fidelity", "fidelity_model", pct),
-               ("real", "fidelity_real", pct), ("markov", "fidelity_markov", pct),
-               ("leak raw", "leak_raw", pct), ("served", "leak_filtered", pct),
-               ("markov leak", "leak_markov", pct), ("fluency", "fluency_model", pct),
-               ("real fl.", "fluency_real", pct), ("markov fl.", "fluency_markov", pct),
+    columns = [("target", "mean", None), ("loss", "val_loss", number),
+               ("base loss", "base_loss", number), ("fidelity", "fidelity_model", percent),
+               ("real", "fidelity_real", percent), ("markov", "fidelity_markov", percent),
+               ("leak raw", "leak_raw", percent), ("served", "leak_filtered", percent),
+               ("markov leak", "leak_markov", percent), ("fluency", "fluency_model", percent),
+               ("real fl.", "fluency_real", percent), ("markov fl.", "fluency_markov", percent),
                ("chars", "length_model", chars), ("real chars", "length_real", chars)]
     for title, attr, fmt in columns:
         footer = attr if fmt is None else fmt(overall[attr])

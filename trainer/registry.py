@@ -66,7 +66,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
         try:
             base, base_vocab = load_bundle(version_dir(data_dir, parent) / WEIGHTS, device)
             reference = base if base_vocab == vocab else None
-        except CheckpointError:  # a deleted or broken base: serve unranked, not not at all
+        except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference)

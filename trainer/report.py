@@ -322,11 +322,11 @@ def evaluate_targets(
 # -- the report ----------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _num(value: float | None, digits: int = 3) -> str:
+def number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -421,15 +421,15 @@ def write_report(report: Report, folder: Path) -> Path:
           f"{TEMPERATURE}, seed {report.seed}; {report.seconds:.0f} s.", "",
           "## Summary", ""]
     md += _table(["", "model", "real held-out", "markovify"], [
-        ["style fidelity", _pct(o["fidelity_model"]), _pct(o["fidelity_real"]),
-         _pct(o["fidelity_markov"])],
-        ["fluency", _pct(o["fluency_model"]), _pct(o["fluency_real"]),
-         _pct(o["fluency_markov"])],
-        ["leak rate", f"{_pct(o['leak_raw'])} raw → {_pct(o['leak_filtered'])} served", "—",
-         _pct(o["leak_markov"])],
-        ["characters a message", _num(o["length_model"], 0), _num(o["length_real"], 0), "—"],
-        ["held-out loss (nats/char)", _num(o["val_loss"]), "—", "—"],
-        ["base alone (nats/char)", _num(o["base_loss"]), "—", "—"]])
+        ["style fidelity", percent(o["fidelity_model"]), percent(o["fidelity_real"]),
+         percent(o["fidelity_markov"])],
+        ["fluency", percent(o["fluency_model"]), percent(o["fluency_real"]),
+         percent(o["fluency_markov"])],
+        ["leak rate", f"{percent(o['leak_raw'])} raw → {percent(o['leak_filtered'])} served", "—",
+         percent(o["leak_markov"])],
+        ["characters a message", number(o["length_model"], 0), number(o["length_real"], 0), "—"],
+        ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—"],
+        ["base alone (nats/char)", number(o["base_loss"]), "—", "—"]])
     md += ["![fidelity, fluency and leaks](comparison.png)", ""]
     for note in report.notes:
         md.append(f"- {note}")
@@ -438,9 +438,9 @@ def write_report(report: Report, folder: Path) -> Path:
            "under its active model and under the workspace base model alone. Lower is better; "
            "the gap is what fine-tuning on the target bought.", ""]
     md += _table(["target", "version", "validation chars", "model", "base alone", "gain"], [
-        [r.target.label, f"v{r.version}", f"{r.val_chars:,}", _num(r.val_loss),
-         _num(r.base_loss),
-         _num(r.base_loss - r.val_loss) if None not in (r.val_loss, r.base_loss) else "—"]
+        [r.target.label, f"v{r.version}", f"{r.val_chars:,}", number(r.val_loss),
+         number(r.base_loss),
+         number(r.base_loss - r.val_loss) if None not in (r.val_loss, r.base_loss) else "—"]
         for r in rows])
     md += ["## Style fidelity", "",
            "Share of groups of five messages that a character n-gram classifier, trained on "
@@ -453,8 +453,8 @@ def write_report(report: Report, folder: Path) -> Path:
     if report.people:
         md += _table(["person", "model", "real held-out", "markovify", "chars: model",
                       "chars: real"], [
-            [r.target.label, _pct(r.fidelity_model), _pct(r.fidelity_real),
-             _pct(r.fidelity_markov), _num(r.length_model, 0), _num(r.length_real, 0)]
+            [r.target.label, percent(r.fidelity_model), percent(r.fidelity_real),
+             percent(r.fidelity_markov), number(r.length_model, 0), number(r.length_real, 0)]
             for r in people])
     else:
         md += ["Skipped: it needs at least two people with models.", ""]
@@ -463,14 +463,14 @@ def write_report(report: Report, folder: Path) -> Path:
            "of the target's own messages: the model's raw samples, what the bot serves after "
            "the novelty filter (must be 0%), and markovify.", ""]
     md += _table(["target", "raw", "served", "markovify", "served messages"], [
-        [r.target.label, _pct(r.leak_raw), _pct(r.leak_filtered), _pct(r.leak_markov),
+        [r.target.label, percent(r.leak_raw), percent(r.leak_filtered), percent(r.leak_markov),
          str(r.generated)] for r in rows])
     md += ["## Fluency", "",
            "Share of words (lowercased, punctuation stripped) that the workspace uses: the "
            "base model's training messages plus the target's own.", ""]
     md += _table(["target", "model", "real held-out", "markovify"], [
-        [r.target.label, _pct(r.fluency_model), _pct(r.fluency_real),
-         _pct(r.fluency_markov)] for r in rows])
+        [r.target.label, percent(r.fluency_model), percent(r.fluency_real),
+         percent(r.fluency_markov)] for r in rows])
     md += ["## Samples", "", "Generated, and made inert (no mention can ping anyone).", ""]
     for r in rows:
         md += [f"### {r.target.label}", "", "Model:", ""]
