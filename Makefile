@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.hostile_zip
 
 bench-quality: install
 	$(BIN)/python -m bench.quality

@@ -1,12 +1,12 @@
 """Alembic environment: `mimic init` passes its engine in; the `alembic` CLI reads settings."""
 
 from alembic import context
-from mimic.store import Base, make_engine
+from mimic.core.store import Base, make_engine
 
 config = context.config
 engine = config.attributes.get("engine")
 if engine is None:
-    from mimic.config import get_settings
+    from mimic.core.config import get_settings
 
     engine = make_engine(get_settings().database_url)
 

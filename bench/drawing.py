@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from bench.workspace import chitchat, machine
-from trainer.corpus import BASE, load_corpus
-from trainer.novelty import WINDOW
-from trainer.registry import LoadedModel, active_version, load_version, parent_of
-from trainer.report import Attributor, default_targets, fluency, words
-from trainer.sampler import BOOST, DEFAULT_TEMPERATURE, END_ODDS, Generation, Row
+from mimic.trainer.corpus import BASE, load_corpus
+from mimic.trainer.novelty import WINDOW
+from mimic.trainer.registry import LoadedModel, active_version, load_version, parent_of
+from mimic.trainer.report import Attributor, default_targets, fluency, words
+from mimic.trainer.sampler import BOOST, DEFAULT_TEMPERATURE, END_ODDS, Generation, Row
 
 SAMPLES = 100
 DEFAULTS = f"{BOOST:g},{DEFAULT_TEMPERATURE:g},{END_ODDS:g}"

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.demo_data import build_demo_export
-from exporter.importer import import_export
-from mimic.store import Store, make_engine, upgrade
+from mimic.core.store import Store, make_engine, upgrade
+from mimic.exporter.demo_data import build_demo_export
+from mimic.exporter.importer import import_export
 
 GOAL = 50_000
 

@@ -24,13 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.workspace import chitchat, machine
-from bot.models import ModelCache
+from mimic.bot.models import ModelCache
+from mimic.trainer.corpus import BASE, targets_with_data
+from mimic.trainer.device import pick_device
+from mimic.trainer.registry import active_version
+from mimic.trainer.train import train
 from tests.fake_slack import TOKEN, FakeSlack
 from tests.slack_client import SIGNING_SECRET, Catcher, slash
-from trainer.corpus import BASE, targets_with_data
-from trainer.device import pick_device
-from trainer.registry import active_version
-from trainer.train import train
 
 GOAL_P99_MS, GOAL_COLD_MS = 500, 1000
 

@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from bench.workspace import chitchat, machine
-from mimic.config import Settings
-from mimic.store import Store
-from trainer.corpus import BASE, Target, corpus_chars, load_corpus, targets_with_data
-from trainer.device import pick_device
-from trainer.fit import TrainConfig, evaluate, fit
-from trainer.model import CharLSTM
-from trainer.registry import delete_target
-from trainer.train import affordable_size, train
-from trainer.vocab import Vocab
+from mimic.core.config import Settings
+from mimic.core.store import Store
+from mimic.trainer.corpus import BASE, Target, corpus_chars, load_corpus, targets_with_data
+from mimic.trainer.device import pick_device
+from mimic.trainer.fit import TrainConfig, evaluate, fit
+from mimic.trainer.model import CharLSTM
+from mimic.trainer.registry import delete_target
+from mimic.trainer.train import affordable_size, train
+from mimic.trainer.vocab import Vocab
 
 BIG, SMALL, SMALL_RANGE = 10, 5, (10_000, 30_000)
 GOALS = {"big": 1.45, "small": 1.55}

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from trainer.device import pick_device
-from trainer.fit import TrainConfig, fit
-from trainer.model import CharLSTM, flops_per_char, param_count, size_for
-from trainer.sampler import sample
-from trainer.vocab import Vocab
+from mimic.trainer.device import pick_device
+from mimic.trainer.fit import TrainConfig, fit
+from mimic.trainer.model import CharLSTM, flops_per_char, param_count, size_for
+from mimic.trainer.sampler import sample
+from mimic.trainer.vocab import Vocab
 
 
 def load_messages(path: str | None, limit: int) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from exporter.demo_data import build_demo_export
-from exporter.importer import import_export
-from mimic.config import Settings
-from mimic.store import Store, make_engine, upgrade
+from mimic.core.config import Settings
+from mimic.core.store import Store, make_engine, upgrade
+from mimic.exporter.demo_data import build_demo_export
+from mimic.exporter.importer import import_export
 
 
 def machine() -> str:

@@ -4,29 +4,44 @@ the plain functions in bot/replies.py (or exporter/live.py), send what they retu
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
-from bot.models import ModelCache
-from bot.replies import Reply, Responder
-from bot.retrain import Event, RetrainRunner
-from exporter.live import apply_event
-from exporter.webapi import make_client
-from mimic.config import Settings
-from mimic.inert import make_inert
-from mimic.store import Store
-from trainer.corpus import Target
-from trainer.device import pick_device
+from mimic.bot.models import ModelCache
+from mimic.bot.replies import Reply, Responder
+from mimic.bot.retrain import Event, RetrainRunner, summary
+from mimic.core.config import Settings
+from mimic.core.inert import make_inert
+from mimic.core.store import Store
+from mimic.exporter.live import EventSpool
+from mimic.exporter.webapi import make_client
+from mimic.trainer.corpus import Target
+from mimic.trainer.device import pick_device
 
 log = logging.getLogger(__name__)
 
 
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None
+class SetupError(RuntimeError):
+    """The app cannot start with these settings; the message says what to set."""
+
+
+class _NoBodies(logging.Filter):
+    """Bolt logs the whole body of a request whose signature is wrong, and a slash command's
+    body carries the legacy verification token: keep the fact, drop the body."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "body" in str(record.msg):
+            record.msg, record.args = "refused a request whose signature is not Slack's", ()
+        return True
+
+
+logging.getLogger("slack_bolt.RequestVerification").addFilter(_NoBodies())
 
 
 def payload(reply: Reply) -> dict[str, Any]:
@@ -36,23 +51,75 @@ def payload(reply: Reply) -> dict[str, Any]:
             "replace_original": False}
 
 
+def retrain_reporter(followup: Callable[[Reply], None]) -> Callable[[Event], None]:
+    """Relays a run's events to Slack. response_url takes 5 messages: progress lines go out
+    as they come, the per-target results in one message at the end, where private channels
+    are only counted (the asker may not be a member, or the answer may be public)."""
+    outcomes: list[str] = []
+    private: Counter[str] = Counter()
+
+    def on_event(event: Event) -> None:
+        if event["event"] == "outcome":
+            if event.get("private"):
+                private[str(event.get("status"))] += 1
+            else:
+                outcomes.append(f"• {event['text']}")
+        elif event["event"] in ("done", "failed"):
+            if private:
+                count = sum(private.values())
+                outcomes.append(f"• {count} private channel{'s' * (count != 1)}: "
+                                f"{summary(private)}")
+            followup(Reply("\n".join([event["text"], *outcomes])))
+        else:
+            followup(Reply(event["text"]))
+
+    return on_event
+
+
+@dataclass
+class SlackApp:
+    """The Bolt app and what it runs beside it; `close()` stops them all, in order."""
+
+    bolt: App
+    responder: Responder
+    runner: RetrainRunner
+    listeners: ThreadPoolExecutor
+
+    def close(self) -> None:
+        """Let the listeners in flight finish (their replies are still being written), then
+        stop a retraining run and the sampling thread. Call after the server has stopped."""
+        self.listeners.shutdown(wait=True)
+        self.runner.close()
+        self.responder.close()
+
+
 def build_app(
     settings: Settings,
     store: Store,
     *,
+    mode: Literal["http", "socket"] = "http",
     cache: ModelCache | None = None,
     runner: RetrainRunner | None = None,
-) -> App:
+) -> SlackApp:
+    """The Bolt app. Over HTTP every request must carry Slack's signature (SetupError
+    without SLACK_SIGNING_SECRET); in Socket Mode the connection itself is authenticated."""
+    if mode == "http" and settings.slack_signing_secret is None:
+        raise SetupError("HTTP mode needs SLACK_SIGNING_SECRET (Basic Information → App "
+                         "Credentials) to verify that requests come from Slack.")
     client = make_client(settings)
     cache = cache or ModelCache(settings.data_dir, device=pick_device(settings.device))
     runner = runner or RetrainRunner(settings)
+    spool = EventSpool(settings.data_dir)
+    secret = settings.slack_signing_secret
+    # Replies are sent after ack() on these threads; Bolt's default of 5 would queue.
+    listeners = ThreadPoolExecutor(max_workers=32, thread_name_prefix="mimic")
     app = App(
         client=client,
-        signing_secret=_secret(settings.slack_signing_secret) or "",
+        signing_secret=secret.get_secret_value() if secret is not None else None,
+        request_verification_enabled=mode == "http",
         # The token is checked by `mimic serve` with a clear message instead (auth.test).
         token_verification_enabled=False,
-        # Replies are sent after ack() on these threads; Bolt's default of 5 would queue.
-        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="mimic"),
+        listener_executor=listeners,
     )
 
     def is_admin(user_id: str) -> bool:
@@ -64,19 +131,7 @@ def build_app(
         return bool(user.get("is_admin") or user.get("is_owner"))
 
     def start_retrain(target: Target | None, followup: Callable[[Reply], None]) -> bool:
-        outcomes: list[str] = []
-
-        def on_event(event: Event) -> None:
-            # response_url takes 5 messages: progress lines go out as they come, the
-            # per-target results in one message at the end.
-            if event["event"] == "outcome":
-                outcomes.append(f"• {event['text']}")
-            elif event["event"] in ("done", "failed"):
-                followup(Reply("\n".join([event["text"], *outcomes])))
-            else:
-                followup(Reply(event["text"]))
-
-        return runner.start(target, on_event)
+        return runner.start(target, retrain_reporter(followup))
 
     responder = Responder(settings, store, cache, is_admin=is_admin,
                           start_retrain=start_retrain)
@@ -91,9 +146,9 @@ def build_app(
 
     @app.event("message")
     def on_message(event: dict[str, Any]) -> None:
-        result = apply_event(
+        result = spool.apply(
             store, event, allow=settings.channel_allowed,
             channel_info=lambda cid: client.conversations_info(channel=cid)["channel"])
         log.debug("message event in %s: %s", event.get("channel"), result)
 
-    return app
+    return SlackApp(app, responder, runner, listeners)

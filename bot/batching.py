@@ -5,21 +5,36 @@ Twenty listener threads each running torch at once fight over the same cores (me
 concurrent 4 x 280 draws took 6 s each on 2 cores, against 0.13 s for one alone). Here all
 rows of one model advance together, one character a step, whose cost grows far slower than
 the number of rows; a request is answered as soon as its own rows end.
+
+The thread is stopped and joined by `close()`, which `mimic serve` and the demo call on the
+way out and an atexit hook calls in any case: a thread killed inside torch at interpreter
+exit aborts the whole process ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
-from trainer.registry import LoadedModel
-from trainer.sampler import Generation, Row
+from mimic.trainer.registry import LoadedModel
+from mimic.trainer.sampler import Generation, Row
 
+log = logging.getLogger(__name__)
 MAX_ROWS = 128  # in flight per model: past this, new requests wait for rows to end
+
+
+class Closed(RuntimeError):
+    """The batcher was closed: no more sampling in this process."""
+
+
+_STOP = None  # the queue's stop marker
 
 
 @dataclass
@@ -39,36 +54,72 @@ class _Batch:
 class SampleBatcher:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = device
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._started = False
-        self._start_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
 
     def sample(self, loaded: LoadedModel, rows: list[Row]) -> list[str]:
-        """Raw texts for `rows` from `loaded` (blocks until they are written)."""
-        self._start()
+        """Raw texts for `rows` from `loaded` (blocks until they are written); Closed once
+        the batcher is closed, also for requests that were waiting."""
         job = _Job(loaded, rows)
-        self._jobs.put(job)
+        with self._lock:
+            if self._closed:
+                raise Closed("mimic is shutting down")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="mimic-sampler",
+                                                daemon=True)
+                self._thread.start()
+                # A weak reference, so the hook keeps no batcher alive; it runs before the
+                # interpreter tears its threads down.
+                atexit.register(_close_at_exit, weakref.ref(self))
+            self._jobs.put(job)
         return job.future.result()
 
-    def _start(self) -> None:
-        with self._start_lock:
-            if not self._started:
-                threading.Thread(target=self._work, name="mimic-sampler", daemon=True).start()
-                self._started = True
+    def close(self, timeout: float = 30) -> None:
+        """Fail what is pending with Closed, stop the thread and join it (idempotent)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._jobs.put(_STOP)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _work(self) -> None:
         batches: dict[int, _Batch] = {}  # by model version id
         waiting: list[_Job] = []  # over MAX_ROWS for now, or just arrived
-        while True:
-            if not batches and not waiting:
-                waiting.append(self._jobs.get())  # idle: sleep until a request comes
+        stopping = False
+        try:
+            while not stopping:
+                incoming = [] if batches or waiting else [self._jobs.get()]  # idle: sleep
+                while True:
+                    try:
+                        incoming.append(self._jobs.get_nowait())
+                    except queue.Empty:
+                        break
+                stopping = _STOP in incoming
+                waiting += [job for job in incoming if job is not _STOP]
+                if not stopping:
+                    waiting = self._admit(batches, waiting)
+                    self._advance(batches)
+        except BaseException:
+            log.exception("the sampling thread stopped")
+            with self._lock:  # nobody waits for a thread that is gone
+                self._closed = True
+            raise
+        finally:
+            closed = Closed("mimic is shutting down")
+            for job in waiting + [job for batch in batches.values() for job in batch.jobs]:
+                if not job.future.done():
+                    job.future.set_exception(closed)
             while True:
                 try:
-                    waiting.append(self._jobs.get_nowait())
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-            waiting = self._admit(batches, waiting)
-            self._advance(batches)
+                if job is not _STOP:
+                    job.future.set_exception(closed)
 
     def _admit(self, batches: dict[int, _Batch], jobs: list[_Job]) -> list[_Job]:
         """Add jobs' rows to their model's batch; returns those that must wait for room."""
@@ -111,3 +162,9 @@ class SampleBatcher:
             batch.jobs = going
             if not going:
                 del batches[key]
+
+
+def _close_at_exit(ref: weakref.ref[SampleBatcher]) -> None:
+    batcher = ref()
+    if batcher is not None:
+        batcher.close()

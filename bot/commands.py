@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trainer.sampler import DEFAULT_TEMPERATURE
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE
 
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0  # exclusive, inclusive
 MAX_SEED = 200
@@ -145,6 +145,9 @@ def parse(text: str) -> Command:
             raise ParseError(f"I didn't understand `{token[:40]}`. {hint}: "
                              f'`/mimic {target} "I think we should" temp=0.8`.')
     seed = (seed or "").strip()
+    if "\n" in seed or "\r" in seed:
+        raise ParseError("Keep the seed text on one line: a reply is one message, and its "
+                         f'seed is how it starts, e.g. `/mimic {target} "I think we should"`.')
     if len(seed) > MAX_SEED:
         raise ParseError(f"The seed text is {len(seed)} characters; keep it under {MAX_SEED}.")
     return Mimic(target, temperature, seed)

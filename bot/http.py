@@ -1,40 +1,129 @@
-"""HTTP mode: the Bolt app behind a small threaded WSGI server (`POST /slack/events`)."""
+"""HTTP mode: the Bolt app behind a small threaded WSGI server (`POST /slack/events`).
+
+It is meant to sit behind a reverse proxy (README), but holds its own against what reaches it:
+a request body over MAX_BODY_BYTES is refused before it is read, a client that stops sending
+is dropped after CLIENT_TIMEOUT_S, and at most MAX_WORKERS connections are served at once (the
+next ones get 503 at once instead of a thread each).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+log = logging.getLogger(__name__)
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # each request on its own thread: acks never queue behind others
+# Slack's payloads are a few KB (a message event with blocks, tens): 1 MiB is ample.
+MAX_BODY_BYTES = 2**20
+CLIENT_TIMEOUT_S = 10.0  # per read: a client silent this long is dropped
+MAX_WORKERS = 64  # connections served at once; beyond, 503 (requests are short: ack < 3 s)
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")
+
+
+class _Server(WSGIServer):
+    """One thread per connection, at most MAX_WORKERS of them; server_close joins them."""
+
     request_queue_size = 128  # socketserver's 5 resets a burst of concurrent commands
 
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler],
+                 workers: int = MAX_WORKERS) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._workers: set[threading.Thread] = set()
+        self._workers_lock = threading.Lock()
 
-class _QuietHandler(WSGIRequestHandler):
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        worker = threading.Thread(target=self._serve, args=(request, client_address),
+                                  name="mimic-http-request")
+        with self._workers_lock:
+            self._workers.add(worker)
+        worker.start()
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one broken connection must not end the server
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+            with self._workers_lock:
+                self._workers.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("request from %s failed", client_address[0], exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:  # each ends within CLIENT_TIMEOUT_S of its last read
+            worker.join(CLIENT_TIMEOUT_S + 5)
+
+    @property
+    def busy(self) -> int:
+        """Connections being served now."""
+        with self._workers_lock:
+            return len(self._workers)
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT_S  # applied to the socket for every read
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         pass  # request lines would log Slack's payload paths; Bolt logs what matters
 
+    def handle(self) -> None:
+        # A slow or vanished client: the connection is closed, there is nothing to answer.
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            super().handle()
 
-def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000) -> WSGIServer:
+
+def _plain(start_response: Any, status: str, text: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain")])
+    return [text.encode() + b"\n"]
+
+
+def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000,
+                     workers: int = MAX_WORKERS) -> _Server:
     handler = SlackRequestHandler(app)
 
-    def wsgi(environ, start_response):  # noqa: ANN001, ANN202 - WSGI signature
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if environ.get("PATH_INFO") != "/slack/events":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"mimic listens on POST /slack/events\n"]
-        return handler(environ, start_response)
+            return _plain(start_response, "404 Not Found", "mimic listens on POST /slack/events")
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _plain(start_response, "405 Method Not Allowed", "POST only")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return _plain(start_response, "411 Length Required", "Content-Length is required")
+        if not 0 <= length <= MAX_BODY_BYTES:
+            return _plain(start_response, "413 Request Entity Too Large",
+                          f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        try:
+            return handler(environ, start_response)
+        except ValueError:  # a body that is not UTF-8 or not form/JSON: not Slack's
+            return _plain(start_response, "400 Bad Request", "not a Slack request")
 
-    return make_server(host, port, wsgi, server_class=_ThreadingServer,
-                       handler_class=_QuietHandler)
+    server = _Server((host, port), _Handler, workers)
+    server.set_app(wsgi)
+    return server
 
 
 def serve_in_thread(server: WSGIServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="mimic-http",
-                              daemon=True)
+    """For tests and benches: serve on a thread; stop with server.shutdown() and join it."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="mimic-http")
     thread.start()
     return thread

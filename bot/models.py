@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from mimic.store import ModelVersion
-from trainer.registry import LoadedModel, load_version
+from mimic.core.store import ModelVersion
+from mimic.trainer.registry import LoadedModel, load_version
 
 
 class ModelCache:

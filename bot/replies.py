@@ -19,16 +19,17 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.batching import SampleBatcher
-from bot.commands import USAGE, Mimic, OptOut, ParseError, Retrain, TargetRef, parse
-from bot.models import ModelCache
-from mimic.config import Settings
-from mimic.inert import make_inert
-from mimic.store import Channel, Message, ModelVersion, Run, Store, User
-from trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
-from trainer.privacy import opt_in, opt_out
-from trainer.registry import active_version, parent_of
-from trainer.sampler import NoNovelText, Row, reply
+from mimic.bot.batching import Closed, SampleBatcher
+from mimic.bot.commands import USAGE, Mimic, OptOut, ParseError, Retrain, TargetRef, parse
+from mimic.bot.models import ModelCache
+from mimic.core.config import Settings
+from mimic.core.ids import is_slack_id
+from mimic.core.inert import make_inert
+from mimic.core.store import Channel, Message, ModelVersion, Run, Store, User
+from mimic.trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
+from mimic.trainer.privacy import opt_in, opt_out
+from mimic.trainer.registry import active_version, parent_of
+from mimic.trainer.sampler import NoNovelText, Row, reply
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class RateLimiter:
                 return 60 - (now - seen[0])
             seen.append(now)
             return 0.0
+
+
+def quoted(text: str) -> str:
+    """Generated text as a Slack quote, every line of it: a line outside the quote would read
+    as the bot's own words (a message can hold newlines, so can what a model writes)."""
+    return "\n".join(">" + line for line in text.split("\n"))
 
 
 def next_training(settings: Settings) -> str:
@@ -96,8 +103,15 @@ class Responder:
         self.start_retrain = start_retrain
         self.limiter = RateLimiter(settings.rate_limit)
 
+    def close(self) -> None:
+        """Stop the sampling thread (requests still waiting are told mimic is stopping)."""
+        self.batcher.close()
+
     def handle(self, user_id: str, channel_id: str, text: str,
                followup: Callable[[Reply], None] = lambda _reply: None) -> Reply:
+        if not is_slack_id(user_id) or not (channel_id == "" or is_slack_id(channel_id)):
+            return Reply("This request did not come with Slack's user and channel ids, so I "
+                         "can't answer it.")
         try:
             command = parse(text)
             if isinstance(command, Mimic):
@@ -111,6 +125,8 @@ class Responder:
                     }[command.verb]()
         except ParseError as exc:
             return Reply(str(exc))
+        except Closed:
+            return Reply("mimic is restarting; please try again in a minute.")
         except TargetError as exc:
             return Reply(f"{exc} {USAGE}")
         except Exception:
@@ -155,7 +171,7 @@ class Responder:
                          f"`/mimic {target.label} temp=1.1`.")
         header = (f"_mimicking {target.label} · temp {command.temperature:g} · model "
                   f"v{loaded.version} · generated text, not a real message_")
-        return Reply(f"{make_inert(header)}\n>{result.texts[0]}", public=True)
+        return Reply(f"{make_inert(header)}\n{quoted(result.texts[0])}", public=True)
 
     def _no_model(self, session: Session, target: Target) -> str:
         chars = corpus_chars(session, self.settings, target)

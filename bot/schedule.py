@@ -8,6 +8,7 @@ however often the bot starts.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
@@ -15,20 +16,33 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.retrain import RetrainRunner
-from mimic.config import Settings, get_settings
-from mimic.store import make_engine
+from mimic.bot.retrain import RetrainRunner
+from mimic.core.config import Settings, get_settings
+from mimic.core.store import make_engine
 
 log = logging.getLogger(__name__)
 JOB_ID = "nightly-retrain"
 MISFIRE_GRACE_S = 6 * 3600  # a run missed by a restart (or a busy night) still happens
 
+# The nightly runs going on in this process, so that stop_scheduler can end them: the job is
+# referred to by name in the job store, so it can hold no reference of its own.
+_running: set[RetrainRunner] = set()
+_stopping = threading.Event()
+_guard = threading.Lock()
+
 
 def nightly_retrain() -> None:
     """The job. Module-level and argument-free: the job store refers to it by name."""
-    settings = get_settings()
-    ran = RetrainRunner(settings).run(None, lambda event: log.info("retrain: %s",
-                                                                   event.get("text")))
+    runner = RetrainRunner(get_settings())
+    with _guard:
+        if _stopping.is_set():
+            return
+        _running.add(runner)
+    try:
+        ran = runner.run(None, lambda event: log.info("retrain: %s", event.get("text")))
+    finally:
+        with _guard:
+            _running.discard(runner)
     if not ran:
         log.info("nightly retrain skipped: another run holds the lock")
 
@@ -50,6 +64,7 @@ def start_scheduler(
     scheduler.add_listener(_log_result, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     if listener is not None:
         scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    _stopping.clear()
     scheduler.start(paused=True)
     existing = scheduler.get_job(JOB_ID)
     if existing is None or str(existing.trigger) != str(trigger):
@@ -58,3 +73,14 @@ def start_scheduler(
                           misfire_grace_time=MISFIRE_GRACE_S)
     scheduler.resume()
     return scheduler
+
+
+def stop_scheduler(scheduler: BackgroundScheduler) -> None:
+    """Stop the scheduler and a nightly run in progress (its child process is terminated, so
+    this returns promptly), joining the job's thread."""
+    with _guard:
+        _stopping.set()
+        runners = list(_running)
+    for runner in runners:
+        runner.close()
+    scheduler.shutdown(wait=True)

@@ -11,18 +11,70 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mimic.core.ids import is_slack_id
+
 # Subtypes that carry a person's own words; everything else is the system talking.
 KEPT_SUBTYPES = frozenset({None, "thread_broadcast", "file_share", "me_message"})
+# Slack refuses messages longer than this; a longer one in an export is not a real message.
+MAX_MESSAGE_CHARS = 40_000
+TS = re.compile(r"\d{1,12}(\.\d{1,9})?")
+
+
+def is_ts(value: object) -> bool:
+    """A Slack timestamp ("1512085950.000216"), as text or as a plain number."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value >= 0 and value == value and value != float("inf")
+    return isinstance(value, str) and TS.fullmatch(value) is not None
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be stored (a lone surrogate: JSON allows it, UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"has invalid Unicode ({exc.reason} at character {exc.start})"
+    return None
+
+
+def malformed(message: Mapping[str, Any]) -> str | None:
+    """What is wrong with the fields mimic uses, or None: checked before anything else, on
+    every road in, so that nothing later has to guess at types."""
+    if not is_ts(message.get("ts")):
+        return f"has no valid ts (found {message.get('ts')!r:.40})"
+    for key in ("type", "subtype"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            return f"has a {key} that is {type(message[key]).__name__}, not text"
+    user = message.get("user")
+    if user is not None and not is_slack_id(user):
+        what = type(user).__name__ if not isinstance(user, str) else f"{user[:40]!r}"
+        return f"has a user that is not a Slack user id ({what})"
+    text = message.get("text")
+    if text is not None:
+        if not isinstance(text, str):
+            return f"has a text that is {type(text).__name__}, not a string"
+        if problem := unicode_problem(text):
+            return f"has a text that {problem}"
+    if message.get("thread_ts") is not None and not is_ts(message["thread_ts"]):
+        return f"has an invalid thread_ts ({message['thread_ts']!r:.40})"
+    edited = message.get("edited")
+    if edited is not None and not (isinstance(edited, Mapping)
+                                   and (edited.get("ts") is None or is_ts(edited["ts"]))):
+        return f"has an invalid edited.ts ({edited!r:.60})"
+    return None
 
 _MARKUP = re.compile(r"<([^<>]*)>")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
 def drop_reason(message: Mapping[str, Any], bot_users: set[str] | frozenset[str]) -> str | None:
-    """Why a message is not a person's writing, or None to keep it."""
+    """Why a message is not a person's writing, or None to keep it. `malformed` has passed."""
     # Fast path: most messages are plain posts by people (this runs on every imported row).
     if "subtype" not in message and "bot_id" not in message and message.get("type") == "message":
         user, text = message.get("user"), message.get("text")
-        if user and user not in bot_users and isinstance(text, str) and text.strip():
+        if (user and user not in bot_users and isinstance(text, str) and text.strip()
+                and len(text) <= MAX_MESSAGE_CHARS):
             return None
     if message.get("type", "message") != "message":
         return "not a message"
@@ -38,6 +90,8 @@ def drop_reason(message: Mapping[str, Any], bot_users: set[str] | frozenset[str]
         return "bot"
     if not str(message.get("text") or "").strip():
         return "empty"
+    if len(message["text"]) > MAX_MESSAGE_CHARS:
+        return "longer than Slack allows"
     return None
 
 
@@ -79,7 +133,7 @@ def message_row(
     users: Mapping[str, str],
     channels: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The store row for a kept message (see `mimic.store.Message`)."""
+    """The store row for a kept message (see `mimic.core.store.Message`)."""
     raw = str(message["text"])
     thread_ts = message.get("thread_ts")
     return {
@@ -95,14 +149,46 @@ def message_row(
     }
 
 
+class BadEntry(ValueError):
+    """A user or channel entry that cannot be stored; the message ("has no id") says which
+    field."""
+
+
+def _name(entry: Mapping[str, Any], *keys: str, default: str = "") -> str:
+    """The first of `keys` that is set, as storable text of at most 255 characters."""
+    for key in keys:
+        value = entry.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise BadEntry(f"has a {key} that is {type(value).__name__}, not text")
+        if problem := unicode_problem(value):
+            raise BadEntry(f"has a {key} that {problem}")
+        # Names end up in the bot's headers: a newline there could start a line of its own.
+        return _CONTROL.sub(" ", value)[:255]
+    return default
+
+
+def _entry_id(entry: Mapping[str, Any]) -> str:
+    if entry.get("id") is None:
+        raise BadEntry("has no id")
+    if not is_slack_id(entry["id"]):
+        raise BadEntry(f"has an id, {entry['id']!r:.40}, that is not a Slack id (capital "
+                       "letters and digits)")
+    return entry["id"]
+
+
 def user_row(user: Mapping[str, Any]) -> dict[str, Any]:
-    """The store row for a `users.json` / `users.list` entry."""
+    """The store row for a `users.json` / `users.list` entry (BadEntry if it has none)."""
+    uid = _entry_id(user)
     profile = user.get("profile") or {}
+    if not isinstance(profile, Mapping):
+        raise BadEntry(f"has a profile that is {type(profile).__name__}, not an object")
     return {
-        "id": str(user["id"]),
-        "name": str(user.get("name") or user["id"]),
-        "display_name": str(profile.get("display_name") or ""),
-        "real_name": str(user.get("real_name") or profile.get("real_name") or ""),
+        "id": uid,
+        "name": _name(user, "name", default=uid),
+        "display_name": _name(profile, "display_name"),
+        "real_name": _name(user, "real_name") or _name(profile, "real_name"),
         "is_bot": bool(user.get("is_bot") or user.get("is_app_user"))
         or user.get("id") == "USLACKBOT",
         "deleted": bool(user.get("deleted")),
@@ -111,10 +197,12 @@ def user_row(user: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def channel_row(channel: Mapping[str, Any], *, private: bool, dm: bool = False) -> dict[str, Any]:
-    """The store row for a `channels.json` / `groups.json` / `conversations.list` entry."""
+    """The store row for a `channels.json` / `groups.json` / `conversations.list` entry
+    (BadEntry if it has none)."""
+    cid = _entry_id(channel)
     return {
-        "id": str(channel["id"]),
-        "name": str(channel.get("name") or channel["id"]),
+        "id": cid,
+        "name": _name(channel, "name", default=cid),
         "is_private": private or bool(channel.get("is_private")) or dm,
         "is_archived": bool(channel.get("is_archived")),
         "is_dm": dm,

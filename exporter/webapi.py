@@ -8,8 +8,10 @@ at any point resumes below the last page it stored and never loses or doubles a 
 from __future__ import annotations
 
 import difflib
+import logging
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -18,11 +20,23 @@ from rich.console import Console
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from exporter.messages import channel_row, drop_reason, message_row, user_row
-from mimic.config import Settings
-from mimic.store import Run, Store, Watermark, utcnow
+from mimic.core.config import Settings
+from mimic.core.store import Message, Run, Store, Watermark, utcnow
+from mimic.exporter.live import EventSpool
+from mimic.exporter.messages import (
+    BadEntry,
+    channel_row,
+    drop_reason,
+    is_ts,
+    malformed,
+    message_row,
+    user_row,
+)
+
+log = logging.getLogger(__name__)
 
 PAGE = 200  # history page size: Slack allows up to 999, smaller pages lose less when killed
 RETRIES = 5  # 429s in a row per call before giving up; each waits Retry-After
@@ -38,6 +52,8 @@ class SlackExportError(Exception):
 class ExportSummary:
     kept: int = 0  # people's messages fetched this run
     new: int = 0  # of those, new or edited in the store
+    deleted: int = 0  # stored messages found deleted in Slack (see RECHECK)
+    replayed: int = 0  # live events that had failed to apply, applied now
     dropped: Counter[str] = field(default_factory=Counter)
     per_channel: Counter[str] = field(default_factory=Counter)
     channels: list[str] = field(default_factory=list)  # names exported
@@ -128,7 +144,9 @@ def export_workspace(
 ) -> ExportSummary:
     """Fetch users, channels and new history into the store; see the module docstring.
 
-    `full` re-walks every channel to its start, so edits to old messages are stored too.
+    Each channel's last MIMIC_RECHECK_DAYS are walked again, so that messages deleted (or
+    edited) in Slack since the last run are noticed; `full` re-walks every channel to its
+    start. Live events that could not be stored when they came are applied first.
     """
     client = client or make_client(settings)
     summary = ExportSummary()
@@ -166,20 +184,29 @@ def _export(store: Store, client: WebClient, settings: Settings, summary: Export
             wanted: list[str] | None, include_archived: bool, full: bool,
             progress: Console | None) -> None:
     client.auth_test()  # a bad token fails here, before anything is fetched
-    users = [user_row(u) for page in _pages(client, "users.list", "members", limit=200)
-             for u in page]
+    users = _valid(summary, "user", user_row,
+                   (u for page in _pages(client, "users.list", "members", limit=200)
+                    for u in page))
     listed = [c for page in _pages(client, "conversations.list", "channels",
                                    types="public_channel,private_channel",
                                    exclude_archived=not include_archived, limit=200)
-              for c in page]
-    rows = [channel_row(c, private=bool(c.get("is_private"))) for c in listed]
+              for c in page if isinstance(c, dict)]
+    rows = _valid(summary, "channel", lambda c: channel_row(c, private=bool(c.get("is_private"))),
+                  listed)
+    valid = {r["id"] for r in rows}
+    listed = [c for c in listed if c.get("id") in valid]
     with store.session() as session:
         store.upsert_users(session, users)
         store.upsert_channels(session, rows)
+        opted_out = store.opted_out_ids(session)
     summary.users = len(users)
+    summary.replayed = EventSpool(settings.data_dir).replay(
+        store, allow=settings.channel_allowed,
+        channel_info=lambda cid: client.conversations_info(channel=cid)["channel"])
     ctx = _Context(bots=frozenset(u["id"] for u in users if u["is_bot"]),
                    users={u["id"]: u["name"] for u in users},
-                   channels={r["id"]: r["name"] for r in rows})
+                   channels={r["id"]: r["name"] for r in rows}, opted_out=opted_out,
+                   recheck_days=settings.recheck_days)
     for channel in _pick(listed, wanted, settings, include_archived):
         name = channel["name"]
         if not channel.get("is_member"):
@@ -201,11 +228,28 @@ def _export(store: Store, client: WebClient, settings: Settings, summary: Export
                        + ". Type `/invite @mimic` in a channel to include it.")
 
 
+def _valid(summary: ExportSummary, what: str, make: Callable[[Any], dict[str, Any]],
+           entries: Iterator[Any] | list[Any]) -> list[dict[str, Any]]:
+    """Rows for the entries that can be stored; the others are logged and counted."""
+    rows = []
+    for entry in entries:
+        try:
+            if not isinstance(entry, dict):
+                raise BadEntry(f"is {type(entry).__name__}, not an object")
+            rows.append(make(entry))
+        except BadEntry as exc:
+            log.warning("skipped a %s that Slack listed: it %s", what, exc)
+            summary.dropped[f"malformed {what}"] += 1
+    return rows
+
+
 @dataclass
 class _Context:
     bots: frozenset[str]
     users: dict[str, str]  # id → handle
     channels: dict[str, str]  # id → name
+    opted_out: set[str]  # nothing of theirs is stored again
+    recheck_days: float
 
 
 def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, name: str,
@@ -214,42 +258,107 @@ def _export_channel(store: Store, client: WebClient, ctx: _Context, cid: str, na
         mark = session.get(Watermark, cid) or Watermark(channel_id=cid)
         if full:
             mark.pending_high = mark.pending_low = None  # start over from the newest message
-        done = None if full else mark.done_ts
+        # Down to what is stored, and further back over the recheck window: what was deleted
+        # there since the last run is noticed (history lists only what still exists). Only
+        # there: older messages missing from history may just be hidden (a free workspace
+        # shows 90 days), not deleted.
+        floor = Decimal(int(time.time() - 86_400 * ctx.recheck_days))
+        done = None if full or mark.done_ts is None else min(Decimal(mark.done_ts), floor)
         high, low = mark.pending_high, mark.pending_low
         resumed = low is not None
         session.merge(mark)
+        stored = _stored_threads(session, cid)
     while True:
         # Walking by `latest` instead of a cursor makes the position a plain ts, which the
         # watermark stores: a killed run resumes from it with nothing to remember but the row.
         params: dict[str, Any] = {"channel": cid, "limit": PAGE, "inclusive": False}
         if low:
             params["latest"] = low
-        if done:
-            params["oldest"] = done
+        if done is not None:
+            params["oldest"] = str(done)
         response = client.conversations_history(**params)
-        messages = list(response.get("messages") or [])
-        if not messages:
+        messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
+        page_tss = [Decimal(str(m["ts"])) for m in messages if is_ts(m.get("ts"))]
+        if not page_tss:
             break
         threads = [m for m in messages if int(m.get("reply_count") or 0) > 0]
         replies = [r for m in threads
                    for page in _pages(client, "conversations.replies", "messages",
                                       channel=cid, ts=m["ts"], limit=PAGE)
-                   for r in page if r.get("ts") != m["ts"]]
-        page_tss = [str(m["ts"]) for m in messages]
+                   for r in page if isinstance(r, dict) and r.get("ts") != m["ts"]]
         # Decimal, not float: a ts has 16 digits, more than a float keeps.
-        high = high or max(page_tss, key=Decimal)
-        low = min(page_tss, key=Decimal)
+        high = high or str(max(page_tss))
+        covered = (min(page_tss) if response.get("has_more") else done,
+                   Decimal(low) if low else None)
+        low = str(min(page_tss))
         with store.session() as session:
             _write(store, session, ctx, cid, name, messages + replies, summary)
+            _mark_deleted(session, cid, stored, messages, replies, covered, floor, summary)
             _save(session, cid, done_ts=mark.done_ts, pending_high=high, pending_low=low)
         if not response.get("has_more"):
             break
+    if not resumed and low is None:
+        # Slack lists nothing in the walked range: whatever is stored there was deleted.
+        with store.session() as session:
+            _mark_deleted(session, cid, stored, [], [], (done, None), floor, summary)
     with store.session() as session:
         # The walk reached done_ts: everything up to the run's newest message is stored.
-        _save(session, cid, done_ts=high or mark.done_ts, pending_high=None, pending_low=None)
+        newest = max((t for t in (high, mark.done_ts) if t), key=Decimal, default=None)
+        _save(session, cid, done_ts=newest, pending_high=None, pending_low=None)
     if resumed:
         # That finished a killed run's walk; what was posted since is above its pending_high.
         _export_channel(store, client, ctx, cid, name, summary, full=False)
+
+
+@dataclass
+class _Stored:
+    """A channel's stored, undeleted messages: top-level ts, and reply ts by thread."""
+
+    top: set[Decimal] = field(default_factory=set)
+    replies: dict[Decimal, set[Decimal]] = field(default_factory=dict)
+
+
+def _stored_threads(session: Session, cid: str) -> _Stored:
+    stored = _Stored()
+    for ts, thread_ts in session.execute(select(Message.ts, Message.thread_ts).where(
+            Message.channel_id == cid, ~Message.deleted)):
+        if thread_ts is None or thread_ts == ts:
+            stored.top.add(Decimal(ts))
+        else:
+            stored.replies.setdefault(Decimal(thread_ts), set()).add(Decimal(ts))
+    return stored
+
+
+def _mark_deleted(session: Session, cid: str, stored: _Stored,
+                  messages: list[dict[str, Any]], replies: list[dict[str, Any]],
+                  covered: tuple[Decimal | None, Decimal | None], floor: Decimal,
+                  summary: ExportSummary) -> None:
+    """Mark deleted what is stored in the range `covered` (oldest exclusive, latest
+    exclusive; None: unbounded), and newer than `floor`, but no longer in Slack: top-level
+    messages the page does not list, and replies its threads no longer have. A deleted
+    parent with replies left is a `tombstone` in Slack: its text is gone too."""
+    oldest = floor if covered[0] is None else max(covered[0], floor)
+    latest = covered[1]
+
+    def within(ts: Decimal) -> bool:
+        return ts > oldest and (latest is None or ts < latest)
+
+    listed = {Decimal(str(m["ts"])) for m in messages
+              if is_ts(m.get("ts")) and m.get("subtype") != "tombstone"}
+    answered = {Decimal(str(r["ts"])) for r in replies if is_ts(r.get("ts"))}
+    gone = [ts for ts in stored.top if within(ts) and ts not in listed]
+    gone += [reply for parent, kept in stored.replies.items() if within(parent)
+             for reply in kept if reply not in answered]
+    if gone:
+        tss = sorted(str(ts) for ts in gone)
+        for start in range(0, len(tss), 500):
+            session.execute(update(Message).where(
+                Message.channel_id == cid, Message.ts.in_(tss[start:start + 500]))
+                .values(deleted=True))
+        stored.top.difference_update(gone)
+        for kept in stored.replies.values():
+            kept.difference_update(gone)
+        summary.deleted += len(gone)
 
 
 def _save(session: Session, cid: str, **values: str | None) -> None:
@@ -260,7 +369,14 @@ def _write(store: Store, session: Session, ctx: _Context, cid: str, name: str,
            messages: list[dict[str, Any]], summary: ExportSummary) -> None:
     rows = []
     for message in messages:
-        reason = drop_reason(message, ctx.bots)
+        reason = malformed(message)
+        if reason is not None:
+            log.warning("skipped a malformed message in #%s: it %s", name, reason)
+            reason = "malformed"
+        else:
+            reason = drop_reason(message, ctx.bots)
+        if reason is None and message["user"] in ctx.opted_out:
+            reason = "opted out of mimic"
         if reason is None:
             rows.append(message_row(message, cid, ctx.users, ctx.channels))
         else:

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mimic.config import get_settings
-from mimic.store import (
+from mimic.core.config import get_settings
+from mimic.core.store import (
     Channel,
     SchemaError,
     Store,
@@ -23,7 +24,7 @@ from mimic.store import (
 )
 
 if TYPE_CHECKING:
-    from trainer.corpus import Target
+    from mimic.trainer.corpus import Target
 
 app = typer.Typer(help="mimic: learn how people and channels write on Slack, and imitate them.",
                   no_args_is_help=True, add_completion=False)
@@ -63,7 +64,7 @@ def import_(
         "--include-dms", help="Also store direct and group messages (never trained on).")] = False,
 ) -> None:
     """Import Slack's official workspace export into the store (idempotent)."""
-    from exporter.importer import BadExportError, import_export
+    from mimic.exporter.importer import BadExportError, import_export
 
     store = _store()
     try:
@@ -71,6 +72,9 @@ def import_(
                                 allow=get_settings().channel_allowed, progress=console)
     except BadExportError as exc:
         raise _fail(f"{exc}\nNothing was written; the store is as it was.") from None
+    except SQLAlchemyError as exc:
+        raise _fail(f"The store refused the import ({getattr(exc, 'orig', None) or exc}). "
+                    "Nothing was written; the store is as it was.") from None
     _print_summary(summary.title(path), summary.per_channel, summary.dropped, summary.new,
                    summary.kept)
 
@@ -83,7 +87,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Another seed gives another channel layout.")] = 0,
 ) -> None:
     """Build a Slack export ZIP from the chitchat dataset, to try `mimic import` on."""
-    from exporter.demo_data import DemoDataError, build_demo_export
+    from mimic.exporter.demo_data import DemoDataError, build_demo_export
 
     try:
         stats = build_demo_export(out, seed=seed, limit_conversations=limit)
@@ -105,7 +109,7 @@ def export(
         "--full", help="Re-fetch all history, not just what is new (picks up old edits).")] = False,
 ) -> None:
     """Fetch history through the Slack Web API (incremental and resumable)."""
-    from exporter.webapi import SlackExportError, export_workspace
+    from mimic.exporter.webapi import SlackExportError, export_workspace
 
     store = _store()
     try:
@@ -118,14 +122,35 @@ def export(
                    summary.kept)
 
 
+def _show_table(title: str, headers: list[str], rows: list[list[str]],
+                footer: list[str] | None = None) -> None:
+    """A table whose first column holds identifiers, which are never cut short. On a
+    terminal, rich's; piped (`mimic models | grep alice`), plain aligned columns."""
+    every = [headers, *rows, *([footer] if footer else [])]
+    if not console.is_terminal:
+        widths = [max(len(row[i]) for row in every) for i in range(len(headers))]
+        console.print(title, markup=False, highlight=False, soft_wrap=True)
+        for row in every:
+            line = "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+            console.print(line.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title=title, show_footer=footer is not None)
+    for i, header in enumerate(headers):
+        table.add_column(header, footer=footer[i] if footer else "",
+                         justify="left" if i == 0 else "right",
+                         no_wrap=i == 0, min_width=max(len(r[0]) for r in every) if i == 0
+                         else None)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, int],
                    new: int, kept: int) -> None:
-    table = Table(title=title, show_footer=True)
-    table.add_column("channel", footer="total")
-    table.add_column("messages kept", justify="right", footer=f"{kept:,}")
-    for name, count in sorted(per_channel.items(), key=lambda kv: -kv[1]):
-        table.add_row(f"#{name}", f"{count:,}")
-    console.print(table)
+    _show_table(title, ["channel", "messages kept"],
+                [[f"#{name}", f"{count:,}"] for name, count in
+                 sorted(per_channel.items(), key=lambda kv: -kv[1])], ["total", f"{kept:,}"])
     console.print(f"{new:,} new or edited messages stored; {kept - new:,} were already "
                   "there unchanged.")
     if dropped:
@@ -139,7 +164,7 @@ def _print_summary(title: str, per_channel: dict[str, int], dropped: dict[str, i
 
 
 def _resolve(store: Store, names: list[str]) -> list[Target]:
-    from trainer.corpus import TargetError, resolve
+    from mimic.trainer.corpus import TargetError, resolve
 
     with store.session() as session:
         try:
@@ -162,46 +187,50 @@ def train(
         "Time budget per model (default MIMIC_BASE_MINUTES / MIMIC_TARGET_MINUTES)."))] = None,
 ) -> None:
     """Train models: the base from scratch, people and channels fine-tuned from it."""
-    from trainer.corpus import BASE
-    from trainer.train import TrainError, retrain_changed
-    from trainer.train import train as train_one
+    from mimic.core.lock import Busy, retrain_lock
+    from mimic.trainer.corpus import BASE
+    from mimic.trainer.train import TrainError, retrain_changed
+    from mimic.trainer.train import train as train_one
 
     store, settings = _store(), get_settings()
     if minutes is not None:
         settings = settings.model_copy(update={"base_minutes": minutes,
                                                "target_minutes": minutes})
-    if all_:
-        retrain_changed(store, settings, force=force, console=console,
-                        report=lambda o: console.print(o.describe()))
-        return
-    chosen = ([BASE] if base else []) + _resolve(store, targets or [])
-    if not chosen:
+    chosen = [] if all_ else ([BASE] if base else []) + _resolve(store, targets or [])
+    if not all_ and not chosen:
         raise _fail("Say what to train: `mimic train --base`, `mimic train @alice #random` "
                     "or `mimic train --all`.")
-    for target in chosen:
-        try:
-            console.print(train_one(store, settings, target, console=console).describe())
-        except TrainError as exc:
-            raise _fail(str(exc)) from None
+    # One trainer at a time per data folder, whichever command starts it (the bot's retrain
+    # and the demo take the same lock): two would race for the same version numbers.
+    try:
+        with retrain_lock(settings.data_dir):
+            if all_:
+                retrain_changed(store, settings, force=force, console=console,
+                                report=lambda o: console.print(o.describe()))
+                return
+            for target in chosen:
+                try:
+                    console.print(train_one(store, settings, target, console=console)
+                                  .describe())
+                except TrainError as exc:
+                    raise _fail(str(exc)) from None
+    except Busy as exc:
+        raise _fail(f"{exc} (`mimic train` and the nightly retraining share one lock.)") from None
 
 
 @app.command()
 def models() -> None:
     """List model versions: which is active, its loss, data and device."""
-    from trainer.registry import versions
+    from mimic.trainer.registry import versions
 
     store = _store()
-    table = Table(title="models")
-    for column in ("target", "version", "status", "val loss", "chars trained", "device",
-                   "seconds", "created"):
-        table.add_column(column)
     with store.session() as session:
         labels = _labels(session)
-        for v in versions(session):
-            table.add_row(labels.get(v.target, v.target), f"v{v.version}", v.status,
-                          f"{v.val_loss:.3f}", f"{v.chars_trained:,}", v.device,
-                          f"{v.seconds:.0f}", f"{v.created_at:%Y-%m-%d %H:%M}")
-    console.print(table)
+        rows = [[labels.get(v.target, v.target), f"v{v.version}", v.status,
+                 f"{v.val_loss:.3f}", f"{v.chars_trained:,}", v.device, f"{v.seconds:.0f}",
+                 f"{v.created_at:%Y-%m-%d %H:%M}"] for v in versions(session)]
+    _show_table("models", ["target", "version", "status", "val loss", "chars trained",
+                           "device", "seconds", "created"], rows)
 
 
 def _labels(session: Session) -> dict[str, str]:
@@ -215,8 +244,8 @@ def _labels(session: Session) -> dict[str, str]:
 @app.command()
 def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or base.")]) -> None:
     """Re-activate the previous version of a target's model."""
-    from trainer.registry import RegistryError
-    from trainer.registry import rollback as roll
+    from mimic.trainer.registry import RegistryError
+    from mimic.trainer.registry import rollback as roll
 
     store = _store()
     (chosen,) = _resolve(store, [target])
@@ -240,9 +269,9 @@ def sample(
                                               "likeliest characters.")] = None,
 ) -> None:
     """Write new messages in a person's or channel's voice, as the bot would (novel, inert)."""
-    from trainer.device import pick_device
-    from trainer.registry import active_version, load_version, parent_of
-    from trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
+    from mimic.trainer.device import pick_device
+    from mimic.trainer.registry import active_version, load_version, parent_of
+    from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target])
@@ -276,7 +305,7 @@ def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]
 
     Channel and base models that learned from them are retrained without them at the next
     run."""
-    from trainer.privacy import opt_out
+    from mimic.trainer.privacy import opt_out
 
     store = _store()
     (target,) = _resolve(store, [person])
@@ -304,7 +333,7 @@ def eval_(
     MIMIC_DATA_DIR/reports/<date>/report.md and its plots."""
     from datetime import date
 
-    from trainer.report import (
+    from mimic.trainer.report import (
         EvalError,
         default_targets,
         evaluate_targets,
@@ -328,7 +357,6 @@ def eval_(
     def chars(value: float | None) -> str:
         return number(value, 0)
 
-    table = Table(title=f"mimic eval · {samples} samples · seed {seed}", show_footer=True)
     overall = report.overall()
     columns = [("target", "mean", None), ("loss", "val_loss", number),
                ("base loss", "base_loss", number), ("fidelity", "fidelity_model", percent),
@@ -337,13 +365,11 @@ def eval_(
                ("markov leak", "leak_markov", percent), ("fluency", "fluency_model", percent),
                ("real fl.", "fluency_real", percent), ("markov fl.", "fluency_markov", percent),
                ("chars", "length_model", chars), ("real chars", "length_real", chars)]
-    for title, attr, fmt in columns:
-        footer = attr if fmt is None else fmt(overall[attr])
-        table.add_column(title, footer=footer, justify="left" if fmt is None else "right")
-    for row in report.rows:
-        table.add_row(f"{row.target.label} v{row.version}",
-                      *(fmt(getattr(row, attr)) for _t, attr, fmt in columns[1:]))
-    console.print(table)
+    _show_table(f"mimic eval · {samples} samples · seed {seed}", [c[0] for c in columns],
+                [[f"{row.target.label} v{row.version}",
+                  *(fmt(getattr(row, attr)) for _t, attr, fmt in columns[1:])]
+                 for row in report.rows],
+                ["mean", *(fmt(overall[attr]) for _t, attr, fmt in columns[1:])])
     for note in report.notes:
         console.print(f"· {note}")
     console.print(f"Report: {path}")
@@ -362,13 +388,14 @@ def demo(
                                               "(a smaller, faster demo).")] = None,
 ) -> None:
     """The whole loop on real chat data, no Slack needed: build, import, train, answer."""
-    from bot.demo import run_demo
-    from exporter.demo_data import DemoDataError
+    from mimic.core.lock import Busy
+    from mimic.demo import run_demo
+    from mimic.exporter.demo_data import DemoDataError
 
     try:
         run_demo(get_settings(), folder, minutes=minutes, fresh=fresh, console=console,
                  limit=limit)
-    except DemoDataError as exc:
+    except (DemoDataError, Busy) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -379,30 +406,16 @@ def demo(
 def retrain(
     target: Annotated[str | None, typer.Argument(
         help="Only this @person or #channel (default: everything that changed).")] = None,
-    events: Annotated[bool, typer.Option(
-        "--events", help="Print progress as JSON lines (for the bot).")] = False,
-    lock_held: Annotated[bool, typer.Option("--lock-held", hidden=True)] = False,
 ) -> None:
     """Run the nightly job once: incremental export (with a bot token), then retrain."""
-    import contextlib
-    import json
-
-    from bot.retrain import retrain_job
-    from mimic.lock import Busy, retrain_lock
+    from mimic.bot.retrain import retrain_job
+    from mimic.core.lock import Busy, retrain_lock
 
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target]) if target else (None,)
-
-    def report(event: dict) -> None:
-        if events:
-            print(json.dumps(event), flush=True)
-        else:
-            console.print(event["text"])
-
-    lock = contextlib.nullcontext() if lock_held else retrain_lock(settings.data_dir)
     try:
-        with lock:
-            retrain_job(store, settings, chosen, report)
+        with retrain_lock(settings.data_dir):
+            retrain_job(store, settings, chosen, lambda event: console.print(event["text"]))
     except Busy as exc:
         raise _fail(str(exc)) from None
 
@@ -416,15 +429,19 @@ def serve(
     no_scheduler: Annotated[bool, typer.Option(
         "--no-scheduler", help="Do not run the nightly retraining in this process.")] = False,
 ) -> None:
-    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http."""
+    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http.
+
+    Ctrl-C or SIGTERM stops it cleanly: requests in flight are answered, a retraining run is
+    stopped, every thread is joined, and it exits 0."""
     import logging
+    import signal
 
     import torch
     from slack_sdk.errors import SlackApiError
 
-    from bot.app import build_app
-    from bot.schedule import start_scheduler
-    from exporter.webapi import make_client
+    from mimic.bot.app import SetupError, build_app
+    from mimic.bot.schedule import start_scheduler, stop_scheduler
+    from mimic.exporter.webapi import make_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
@@ -435,37 +452,54 @@ def serve(
     if http is None and settings.slack_app_token is None:
         raise _fail("Set SLACK_APP_TOKEN (an xapp-… token with connections:write) for Socket "
                     "Mode, or run `mimic serve --http PORT` with SLACK_SIGNING_SECRET set.")
-    if http is not None and settings.slack_signing_secret is None:
-        raise _fail("HTTP mode needs SLACK_SIGNING_SECRET (Basic Information → App "
-                    "Credentials) to verify that requests come from Slack.")
     try:
         me = make_client(settings).auth_test()
     except SlackApiError as exc:
         raise _fail(f"Slack refused the bot token ({exc.response.get('error')}): check "
                     "SLACK_BOT_TOKEN in .env.") from None
+    except OSError as exc:
+        raise _fail(f"Cannot reach Slack at {settings.slack_api_url} ({exc}).") from None
     # Answers are many small torch calls: one thread each beat two fighting over the cores
     # (one /mimic on 2 cores: 161 ms against 198 ms). Retraining runs in its own process.
     torch.set_num_threads(1)
-    bolt = build_app(settings, store)
+    try:
+        slack = build_app(settings, store, mode="http" if http is not None else "socket")
+    except SetupError as exc:
+        raise _fail(str(exc)) from None
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop is a Ctrl-C
     scheduler = None if no_scheduler else start_scheduler(settings)
     console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
                   f"{'off' if scheduler is None else settings.retrain_cron}.")
+    server = handler = None
     try:
         if http is not None:
-            from bot.http import make_http_server
+            from mimic.bot.http import make_http_server
 
-            server = make_http_server(bolt, host, http)
+            server = make_http_server(slack.bolt, host, http)
             console.print(f"Listening on http://{host}:{server.server_port}/slack/events")
             server.serve_forever()
         else:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-            SocketModeHandler(bolt, settings.slack_app_token.get_secret_value()).start()
+            assert settings.slack_app_token is not None
+            handler = SocketModeHandler(slack.bolt, settings.slack_app_token.get_secret_value())
+            handler.start()
     except KeyboardInterrupt:
-        console.print("Stopped.")
+        console.print("Stopping…")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if server is not None:
+            server.server_close()  # no new requests; those being read are finished
+        if handler is not None:
+            handler.close()
+        slack.close()
         if scheduler is not None:
-            scheduler.shutdown(wait=False)
+            stop_scheduler(scheduler)
+    console.print("Stopped.")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mimic.config import Settings
-from mimic.store import Store, make_engine, upgrade
+from mimic.core.config import Settings
+from mimic.core.store import Store, make_engine, upgrade
 from tests import trained
 from tests.fake_slack import FakeSlack
+from tests.running import running  # noqa: F401 - the Slack app over HTTP, for any test
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from mimic.store import Store, make_engine, upgrade
+from mimic.core.store import Store, make_engine, upgrade
 
 POSTGRES_URL = os.environ.get("MIMIC_TEST_POSTGRES_URL")
 

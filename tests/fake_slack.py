@@ -96,6 +96,19 @@ class FakeSlack:
             message["text"] = text
             message["edited"] = {"user": message.get("user"), "ts": f"{self._clock}.000000"}
 
+    def delete(self, channel: str, ts: str) -> None:
+        """Delete a message as Slack does: a thread parent with replies left becomes a
+        tombstone, anything else is gone from history."""
+        with self._lock:
+            replies = [m for m in self.messages[channel].values()
+                       if m.get("thread_ts") == ts and m["ts"] != ts]
+            if replies:
+                self.messages[channel][ts] = {"type": "message", "subtype": "tombstone",
+                                              "user": "USLACKBOT", "hidden": True, "ts": ts,
+                                              "text": "This message was deleted."}
+            else:
+                del self.messages[channel][ts]
+
     # -- the API --
 
     def _top_level(self, channel: str) -> list[dict[str, Any]]:

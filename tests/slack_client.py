@@ -3,6 +3,8 @@ and a local catcher standing in for `response_url`."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -11,8 +13,6 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from slack_sdk.signature import SignatureVerifier
 
 SIGNING_SECRET = "test-signing-secret"
 
@@ -72,7 +72,9 @@ class Catcher:
 def signed_post(url: str, body: bytes, content_type: str, *, secret: str = SIGNING_SECRET,
                 timestamp: int | None = None) -> tuple[int, bytes]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    # Slack's scheme, computed here: slack_sdk refuses to sign with a forger's empty key.
+    signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:".encode() + body,
+                                 hashlib.sha256).hexdigest()
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": content_type, "X-Slack-Request-Timestamp": ts,
         "X-Slack-Signature": signature})

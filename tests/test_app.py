@@ -3,65 +3,22 @@ slash commands and events over real HTTP, replies caught at a local response_url
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
-from bot.app import build_app
-from bot.http import make_http_server, serve_in_thread
-from bot.retrain import RetrainRunner
-from mimic.config import Settings
-from mimic.store import Message, Store
-from tests import slack_client
-from tests.fake_slack import TOKEN, FakeSlack
-from tests.slack_client import Catcher, event, slash
-from trainer.corpus import resolve
-from trainer.train import train
+from mimic.core.store import Message
+from mimic.trainer.corpus import resolve
+from mimic.trainer.train import train
+from tests.running import Running
+from tests.slack_client import event, slash
 
 PING = re.compile(r"<[@!#]|[@＠](?!\u2060)\w")
-
-
-@dataclass
-class Running:
-    url: str
-    catcher: Catcher
-    store: Store
-    settings: Settings
-    slack: FakeSlack
-
-
-@pytest.fixture
-def running(world: tuple[Store, Settings], fake_slack: FakeSlack) -> Iterator[Running]:
-    store, settings = world
-    settings = settings.model_copy(update={
-        "slack_api_url": fake_slack.url, "admins": ["U9"],
-        "slack_signing_secret": SecretStr(slack_client.SIGNING_SECRET),
-        "slack_bot_token": SecretStr(TOKEN), "target_minutes": 0.05})
-    fake_slack.add_user("U1", "alice")
-    fake_slack.add_user("U2", "bob")
-    fake_slack.add_user("U8", "olga", is_admin=True)
-    fake_slack.add_channel("C1", "general")
-    env = {**os.environ, "DATABASE_URL": settings.database_url,
-           "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500",
-           "MIMIC_TARGET_MINUTES": "0.05", "MIMIC_DEVICE": "cpu",
-           "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": fake_slack.url}
-    app = build_app(settings, store, runner=RetrainRunner(settings, env=env))
-    server = make_http_server(app, "127.0.0.1", 0)
-    serve_in_thread(server)
-    catcher = Catcher()
-    yield Running(f"http://127.0.0.1:{server.server_port}/slack/events", catcher, store,
-                  settings, fake_slack)
-    server.shutdown()
-    server.server_close()
-    catcher.stop()
 
 
 def ask(r: Running, text: str, **kw: str) -> dict:
@@ -139,7 +96,7 @@ def test_a_new_version_is_swapped_in_under_concurrent_requests(running: Running)
     assert versions <= {"1", "2"}
     after = ask(running, "@bob", user="U200")
     with running.store.session() as s:
-        from trainer.registry import active_version
+        from mimic.trainer.registry import active_version
 
         active = active_version(s, bob.key)
     assert f"model v{active.version}" in after["text"]  # type: ignore[union-attr]

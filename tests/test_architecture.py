@@ -1,5 +1,7 @@
-"""Data flows one way: exporter → store → trainer → registry → bot. No package imports one
-downstream of it, so each can be run, tested and replaced on its own."""
+"""Data flows one way: exporter → store → trainer → registry → bot, with the command line and
+the demo (`mimic/`) above them all. No package imports one downstream of it, so each can be
+run, tested and replaced on its own; and every import names the installed `mimic.` namespace,
+never a generic top-level `bot` or `trainer` that an installed copy does not have."""
 
 from __future__ import annotations
 
@@ -9,30 +11,49 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What each package must never import.
-FORBIDDEN = {
-    "exporter": {"trainer", "bot"},
-    "trainer": {"bot", "exporter"},
-    "mimic": {"bot", "exporter", "trainer"},
+# Each folder, the `mimic.` name it is installed under, and what it must never import.
+LAYERS = {
+    "core": {"mimic.exporter", "mimic.trainer", "mimic.bot", "mimic.cli", "mimic.demo"},
+    "exporter": {"mimic.trainer", "mimic.bot", "mimic.cli", "mimic.demo"},
+    "trainer": {"mimic.exporter", "mimic.bot", "mimic.cli", "mimic.demo"},
+    "bot": {"mimic.cli", "mimic.demo"},
 }
+UNINSTALLED = {"core", "exporter", "trainer", "bot"}  # only `mimic.<name>` exists installed
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_modules(path: Path) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
 def test_no_package_reaches_back_up_the_stream(package: str) -> None:
     offenders = {
-        f"{path.relative_to(ROOT)} imports {bad}"
+        f"{path.relative_to(ROOT)} imports {module}"
         for path in (ROOT / package).rglob("*.py")
-        if path.name != "cli.py"  # the command line wires every stage together
-        for bad in imported_packages(path) & FORBIDDEN[package]
+        for module in imported_modules(path)
+        if any(_under(module, bad) for bad in LAYERS[package])
     }
     assert not offenders
+
+
+def test_every_import_names_the_installed_namespace() -> None:
+    sources = [p for folder in ("mimic", "alembic", "bench", "tests", *LAYERS)
+               for p in (ROOT / folder).rglob("*.py")]
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources
+        for module in imported_modules(path)
+        if module.split(".")[0] in UNINSTALLED
+    }
+    assert sources and not offenders

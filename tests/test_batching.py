@@ -3,6 +3,7 @@ batch, each gets its own rows, and a failure reaches only the requests it concer
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from bot import batching
-from bot.batching import SampleBatcher, _Batch, _Job
-from trainer.model import CharLSTM, ModelConfig
-from trainer.novelty import NoveltyIndex
-from trainer.registry import LoadedModel
-from trainer.sampler import Row
-from trainer.vocab import Vocab
+from mimic.bot import batching
+from mimic.bot.batching import SampleBatcher, _Batch, _Job
+from mimic.trainer.model import CharLSTM, ModelConfig
+from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.registry import LoadedModel
+from mimic.trainer.sampler import Row
+from mimic.trainer.vocab import Vocab
 
 VOCAB = Vocab(list("abcdefghij "))
 
@@ -68,6 +69,7 @@ def test_requests_arriving_mid_generation_join_the_batch() -> None:
             assert batcher.changed.wait_for(lambda: batcher._jobs.qsize() == 7, 30)
         batcher.release.set()
         results = [first.result(30)] + [f.result(30) for f in rest]
+    batcher.close()
     for (_model, seed, n), texts in zip(asks, results, strict=True):
         assert len(texts) == n and all(t.startswith(seed) for t in texts)
     assert batcher.sizes[0] == {2: 1}
@@ -99,3 +101,28 @@ def test_a_failure_reaches_only_its_request() -> None:
     with pytest.raises(ValueError, match="temperature"):
         batcher.sample(loaded(1), [Row("", 5.0)])
     assert batcher.sample(loaded(1), [Row("a", 1.0)])[0].startswith("a")  # still serving
+    batcher.close()
+
+
+def test_close_fails_what_is_pending_and_joins_the_thread() -> None:
+    batcher = WatchedBatcher()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.sample, loaded(1), [Row("a", 1.0)])
+        with batcher.changed:  # being written, paused before its first step
+            assert batcher.changed.wait_for(lambda: batcher.sizes, 30)
+        second = pool.submit(batcher.sample, loaded(2), [Row("b", 1.0)])
+        with batcher.changed:
+            assert batcher.changed.wait_for(lambda: batcher._jobs.qsize() == 1, 30)
+        closing = pool.submit(batcher.close)
+        with batcher.changed:  # the stop marker is queued behind the second request
+            assert batcher.changed.wait_for(lambda: batcher._jobs.qsize() == 2, 30)
+        batcher.release.set()
+        closing.result(30)
+        with pytest.raises(batching.Closed):
+            second.result(30)
+        with contextlib.suppress(batching.Closed):  # done if its one character ended it
+            assert first.result(30)[0].startswith("a")
+    assert batcher._thread is not None and not batcher._thread.is_alive()
+    with pytest.raises(batching.Closed):
+        batcher.sample(loaded(1), [Row("a", 1.0)])
+    batcher.close()  # again: nothing to do

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from exporter.importer import import_export
-from mimic.config import Settings
-from mimic.store import Message, Store, User
-from tests.slack_export import write_export
-from trainer.corpus import (
+from mimic.core.config import Settings
+from mimic.core.store import Message, Store, User
+from mimic.exporter.importer import import_export
+from mimic.trainer.corpus import (
     BASE,
     TargetError,
     load_corpus,
@@ -19,6 +18,7 @@ from trainer.corpus import (
     split_point,
     targets_with_data,
 )
+from tests.slack_export import write_export
 
 
 @pytest.fixture

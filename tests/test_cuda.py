@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.fit import TrainConfig, evaluate, fit, throughput
-from trainer.model import CharLSTM, ModelConfig, load_bundle, save_checkpoint
-from trainer.sampler import Row, sample, sample_rows
-from trainer.vocab import Vocab
+from mimic.trainer.fit import TrainConfig, evaluate, fit, throughput
+from mimic.trainer.model import CharLSTM, ModelConfig, load_bundle, save_checkpoint
+from mimic.trainer.sampler import Row, sample, sample_rows
+from mimic.trainer.vocab import Vocab
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 MESSAGES = ["lunch at noon?", "sure, see you there", "who broke the build again",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mimic.store import ModelVersion, Store, make_engine
+from mimic.core.store import ModelVersion, Store, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 

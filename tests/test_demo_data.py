@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from exporter import demo_data
-from exporter.demo_data import DemoDataError, DemoStats, build_demo_export, load_chitchat
-from exporter.importer import import_export
 from mimic.cli import app
-from mimic.store import Channel, Message, Store, User, make_engine, upgrade
+from mimic.core.store import Channel, Message, Store, User, make_engine, upgrade
+from mimic.exporter import demo_data
+from mimic.exporter.demo_data import DemoDataError, DemoStats, build_demo_export, load_chitchat
+from mimic.exporter.importer import import_export
 
 LIMIT = 200
 pytestmark = pytest.mark.slow  # each build reads the whole 258k-message dataset

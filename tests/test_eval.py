@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mimic.config import Settings
-from mimic.store import Store
-from trainer.corpus import Target, resolve
-from trainer.report import (
+from mimic.core.config import Settings
+from mimic.core.store import Store
+from mimic.trainer.corpus import Target, resolve
+from mimic.trainer.report import (
     SECTIONS,
     EvalError,
     evaluate_targets,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from exporter.webapi import ExportSummary, SlackExportError, export_workspace
-from mimic.config import Settings
-from mimic.store import Channel, Message, Run, Store, Watermark
+from mimic.core.config import Settings
+from mimic.core.store import Channel, Message, Run, Store, Watermark
+from mimic.exporter.webapi import ExportSummary, SlackExportError, export_workspace
 from tests.fake_slack import TOKEN, FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +143,43 @@ def test_full_picks_up_old_edits(store: Store, fake_slack: FakeSlack) -> None:
         row = s.scalars(select(Message).where(Message.ts == old)).one()
         assert row.text == "random 0 edited" and row.edited_ts is not None
     assert stored(store) == people(fake_slack, "C1", "C2", "G1")
+
+
+def test_deletions_in_slack_are_noticed_within_the_recheck_window(
+        store: Store, fake_slack: FakeSlack) -> None:
+    build(fake_slack)  # messages of 2023: long before the recheck window
+    now = int(time.time())
+    recent = [fake_slack.post("C1", f"recent {i}", "U1", ts=f"{now - 86_400 * (2 + i)}.000100")
+              for i in range(3)]
+    parent = fake_slack.post("C1", "recent thread", "U2", ts=f"{now - 3600}.000100")
+    answers = [fake_slack.post("C1", f"answer {i}", "U1", thread_ts=parent,
+                               ts=f"{now - 3000 + i}.000100") for i in range(2)]
+    export(store, fake_slack)
+    old = next(ts for ts, m in fake_slack.messages["C1"].items() if m["text"] == "last word")
+    for ts in (recent[1], answers[0], parent, old):
+        fake_slack.delete("C1", ts)  # the parent keeps a reply: it becomes a tombstone
+
+    summary = export(store, fake_slack)
+    with store.session() as s:
+        deleted = set(s.scalars(select(Message.ts).where(Message.deleted)))
+    assert deleted == {recent[1], answers[0], parent} and summary.deleted == 3
+    # The old one is missing from history too, but that may be a free plan's 90-day limit.
+    assert old not in deleted
+    again = export(store, fake_slack)
+    assert again.deleted == 0 and again.new == 0
+
+
+def test_a_channel_emptied_in_slack_within_the_window(store: Store, fake_slack: FakeSlack) -> None:
+    fake_slack.add_user("U1", "alice")
+    fake_slack.add_channel("C1", "general")
+    now = int(time.time())
+    posted = [fake_slack.post("C1", f"soon gone {i}", ts=f"{now - 60 + i}.000100")
+              for i in range(2)]
+    export(store, fake_slack)
+    for ts in posted:
+        fake_slack.delete("C1", ts)
+    assert export(store, fake_slack).deleted == 2
+    assert export(store, fake_slack, settings={"recheck_days": 0}).deleted == 0
 
 
 def test_rate_limit_storm(store: Store, fake_slack: FakeSlack) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from exporter.importer import BadExportError, import_export
-from exporter.messages import normalise
-from mimic.store import Channel, Message, Run, SchemaError, Store, User, open_store
+from mimic.core.store import Channel, Message, Run, SchemaError, Store, User, open_store
+from mimic.exporter.importer import BadExportError, import_export
+from mimic.exporter.messages import normalise
 from tests.slack_export import DROPPED, KEPT, msg, write_export, zip_folder
 
 
@@ -202,7 +202,7 @@ def test_cli_init_then_import_prints_a_summary(tmp_path: Path) -> None:
 
 
 def test_settings_hide_secrets_and_split_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mimic.config import Settings
+    from mimic.core.config import Settings
 
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret")
     monkeypatch.setenv("MIMIC_ADMINS", "U1, U2")

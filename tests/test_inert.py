@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mimic.inert import WORD_JOINER, make_inert
+from mimic.core.inert import WORD_JOINER, make_inert
 
 WJ = WORD_JOINER
 

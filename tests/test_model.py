@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.device import pick_device
-from trainer.fit import FitResult, TrainConfig, evaluate, fit
-from trainer.model import (
+from mimic.trainer.device import pick_device
+from mimic.trainer.fit import FitResult, TrainConfig, evaluate, fit
+from mimic.trainer.model import (
     CharLSTM,
     CheckpointError,
     ModelConfig,
@@ -22,7 +22,7 @@ from trainer.model import (
     save_checkpoint,
     size_for,
 )
-from trainer.vocab import Vocab
+from mimic.trainer.vocab import Vocab
 
 MESSAGES = ["the cat sat on the mat", "a dog ate my hat", "the cat ate the rat"] * 60
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from bot.models import ModelCache
-from bot.replies import Responder
-from exporter.importer import import_export
-from mimic.store import ModelVersion, Store, make_engine, upgrade
+from mimic.bot.models import ModelCache
+from mimic.bot.replies import Responder
+from mimic.core.store import ModelVersion, Store, make_engine, upgrade
+from mimic.exporter.importer import import_export
+from mimic.trainer.corpus import BASE, load_corpus, resolve, targets_with_data
+from mimic.trainer.model import load_bundle
+from mimic.trainer.privacy import opt_in, opt_out
+from mimic.trainer.registry import WEIGHTS, version_dir
+from mimic.trainer.sampler import sample
+from mimic.trainer.train import train
 from tests import trained, workspace
-from trainer.corpus import BASE, load_corpus, resolve, targets_with_data
-from trainer.model import load_bundle
-from trainer.privacy import opt_in, opt_out
-from trainer.registry import WEIGHTS, version_dir
-from trainer.sampler import sample
-from trainer.train import train
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,11 @@ def test_the_private_model_is_kept_apart(forgotten_bob: tuple) -> None:
         folder = version_dir(settings.data_dir, row)
     assert folder.is_dir()
     r = Responder(settings, store, ModelCache(settings.data_dir))
-    assert r.handle("U1", "G1", "#secret").public
-    assert r.handle("U1", "C1", "#secret").text.startswith("No channel called #secret.")
+    try:
+        assert r.handle("U1", "G1", "#secret").public
+        assert r.handle("U1", "C1", "#secret").text.startswith("No channel called #secret.")
+    finally:
+        r.close()
 
 
 def test_consent_opt_in_refuses_everyone_until_they_opt_in(tmp_path: Path) -> None:
@@ -93,13 +96,16 @@ def test_consent_opt_in_refuses_everyone_until_they_opt_in(tmp_path: Path) -> No
     trained.build(template)
     store, settings = trained.copy(template, tmp_path, MIMIC_CONSENT="opt-in")
     r = Responder(settings, store, ModelCache(settings.data_dir))
-    refused = r.handle("U2", "C1", "@alice")
-    assert not refused.public and "hasn't opted in" in refused.text
-    assert "alice" not in r.handle("U2", "C1", "list").text
-    with store.session() as s:
-        assert load_corpus(s, settings, resolve(s, "@alice")).train == []
-        assert targets_with_data(s, settings, 1) == []
-    opt_in(store, "U1")
-    assert r.handle("U2", "C1", "@alice").public
-    with store.session() as s:
-        assert load_corpus(s, settings, resolve(s, "@alice")).train
+    try:
+        refused = r.handle("U2", "C1", "@alice")
+        assert not refused.public and "hasn't opted in" in refused.text
+        assert "alice" not in r.handle("U2", "C1", "list").text
+        with store.session() as s:
+            assert load_corpus(s, settings, resolve(s, "@alice")).train == []
+            assert targets_with_data(s, settings, 1) == []
+        opt_in(store, "U1")
+        assert r.handle("U2", "C1", "@alice").public
+        with store.session() as s:
+            assert load_corpus(s, settings, resolve(s, "@alice")).train
+    finally:
+        r.close()

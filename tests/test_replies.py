@@ -3,32 +3,46 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 
+import pytest
 from sqlalchemy import func, select
 
-from bot.models import ModelCache
-from bot.replies import Reply, Responder
-from mimic.config import Settings
-from mimic.store import Message, ModelVersion, Store, User
+from mimic.bot.models import ModelCache
+from mimic.bot.replies import Reply, Responder
+from mimic.core.config import Settings
+from mimic.core.store import Message, ModelVersion, Store, User
+from mimic.trainer.corpus import BASE, resolve
+from mimic.trainer.registry import active_version, rollback
+from mimic.trainer.train import train
 from tests import trained
-from trainer.corpus import BASE, resolve
-from trainer.registry import active_version, rollback
-from trainer.train import train
 
 GENERAL, SECRET, RANDOM = "C1", "G1", "C2"
+Make = Callable[..., Responder]
 PING = re.compile(r"<[@!#]|(?<![\w\u2060])@(?!\u2060)\w")
 
 
-def responder(world: tuple[Store, Settings], **kw: object) -> Responder:
-    store, settings = world
-    return Responder(settings, store, ModelCache(settings.data_dir), **kw)  # type: ignore[arg-type]
+@pytest.fixture
+def responder() -> Iterator[Callable[..., Responder]]:
+    """Makes Responders for a world; each is closed (its sampling thread joined) after."""
+    made: list[Responder] = []
+
+    def make(world: tuple[Store, Settings], **kw: object) -> Responder:
+        store, settings = world
+        made.append(Responder(settings, store, ModelCache(settings.data_dir), **kw))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
 
 
 def ask(r: Responder, text: str, user: str = "U2", channel: str = GENERAL) -> Reply:
     return r.handle(user, channel, text)
 
 
-def test_mimic_posts_a_labelled_inert_message(world: tuple[Store, Settings]) -> None:
+def test_mimic_posts_a_labelled_inert_message(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     reply = ask(responder(world), "@alice temp=0.5")
     header, body = reply.text.split("\n", 1)
     assert reply.public
@@ -37,14 +51,15 @@ def test_mimic_posts_a_labelled_inert_message(world: tuple[Store, Settings]) -> 
     assert not PING.search(reply.text)
 
 
-def test_escaped_mentions_and_seed_text(world: tuple[Store, Settings]) -> None:
+def test_escaped_mentions_and_seed_text(responder: Make, world: tuple[Store, Settings]) -> None:
     r = responder(world)
     assert "mimicking #general" in ask(r, "<#C1|general> t=1.0").text
     reply = ask(r, '<@U1|alice> "MY CAT"')
     assert reply.public and reply.text.split("\n", 1)[1].startswith(">MY CAT")
 
 
-def test_private_channel_answers_only_inside_itself(world: tuple[Store, Settings]) -> None:
+def test_private_channel_answers_only_inside_itself(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     r = responder(world)
     inside = ask(r, "#secret", channel=SECRET)
     assert inside.public and "mimicking #secret" in inside.text
@@ -56,7 +71,8 @@ def test_private_channel_answers_only_inside_itself(world: tuple[Store, Settings
     assert ask(r, "<#G1|secret>", channel=GENERAL).text.startswith("No channel called")
 
 
-def test_errors_are_ephemeral_and_say_what_to_do(world: tuple[Store, Settings]) -> None:
+def test_errors_are_ephemeral_and_say_what_to_do(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     r = responder(world)
     cases = {
         "@alice temp=5": "out of range",
@@ -72,7 +88,8 @@ def test_errors_are_ephemeral_and_say_what_to_do(world: tuple[Store, Settings]) 
         assert "Traceback" not in reply.text
 
 
-def test_an_internal_failure_is_a_polite_message(world: tuple[Store, Settings]) -> None:
+def test_an_internal_failure_is_a_polite_message(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
     with store.session() as s:
         row = active_version(s, "user:U1")
@@ -82,7 +99,7 @@ def test_an_internal_failure_is_a_polite_message(world: tuple[Store, Settings]) 
     assert not reply.public and "went wrong on mimic's side" in reply.text
 
 
-def test_rate_limit_answers_the_sixth_request_with_a_message(
+def test_rate_limit_answers_the_sixth_request_with_a_message(responder: Callable[..., Responder],
         world: tuple[Store, Settings]) -> None:
     now = [1000.0]
     r = responder(world)
@@ -96,6 +113,7 @@ def test_rate_limit_answers_the_sixth_request_with_a_message(
 
 
 def test_list_hides_private_channels_elsewhere_and_opted_out_people(
+        responder: Callable[..., Responder],
         world: tuple[Store, Settings]) -> None:
     r = responder(world)
     public = ask(r, "list").text
@@ -106,6 +124,7 @@ def test_list_hides_private_channels_elsewhere_and_opted_out_people(
 
 
 def test_optout_deletes_models_at_once_forget_deletes_messages_optin_restores(
+        responder: Callable[..., Responder],
         world: tuple[Store, Settings]) -> None:
     store, settings = world
     r = responder(world)
@@ -130,7 +149,8 @@ def test_optout_deletes_models_at_once_forget_deletes_messages_optin_restores(
         assert not s.get(User, "U1").opted_out  # type: ignore[union-attr]
 
 
-def test_retrain_is_for_admins_and_one_at_a_time(world: tuple[Store, Settings]) -> None:
+def test_retrain_is_for_admins_and_one_at_a_time(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
     started: list[object] = []
     busy = [False]
@@ -152,7 +172,8 @@ def test_retrain_is_for_admins_and_one_at_a_time(world: tuple[Store, Settings]) 
     assert started[0] is None and started[1].label == "@alice"  # type: ignore[attr-defined]
 
 
-def test_a_promoted_version_is_served_without_a_restart(world: tuple[Store, Settings]) -> None:
+def test_a_promoted_version_is_served_without_a_restart(
+        responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
     r = responder(world)
     assert "model v1" in ask(r, "@bob").text

@@ -1,4 +1,5 @@
-"""`mimic sample`: what the bot would say, from the shell, with clear errors."""
+"""`mimic sample` and `mimic models`: what the bot would say and what it has, from the shell,
+with clear errors and output that pipes."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mimic.config import Settings
-from mimic.store import Store
+from mimic.core.config import Settings
+from mimic.core.store import Store, User
 
 
-def mimic(settings: Settings, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def mimic(settings: Settings, cwd: Path, *args: str,
+          **extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": settings.database_url, "COLUMNS": "200",
            "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_DEVICE": "cpu",
-           "MIMIC_MIN_CHARS": "500"}
+           "MIMIC_MIN_CHARS": "500", **extra}
     return subprocess.run([sys.executable, "-m", "mimic.cli", *args], cwd=cwd, env=env,
                           text=True, capture_output=True, timeout=120)
 
@@ -37,3 +39,17 @@ def test_sample_prints_novel_inert_messages_and_explains_errors(
         failed = mimic(settings, tmp_path, "sample", *args)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+
+
+def test_models_piped_prints_whole_names_in_plain_columns(world: tuple[Store, Settings],
+                                                          tmp_path: Path) -> None:
+    store, settings = world
+    long = "alice-the-cat-person-who-writes-in-capitals-about-her-cats-all-day-long"
+    with store.session() as s:
+        s.get(User, "U1").name = long  # type: ignore[union-attr]
+    env_columns = {"COLUMNS": "80"}
+    done = mimic(settings, tmp_path, "models", **env_columns)
+    assert done.returncode == 0, done.stderr
+    (line,) = [row for row in done.stdout.splitlines() if long in row]  # `| grep alice`
+    assert line.split()[:3] == [f"@{long}", "v1", "active"]
+    assert not any(ch in done.stdout for ch in "…│┃━")  # no ellipses, no box drawing

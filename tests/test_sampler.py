@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.fit import TrainConfig, fit
-from trainer.model import CharLSTM, ModelConfig
-from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.registry import LoadedModel
-from trainer.sampler import (
+from mimic.trainer.fit import TrainConfig, fit
+from mimic.trainer.model import CharLSTM, ModelConfig
+from mimic.trainer.novelty import WINDOW, NoveltyIndex
+from mimic.trainer.registry import LoadedModel
+from mimic.trainer.sampler import (
     END_ODDS,
     NoNovelText,
     Row,
@@ -21,7 +21,7 @@ from trainer.sampler import (
     sample,
     sample_rows,
 )
-from trainer.vocab import Vocab
+from mimic.trainer.vocab import Vocab
 
 SECRET = "my locker code is 4417 and the wifi password is hunter2, ok?"
 MESSAGES = [SECRET, "lunch at noon?", "sure, see you there", "who broke the build again"] * 30

@@ -16,11 +16,11 @@ from apscheduler.events import JobExecutionEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot.retrain import RetrainRunner
-from bot.schedule import JOB_ID, start_scheduler
-from mimic.config import Settings, get_settings
-from mimic.lock import Busy, retrain_lock
-from mimic.store import make_engine, upgrade
+from mimic.bot.retrain import RetrainRunner
+from mimic.bot.schedule import JOB_ID, start_scheduler
+from mimic.core.config import Settings, get_settings
+from mimic.core.lock import Busy, retrain_lock
+from mimic.core.store import make_engine, upgrade
 
 
 @pytest.fixture

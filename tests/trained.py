@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from exporter.importer import import_export
-from mimic.config import Settings
-from mimic.store import Store, make_engine, upgrade
+from mimic.core.config import Settings
+from mimic.core.store import Store, make_engine, upgrade
+from mimic.exporter.importer import import_export
+from mimic.trainer.corpus import BASE, resolve
+from mimic.trainer.train import train
 from tests import workspace
-from trainer.corpus import BASE, resolve
-from trainer.train import train
 
 TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1}
 QUICK = {"max_seconds": 0, "max_steps": 60, "eval_every_steps": 30, "batch_size": 8,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from mimic.config import Settings
-from mimic.store import Channel, Message, User
+from mimic.core.config import Settings
+from mimic.core.store import Channel, Message, User
 
 VAL_FRACTION = 0.1
 
@@ -73,6 +73,15 @@ def consenting(settings: Settings) -> ColumnElement[bool]:
 def may_imitate(user: User, settings: Settings) -> bool:
     """`consenting` for one loaded user (the bot's check before answering /mimic @them)."""
     return user.opted_in if settings.consent == "opt-in" else not user.opted_out
+
+
+def may_have_model(session: Session, settings: Settings, target: Target) -> bool:
+    """Whether a model of `target` may exist now: not for a person who opted out (or has not
+    opted in, under MIMIC_CONSENT=opt-in). Asked again when a model is published."""
+    if target.kind != "user":
+        return True
+    person = session.get(User, target.ident)
+    return person is not None and may_imitate(person, settings)
 
 
 def eligible(settings: Settings) -> ColumnElement[bool]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.model import CharLSTM, LSTMState
+from mimic.trainer.model import CharLSTM, LSTMState
 
 StopReason = Literal["budget", "early_stop", "max_steps", "interrupted"]
 

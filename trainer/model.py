@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.vocab import Vocab
+from mimic.trainer.vocab import Vocab
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from mimic.store import Message, Store, User
-from trainer.corpus import Target
-from trainer.registry import delete_target
+from mimic.core.store import Message, Store, User
+from mimic.trainer.corpus import Target
+from mimic.trainer.registry import delete_target
 
 
 def opt_out(store: Store, data_dir: Path, user_id: str, *, forget: bool = False) -> int:

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mimic.store import ModelVersion, Store
-from trainer.corpus import Target
-from trainer.model import CharLSTM, CheckpointError, load_bundle
-from trainer.novelty import NoveltyIndex
-from trainer.vocab import Vocab
+from mimic.core.store import ModelVersion, Store
+from mimic.trainer.corpus import Target
+from mimic.trainer.model import CharLSTM, CheckpointError, load_bundle
+from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.vocab import Vocab
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
 WEIGHTS, NOVELTY = "model.pt", "novelty.npy"
@@ -30,14 +31,34 @@ class RegistryError(RuntimeError):
     pass
 
 
+class NotAllowed(RegistryError):
+    """The target may no longer have a model (its person opted out while it trained)."""
+
+
 def models_root(data_dir: Path) -> Path:
     return Path(data_dir) / "models"
+
+
+def _inside(path: Path, data_dir: Path) -> Path:
+    """`path`, if it lies inside the models folder; the registry writes and deletes nothing
+    else, whatever an id or a row says."""
+    root = models_root(data_dir).resolve()
+    resolved = path.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise RegistryError(f"{path} is not inside {models_root(data_dir)}: the registry "
+                            "refuses to touch it.")
+    return path
+
+
+def target_dir(data_dir: Path, target: Target) -> Path:
+    """The folder of a target's versions."""
+    return _inside(models_root(data_dir) / target.dirname, data_dir)
 
 
 def version_dir(data_dir: Path, row: ModelVersion) -> Path:
     """Where a version's files are. Rows hold paths relative to MIMIC_DATA_DIR, so the data
     folder can move (or be copied to another machine) without touching the registry."""
-    return Path(data_dir) / row.path
+    return _inside(Path(data_dir) / row.path, data_dir)
 
 
 @dataclass(frozen=True)
@@ -100,44 +121,85 @@ def publish(
     verify: Callable[[Path], None],
     row: dict[str, Any],
     promote: bool,
+    allowed: Callable[[Session], bool] = lambda _session: True,
 ) -> ModelVersion:
     """Write a new version's files, check they load, add its row, and make it the active one
     if `promote`; otherwise it is 'kept' (or 'failed' if it would not load: never promoted).
 
-    `write(folder)` fills the folder; `verify(folder)` raises if the model cannot be loaded.
+    `write(folder)` fills the folder; `verify(folder)` raises if the model cannot be loaded;
+    `allowed(session)` is asked at the last moment, in the transaction that would promote:
+    False (the person opted out meanwhile) deletes the version and raises NotAllowed.
+    The version number is reserved (a row) before its folder is moved into place, so two
+    trainers never write the same folder, and only a folder no row owns is cleared.
     """
-    root = models_root(data_dir) / target.dirname
+    root = target_dir(data_dir, target)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        write(staging)
+        try:
+            write(staging)
+        except OSError:
+            with store.session() as session:
+                if not allowed(session):  # opting out deleted the folder being written
+                    raise NotAllowed(f"{target.label} opted out while the model was "
+                                     "training; nothing was published.") from None
+            raise
         try:
             verify(staging)
             status = "candidate"
         except Exception:  # noqa: BLE001 - any load failure means: never promote
             status = "failed"
+        number, version_id = _reserve(store, data_dir, target, row, allowed)
+        final = root / str(number)
+        if final.exists():  # left by a crash, or by a deleted target: no row owns it
+            shutil.rmtree(final)
+        staging.rename(final)
         with store.session() as session:
-            number = (session.scalar(select(func.max(ModelVersion.version))
-                                     .where(ModelVersion.target == target.key)) or 0) + 1
-            final = root / str(number)
-            if final.exists():  # left by a crash between rename and commit: it has no row
-                shutil.rmtree(final)
-            staging.rename(final)
-            version = ModelVersion(target=target.key, version=number,
-                                   path=final.relative_to(data_dir).as_posix(),
-                                   status=status, **row)
-            session.add(version)
-            session.flush()
-            if status == "candidate":
-                active = active_version(session, target.key)
-                if promote and active is not None:
-                    active.status = "retired"
+            version = session.get(ModelVersion, version_id)
+            refused = version is None or not allowed(session)
+            if refused:  # (opting out may have deleted the row already)
+                session.execute(delete(ModelVersion).where(ModelVersion.id == version_id))
+            elif status == "candidate":
+                if promote:  # one statement: two trainers finishing at once leave one active
+                    session.execute(update(ModelVersion).where(
+                        ModelVersion.target == target.key, ModelVersion.status == "active",
+                        ModelVersion.id != version_id).values(status="retired"))
                 version.status = "active" if promote else "kept"
-            return version
+        if refused:
+            shutil.rmtree(final, ignore_errors=True)
+            raise NotAllowed(f"{target.label} opted out while the model was training; it "
+                             "was deleted, not published.")
+        assert version is not None
+        return version
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _reserve(store: Store, data_dir: Path, target: Target, row: dict[str, Any],
+             allowed: Callable[[Session], bool], tries: int = 20) -> tuple[int, int]:
+    """Take the next version number with a row ('failed' until the files are in place, so
+    a crash in between leaves nothing servable); returns (number, row id). Two trainers
+    racing for a number: the unique key refuses one, which takes the next."""
+    for _ in range(tries):
+        try:
+            with store.session() as session:
+                if not allowed(session):
+                    raise NotAllowed(f"{target.label} opted out while the model was "
+                                     "training; nothing was published.")
+                number = (session.scalar(select(func.max(ModelVersion.version))
+                                         .where(ModelVersion.target == target.key)) or 0) + 1
+                path = (target_dir(data_dir, target) / str(number)).relative_to(data_dir)
+                version = ModelVersion(target=target.key, version=number, path=path.as_posix(),
+                                       status="failed", **row)
+                session.add(version)
+                session.flush()
+                return number, version.id
+        except IntegrityError:
+            continue
+    raise RegistryError(f"could not reserve a version number for {target.label}: too many "
+                        "trainers at once")
 
 
 def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
@@ -161,9 +223,10 @@ def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
 
 def delete_target(store: Store, data_dir: Path, target: Target) -> int:
     """Remove every version of a target, files and rows; returns how many were removed."""
+    folder = target_dir(data_dir, target)
     with store.session() as session:
         rows = versions(session, target.key)
         for row in rows:
             session.delete(row)
-    shutil.rmtree(models_root(data_dir) / target.dirname, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     return len(rows)

@@ -24,16 +24,16 @@ from typing import Any
 
 import torch
 
-from mimic.config import Settings
-from mimic.inert import make_inert
-from mimic.store import Store
-from trainer.corpus import BASE, Corpus, Target, load_corpus, targets_with_data
-from trainer.device import pick_device
-from trainer.fit import evaluate
-from trainer.model import load_bundle
-from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.registry import WEIGHTS, active_version, load_version, parent_of, version_dir
-from trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample
+from mimic.core.config import Settings
+from mimic.core.inert import make_inert
+from mimic.core.store import Store
+from mimic.trainer.corpus import BASE, Corpus, Target, load_corpus, targets_with_data
+from mimic.trainer.device import pick_device
+from mimic.trainer.fit import evaluate
+from mimic.trainer.model import load_bundle
+from mimic.trainer.novelty import WINDOW, NoveltyIndex
+from mimic.trainer.registry import WEIGHTS, active_version, load_version, parent_of, version_dir
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample
 
 TEMPERATURE = DEFAULT_TEMPERATURE  # the bot's: evaluate what people actually get
 GROUP = 5  # messages per classification: one short message says little about its author

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mimic.inert import make_inert
-from trainer.model import CharLSTM
-from trainer.novelty import WINDOW, NoveltyIndex
-from trainer.vocab import Vocab
+from mimic.core.inert import make_inert
+from mimic.trainer.model import CharLSTM
+from mimic.trainer.novelty import WINDOW, NoveltyIndex
+from mimic.trainer.vocab import Vocab
 
 if TYPE_CHECKING:
-    from trainer.registry import LoadedModel
+    from mimic.trainer.registry import LoadedModel
 
 # How mimic writes; `python -m bench.drawing` compares settings (BENCHMARKS.md, "How a message
 # is drawn"). The default temperature of /mimic, `mimic sample` and `mimic eval`: at 0.8, 3 % of

@@ -10,6 +10,7 @@ messages).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -20,12 +21,19 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mimic.config import Settings
-from mimic.store import ModelVersion, Store
-from trainer.corpus import BASE, Corpus, Target, load_corpus, targets_with_data
-from trainer.device import pick_device
-from trainer.fit import FitResult, TrainConfig, evaluate, fit, throughput
-from trainer.model import (
+from mimic.core.config import Settings
+from mimic.core.store import ModelVersion, Store
+from mimic.trainer.corpus import (
+    BASE,
+    Corpus,
+    Target,
+    load_corpus,
+    may_have_model,
+    targets_with_data,
+)
+from mimic.trainer.device import pick_device
+from mimic.trainer.fit import FitResult, TrainConfig, evaluate, fit, throughput
+from mimic.trainer.model import (
     CharLSTM,
     ModelConfig,
     flops_per_char,
@@ -34,9 +42,16 @@ from trainer.model import (
     save_checkpoint,
     size_for,
 )
-from trainer.novelty import NoveltyIndex
-from trainer.registry import NOVELTY, WEIGHTS, active_version, publish, version_dir
-from trainer.vocab import Vocab
+from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.registry import (
+    NOVELTY,
+    WEIGHTS,
+    NotAllowed,
+    active_version,
+    publish,
+    version_dir,
+)
+from mimic.trainer.vocab import Vocab
 
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
 FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10}
@@ -45,6 +60,7 @@ FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10}
 # person, 2 minutes on 2 CPU cores at ~36k chars/s: 1.48 nats/char) and stops the data-sized
 # 3 x 512 from being picked for a 10-minute CPU budget, where it would see < 1 char/param.
 CHARS_PER_PARAM = 5
+log = logging.getLogger(__name__)
 
 
 class TrainError(RuntimeError):
@@ -54,7 +70,7 @@ class TrainError(RuntimeError):
 @dataclass
 class Outcome:
     target: Target
-    status: str  # active | kept | failed | skipped
+    status: str  # active | kept | failed | skipped (failed: see `note` when version is None)
     version: int | None = None
     val_before: float | None = None  # the previous active model on the same validation set
     val_after: float | None = None
@@ -63,6 +79,8 @@ class Outcome:
     def describe(self) -> str:
         if self.status == "skipped":
             return f"{self.target.label}: {self.note}"
+        if self.version is None:
+            return f"{self.target.label}: {self.note}; its active model is unchanged"
         before = f"{self.val_before:.3f}" if self.val_before is not None else "—"
         after = f"{self.val_after:.3f}" if self.val_after is not None else "—"
         verdict = {"active": "promoted", "kept": "kept the previous model (new one worse)",
@@ -174,16 +192,20 @@ def train(
     new_loss = evaluate(model, val_ids, device)
     old_loss = _loss_of(settings.data_dir, previous, val_ids, device)
 
-    version = publish(
-        store, settings.data_dir, target,
-        write=lambda folder: _write_version(folder, model.cpu(), vocab, corpus, result, cfg,
-                                            {"device": str(device)}),
-        verify=_verify,
-        row={"parent_id": base.id if base else None, "data_watermark": corpus.watermark,
-             "data_digest": corpus.digest, "chars_trained": result.chars_trained,
-             "val_loss": new_loss, "device": str(device), "seconds": seconds},
-        promote=old_loss is None or new_loss <= old_loss,
-    )
+    try:
+        version = publish(
+            store, settings.data_dir, target,
+            write=lambda folder: _write_version(folder, model.cpu(), vocab, corpus, result,
+                                                cfg, {"device": str(device)}),
+            verify=_verify,
+            row={"parent_id": base.id if base else None, "data_watermark": corpus.watermark,
+                 "data_digest": corpus.digest, "chars_trained": result.chars_trained,
+                 "val_loss": new_loss, "device": str(device), "seconds": seconds},
+            promote=old_loss is None or new_loss <= old_loss,
+            allowed=lambda session: may_have_model(session, settings, target),
+        )
+    except NotAllowed as exc:
+        raise TrainError(str(exc)) from None
     return Outcome(target, version.status, version.version, old_loss, new_loss,
                    note=f"stopped: {result.stopped_reason}")
 
@@ -254,13 +276,19 @@ def retrain_changed(
     outcomes: list[Outcome] = []
 
     def run(target: Target, force: bool) -> None:
-        if not force and not needs_training(store, settings, target):
-            outcome = Outcome(target, "skipped", note="unchanged since its model was made")
-        else:
-            try:
+        # Each target fails alone: a locked database or a full disk while training one still
+        # leaves the others their turn, and the summary says what really happened.
+        try:
+            if not force and not needs_training(store, settings, target):
+                outcome = Outcome(target, "skipped", note="unchanged since its model was made")
+            else:
                 outcome = train(store, settings, target, console=console)
-            except TrainError as exc:
-                outcome = Outcome(target, "skipped", note=str(exc))
+        except TrainError as exc:
+            outcome = Outcome(target, "skipped", note=str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported, logged, and the run goes on
+            log.exception("training %s failed", target.label)
+            outcome = Outcome(target, "failed", note=f"training failed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})")
         outcomes.append(outcome)
         if report:
             report(outcome)

@@ -44,11 +44,24 @@ class Settings(BaseSettings):
     base_minutes: float = Field(10.0, gt=0, validation_alias="MIMIC_BASE_MINUTES")
     target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
 
+    # Each export walks every channel's last days again to notice messages deleted in Slack.
+    recheck_days: float = Field(30.0, ge=0, validation_alias="MIMIC_RECHECK_DAYS")
+
     # opt-out: everyone may be imitated until they `/mimic optout`; opt-in: nobody until they
     # `/mimic optin`.
     consent: Literal["opt-out", "opt-in"] = Field("opt-out", validation_alias="MIMIC_CONSENT")
     # The Slack app: how many /mimic requests one person may make per minute.
     rate_limit: int = Field(5, ge=1, validation_alias="MIMIC_RATE_LIMIT")
+
+    @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret",
+                     mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # .env.example ships `SLACK_SIGNING_SECRET=`: an empty key must never count as a key
+        # (requests signed with it would be accepted), so blank means "not set" everywhere.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("admins", "channels", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ and every other command calls `open_store`, which refuses a database that is beh
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,7 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# The migrations: the top-level alembic/ folder of a checkout, or mimic/migrations installed.
+_ABOVE = Path(__file__).resolve().parent.parent
+ALEMBIC_DIR = next((p for p in (_ABOVE / "alembic", _ABOVE / "migrations") if p.is_dir()),
+                   _ABOVE / "migrations")
 
 
 def utcnow() -> datetime:
@@ -151,18 +155,20 @@ class SchemaError(RuntimeError):
     """The database is missing or behind the code's migrations."""
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_timeout_s: float = 30) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     # WAL + NORMAL is durable against process crashes (only an OS crash can lose the last commit).
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk imports touch big indexes
     cursor.close()
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, busy_timeout_s: float = 30) -> Engine:
+    """The engine for DATABASE_URL. On SQLite a writer waits up to `busy_timeout_s` for
+    another's transaction before "database is locked"."""
     url = make_url(database_url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
@@ -170,7 +176,8 @@ def make_engine(database_url: str) -> Engine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas,
+                                                         busy_timeout_s=busy_timeout_s))
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -233,6 +240,12 @@ class Store:
             yield session
 
     # -- idempotent writes shared by the importer, the Web API exporter and live ingestion --
+
+    @staticmethod
+    def opted_out_ids(session: Session) -> set[str]:
+        """People who opted out: nothing they write is stored again (imports, exports and
+        events all skip them), so `forget` stays forgotten."""
+        return set(session.scalars(select(User.id).where(User.opted_out)))
 
     def _insert(self, table: Any) -> Any:
         if self.dialect == "postgresql":
@@ -327,6 +340,10 @@ class Store:
             yield
             return
         conn = session.connection()
+        # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE: a DROP INDEX
+        # ahead of those would run on its own, committed, and survive a failed import.
+        if not conn.connection.driver_connection.in_transaction:
+            conn.exec_driver_sql("BEGIN")
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_messages_user_ts")
         yield
         conn.exec_driver_sql("CREATE INDEX ix_messages_user_ts ON messages (user_id, ts)")

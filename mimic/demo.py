@@ -17,16 +17,17 @@ from rich.panel import Panel
 from rich.text import Text
 from sqlalchemy import select
 
-from bot.app import payload
-from bot.models import ModelCache
-from bot.replies import Responder
-from exporter.demo_data import build_demo_export
-from exporter.importer import import_export
-from mimic.config import Settings
-from mimic.store import Channel, Store, make_engine, upgrade
-from trainer.corpus import BASE, Target, targets_with_data
-from trainer.registry import active_version
-from trainer.train import TrainError, train
+from mimic.bot.app import payload
+from mimic.bot.models import ModelCache
+from mimic.bot.replies import Responder
+from mimic.core.config import Settings
+from mimic.core.lock import retrain_lock
+from mimic.core.store import Channel, Store, make_engine, upgrade
+from mimic.exporter.demo_data import build_demo_export
+from mimic.exporter.importer import import_export
+from mimic.trainer.corpus import BASE, Target, targets_with_data
+from mimic.trainer.registry import active_version
+from mimic.trainer.train import TrainError, train
 
 # The base gets half the budget: every fine-tune starts from it.
 BASE_SHARE = 0.5
@@ -59,7 +60,7 @@ def demo_settings(settings: Settings, folder: Path) -> Settings:
 
 def plan(store: Store, settings: Settings) -> DemoPlan:
     """A few big and a few small people, and the two biggest public channels."""
-    from trainer.corpus import corpus_chars
+    from mimic.trainer.corpus import corpus_chars
 
     with store.session() as session:
         every = targets_with_data(session, settings, settings.min_chars)
@@ -98,17 +99,18 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
     chosen = plan(store, settings)
     seconds = minutes * 60
     per_target = seconds * (1 - BASE_SHARE) / max(1, len(chosen.targets))
-    for target, budget in [(BASE, seconds * BASE_SHARE)] + [(t, per_target)
-                                                           for t in chosen.targets]:
-        with store.session() as session:
-            if active_version(session, target.key) is not None:
-                console.print(f"{target.label}: trained already (`--fresh` to start over)")
-                continue
-        try:
-            outcome = train(store, settings, target, minutes=budget / 60, console=console)
-            console.print(outcome.describe())
-        except TrainError as exc:
-            console.print(f"{target.label}: {exc}")
+    with retrain_lock(settings.data_dir):  # as `mimic train` does: one trainer at a time
+        for target, budget in [(BASE, seconds * BASE_SHARE)] + [(t, per_target)
+                                                               for t in chosen.targets]:
+            with store.session() as session:
+                if active_version(session, target.key) is not None:
+                    console.print(f"{target.label}: trained already (`--fresh` to start over)")
+                    continue
+            try:
+                outcome = train(store, settings, target, minutes=budget / 60, console=console)
+                console.print(outcome.describe())
+            except TrainError as exc:
+                console.print(f"{target.label}: {exc}")
 
     console.rule("4 · what Slack shows")
     responder = Responder(settings, store, ModelCache(settings.data_dir))
@@ -125,12 +127,15 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
     if private is not None:
         script.append(f"#{private.name}")  # asked from a public channel: it stays hidden
     shown = []
-    for text in script:
-        reply = responder.handle("UDEMO", channel_id, text)
-        body = payload(reply)
-        shown.append(body["text"])
-        console.print(Panel(Text(as_slack_shows(body["text"])), title=f"/mimic {text}",
-                            subtitle=body["response_type"], title_align="left"))
+    try:
+        for text in script:
+            reply = responder.handle("UDEMO", channel_id, text)
+            body = payload(reply)
+            shown.append(body["text"])
+            console.print(Panel(Text(as_slack_shows(body["text"])), title=f"/mimic {text}",
+                                subtitle=body["response_type"], title_align="left"))
+    finally:
+        responder.close()
     console.rule()
     console.print("That was mimic on real chat data. To connect your own workspace, see "
                   "README.md → [bold]Connecting a real workspace[/bold].")
