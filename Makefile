@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 $(BIN)/mimic: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[demo,dev]'
+	$(BIN)/pip install -q -e '.[demo,dev,bench]'
 	@touch $@
 
 install: $(BIN)/mimic

@@ -1,12 +1,18 @@
-"""How should a message be drawn? Compares settings of the sampler on the same models.
+"""How should a message be drawn? Compares settings of the sampler on the same trained model.
 
-On the models `bench.quality` trained (the 10 biggest chitchat senders), draws 100 messages per
-person and seed for each setting (boost against the workspace model, temperature, end-mark
-odds; see trainer/sampler.py) and prints what `mimic eval` measures: style fidelity (the
-author classifier on groups of five), fluency (words the workspace uses), mean length against
-the person's real held-out messages, and the LSTM rows stepped per message (the cost).
+For the 10 biggest people a model imitates (or, with --chars, people drawn at random from a
+range of sizes), draws 100 messages per person and seed for each setting and prints what
+`mimic eval` measures, each beside the people's own real held-out messages: style fidelity
+(the author classifier on groups of five), what a reader sees (first word real, capitalised
+starts, real words, distinct word pairs) and length; and the LSTM rows stepped per message
+(the cost).
 
-    .venv/bin/python -m bench.drawing [--seeds 2] [SETTING ...]   # SETTING: boost,temp,odds
+A setting is `boost,temp,odds[,prime[,guard[,plausible]]]`: the weight of the contrast with
+anyone (see trainer/sampler.py: BOOST), the temperature, the end mark's odds factor, how many
+of the person's last messages are read first (0: start from an end mark alone), whether the
+word guard is on (1) or off (0), and the plausibility floor (PLAUSIBLE).
+
+    .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
 
 from __future__ import annotations
@@ -20,25 +26,31 @@ from pathlib import Path
 import torch
 
 from bench.workspace import chitchat, machine
-from mimic.trainer.corpus import BASE, load_corpus
+from mimic.trainer.corpus import load_corpus, load_workspace, recent
 from mimic.trainer.novelty import WINDOW
-from mimic.trainer.registry import LoadedModel, active_version, load_version, parent_of
-from mimic.trainer.report import Attributor, default_targets, fluency, words
-from mimic.trainer.sampler import BOOST, DEFAULT_TEMPERATURE, END_ODDS, Generation, Row
+from mimic.trainer.reading import Reading, Vocabulary, read
+from mimic.trainer.registry import LoadedModel, load_version, serving
+from mimic.trainer.report import Attributor, default_targets, random_targets
+from mimic.trainer.sampler import BOOST, DEFAULT_TEMPERATURE, END_ODDS, PLAUSIBLE, Generation
 
 SAMPLES = 100
-DEFAULTS = f"{BOOST:g},{DEFAULT_TEMPERATURE:g},{END_ODDS:g}"
-SETTINGS = ["0,0.6,1", "0,0.6,2", "0,1,1", "1,0.6,1", f"{DEFAULTS}", "0.5,0.6,2", "1,0.8,2",
-            "1,0.6,3"]
+PRIME = 3
+DEFAULTS = f"{BOOST:g},{DEFAULT_TEMPERATURE:g},{END_ODDS:g},{PRIME},1"
+SETTINGS = ["0,0.6,2,3,1", DEFAULTS, "1,0.6,2,0,1", "1,0.6,2,3,0", "2,0.6,2,3,1",
+            "1,0.8,2,3,1", "1,1,2,3,1"]
+SHOWN = ("first_word_real", "capitalised", "real_words", "distinct_2")
 
 
-def draw(loaded: LoadedModel, boost: float, temperature: float, odds: float,
+def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting: list[float],
          seed: int) -> tuple[list[str], int]:
     """SAMPLES novel, non-blank messages (fewer if some are refused) and the rows stepped."""
+    boost, temperature, odds, prime, guard, plausible = setting
     generation = Generation(loaded.model, loaded.vocab, reference=loaded.reference,
-                            boost=boost, end_odds=odds,
-                            generator=torch.Generator().manual_seed(seed))
-    ids = generation.add([Row("", temperature)] * SAMPLES)
+                            guard=loaded.guard if guard else None, boost=boost, end_odds=odds,
+                            plausible=plausible, generator=torch.Generator().manual_seed(seed))
+    row = loaded.row(key, temperature=temperature, context=context[len(context) - int(prime):]
+                     if prime else [])
+    ids = generation.add([row] * SAMPLES)
     stepped = 0
     while generation.active:
         stepped += len(generation)
@@ -50,49 +62,68 @@ def draw(loaded: LoadedModel, boost: float, temperature: float, odds: float,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("settings", nargs="*", default=SETTINGS,
-                   help=f"boost,temperature,end-odds triples (default: {' '.join(SETTINGS)})")
+                   help=f"boost,temp,odds,prime,guard (default: {' '.join(SETTINGS)})")
     p.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
     p.add_argument("--folder", type=Path, default=Path("data/bench/quality"),
-                   help="a chitchat workspace with trained models (default: bench.quality's)")
+                   help="a workspace with a trained model (default: bench.quality's)")
+    p.add_argument("--chars", help="MIN-MAX: 20 people drawn at random from this range")
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     store, settings = chitchat(args.folder, refresh=False, MIMIC_DEVICE="cpu")
-    people = default_targets(store, settings)
-    if not people:
-        raise SystemExit(f"no trained people in {args.folder}: run `python -m bench.quality`")
+    if args.chars:
+        low, high = (int(x) for x in args.chars.split("-"))
+        people = random_targets(store, settings, 20, low, high)
+    else:
+        people = default_targets(store, settings)
+    if len(people) < 2:
+        raise SystemExit(f"no trained model in {args.folder}: run `python -m bench.quality`")
     with store.session() as session:
-        workspace = {w for t in load_corpus(session, settings, BASE).train for w in words(t)}
+        workspace = load_workspace(session, settings, settings.min_chars)
         chosen = []
         for person in people:
-            row = active_version(session, person.key)
-            parent = parent_of(session, row)
-            session.expunge(row)
-            chosen.append((person, load_version(settings.data_dir, row, "cpu", parent),
-                           load_corpus(session, settings, person)))
-    attributor = Attributor({person.label: corpus.train for person, _m, corpus in chosen})
-    real = [len(t) for _p, _m, corpus in chosen for t in corpus.val[-SAMPLES:]]
-    print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds; real "
-          f"held-out messages: {statistics.mean(real):.0f} chars on average")
-    print(f"{'boost,temp,odds':>16} {'fidelity':>9} {'fluency':>8} {'chars':>6} "
-          f"{'rows/msg':>9} {'seconds':>8}")
+            found = serving(session, person)
+            assert found is not None
+            corpus = load_corpus(session, settings, person)
+            before = corpus.val_said[0].ts if corpus.val_said else None
+            chosen.append((person, load_version(settings.data_dir, found.row, "cpu",
+                                                found.parent), corpus,
+                           recent(session, settings, person, PRIME, before=before)))
+    vocabulary = Vocabulary.of(m.text for m in workspace.train)
+    attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
+    real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train))
+            for _p, _m, corpus, _c in chosen]
+    real_fidelity = statistics.mean(attributor.accuracy(corpus.val[-SAMPLES:], person.label)
+                                    or 0.0 for person, _m, corpus, _c in chosen)
+    print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds")
+    header = (f"{'boost,temp,odds,prime,guard':>28} {'fidelity':>9} "
+              + " ".join(f"{name[:11]:>11}" for name in SHOWN)
+              + f" {'chars':>6} {'rows/msg':>9} {'seconds':>8}")
+    print(header)
+
+    def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
+        means = [statistics.mean(getattr(r, f) for r in readings if getattr(r, f) is not None)
+                 for f in (*SHOWN, "length")]
+        return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-1])
+                + f" {means[-1]:>6.0f}{extra}")
+
+    print(line("real held-out messages", real_fidelity, real, ""))
     for setting in args.settings:
-        boost, temperature, odds = (float(x) for x in setting.split(","))
-        fidelity, fluent, lengths, stepped, served = [], [], [], 0, 0
+        values = [float(x) for x in setting.split(",")]
+        values += [PRIME, 1, PLAUSIBLE][len(values) - 3:]
+        fidelity, readings, stepped, served = [], [], 0, 0
         start = time.perf_counter()
         for seed in range(args.seeds):
-            for person, loaded, corpus in chosen:
-                texts, rows = draw(loaded, boost, temperature, odds,
+            for person, loaded, corpus, context in chosen:
+                texts, rows = draw(loaded, person.key, context, values,
                                    seed * 1_000_003 + zlib.crc32(person.key.encode()))
                 stepped, served = stepped + rows, served + len(texts)
-                fidelity.append(attributor.accuracy(texts, person.label))
-                fluent.append(fluency(texts, workspace | {w for t in corpus.train
-                                                          for w in words(t)}))
-                lengths += [len(t) for t in texts]
+                fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
+                readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train)))
         mark = "  (default)" if setting == DEFAULTS else ""
-        print(f"{setting:>16} {statistics.mean(fidelity):>9.3f} {statistics.mean(fluent):>8.3f} "
-              f"{statistics.mean(lengths):>6.0f} {stepped / served:>9.0f} "
-              f"{time.perf_counter() - start:>8.0f}{mark}", flush=True)
+        print(line(setting, statistics.mean(fidelity), readings,
+                   f" {stepped / max(1, served):>9.0f} {time.perf_counter() - start:>8.0f}"
+                   f"{mark}"), flush=True)
 
 
 if __name__ == "__main__":

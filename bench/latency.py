@@ -1,12 +1,13 @@
 """/mimic latency: signed slash commands against the real Bolt app in HTTP mode on this CPU.
 
 Measures, from the POST of a signed `/mimic @person` to its reply arriving at the
-response_url: one request at a time, then rounds of 20 concurrent requests (p50 and p99).
-Also the cold load of a model version (weights and novelty index) into an empty cache.
-Goal: p99 <= 500 ms with 20 concurrent requests, cold load <= 1 s.
+response_url: one request at a time, then rounds of 20 concurrent requests, each round for 20
+different people (p50 and p99); and the memory of `mimic serve` once it has answered them all.
+Also the cold load of the workspace model (weights, novelty index and lexicon) into an empty
+cache. Goal: p99 <= 500 ms with 20 concurrent requests, cold load <= 1 s.
 
-Uses the models `bench.quality` trained (the trainer's default sizes, from the chitchat
-workspace); without them it trains a base and one person first (about 3 minutes):
+Uses the workspace model `bench.quality` trained (the trainer's default size, on the chitchat
+workspace); without one it trains one first (3 minutes):
 
     .venv/bin/python -m bench.latency [--rounds 20] [--concurrency 20]
 """
@@ -25,9 +26,10 @@ from pathlib import Path
 
 from bench.workspace import chitchat, machine
 from mimic.bot.models import ModelCache
-from mimic.trainer.corpus import BASE, targets_with_data
+from mimic.trainer.corpus import BASE
 from mimic.trainer.device import pick_device
 from mimic.trainer.registry import active_version
+from mimic.trainer.report import covered_people
 from mimic.trainer.train import train
 from tests.fake_slack import TOKEN, FakeSlack
 from tests.slack_client import SIGNING_SECRET, Catcher, slash
@@ -71,15 +73,13 @@ def main() -> None:
     print(f"machine: {machine()}")
     store, settings = chitchat(args.folder, MIMIC_DEVICE="cpu")
     with store.session() as session:
-        people = [t for t in targets_with_data(session, settings, settings.min_chars)
-                  if t.kind == "user"]
         if active_version(session, BASE.key) is None:
-            print("no trained models here: training a base (2 min) and one person (1 min)")
-            train(store, settings, BASE, minutes=2)
-            train(store, settings, people[0], minutes=1)
-        target = next(t for t in people if active_version(session, t.key) is not None)
-        row = active_version(session, target.key)
+            print("no trained model here: training the workspace model (3 min)")
+            train(store, settings, BASE, minutes=3)
+        row = active_version(session, BASE.key)
+        assert row is not None
         session.expunge(row)
+    people = [t for t, _chars in covered_people(store, settings)][:100]
 
     cold = []
     for _ in range(3):
@@ -87,10 +87,11 @@ def main() -> None:
         loaded = ModelCache(settings.data_dir, device=pick_device("cpu")).get(row)
         cold.append(time.perf_counter() - start)
     config = loaded.model.config
-    print(f"model: {target.label} v{row.version}, {config.num_layers}x{config.hidden_size} "
-          f"LSTM, vocab {config.vocab_size}, novelty index {len(loaded.novelty):,} spans")
-    print(f"cold load (weights + novelty index, empty cache): first {cold[0] * 1e3:.0f} ms, "
-          f"then {min(cold[1:]) * 1e3:.0f} ms (goal <= {GOAL_COLD_MS} ms)")
+    print(f"model: the workspace model v{row.version}, {config.num_layers}x{config.hidden_size} "
+          f"LSTM, {config.people - 1} people, vocab {config.vocab_size}, novelty index "
+          f"{len(loaded.novelty):,} spans")
+    print(f"cold load (weights, novelty index, lexicon; empty cache): first "
+          f"{cold[0] * 1e3:.0f} ms, then {min(cold[1:]) * 1e3:.0f} ms (goal <= {GOAL_COLD_MS} ms)")
 
     # The app runs as `mimic serve --http` in its own process, as in production: the load
     # generator here must not share its interpreter lock.
@@ -108,10 +109,12 @@ def main() -> None:
     catcher = Catcher()
     lengths: list[int] = []
 
-    def ask(user: str) -> tuple[float, float]:
+    def ask(job: tuple[str, int]) -> tuple[float, float]:
+        user, person = job
         response_url = catcher.url()
         start = time.perf_counter()
-        status, _ = slash(url, f"{target.label} temp={args.temp}", response_url, user=user)
+        status, _ = slash(url, f"{people[person % len(people)].label} temp={args.temp}",
+                          response_url, user=user)
         acked = time.perf_counter()
         assert status == 200, status
         body = catcher.wait(response_url)[0]
@@ -121,15 +124,15 @@ def main() -> None:
         lengths.append(len(body["text"].split("\n", 1)[1]))
         return acked - start, arrived - start
 
-    ask("UWARM")
-    single = [ask(f"USOLO{i}")[1] for i in range(10)]
+    ask(("UWARM", 0))
+    single = [ask((f"USOLO{i}", i))[1] for i in range(10)]
     print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
           f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
     acks, replies = [], []
     with ThreadPoolExecutor(args.concurrency) as pool:
         for r in range(args.rounds):
-            users = [f"U{r}X{i}" for i in range(args.concurrency)]
-            for ack, reply in pool.map(ask, users):
+            jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
+            for ack, reply in pool.map(ask, jobs):
                 acks.append(ack)
                 replies.append(reply)
     p99 = percentile(replies, 0.99)
@@ -138,6 +141,11 @@ def main() -> None:
           f"({'goal met' if p99 * 1e3 <= GOAL_P99_MS else 'GOAL MISSED'}, goal <= "
           f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
           f"replies average {statistics.mean(lengths):.0f} chars")
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    rss = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+    hwm = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    print(f"mimic serve memory after {len(replies) + 11} replies: {int(rss) / 1024:.0f} MB "
+          f"resident (peak {int(hwm) / 1024:.0f} MB)")
     server.terminate()
     server.wait()
     catcher.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,9 +23,11 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
-def chitchat(folder: Path, refresh: bool = True, **settings: object) -> tuple[Store, Settings]:
-    """(store, settings) of the chitchat workspace kept in `folder`; `refresh` builds and
-    imports what is missing (a no-op once done)."""
+def imported(folder: Path, export_name: str, build: Callable[[Path], object],
+             refresh: bool = True, **settings: object) -> tuple[Store, Settings]:
+    """(store, settings) of a workspace kept in `folder`; `refresh` builds its export ZIP
+    with `build` if missing and imports it through `mimic import`'s code (a no-op once
+    done)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = Settings(_env_file=None, DATABASE_URL=f"sqlite:///{folder}/mimic.db",
                       MIMIC_DATA_DIR=str(folder), **settings)
@@ -33,8 +36,13 @@ def chitchat(folder: Path, refresh: bool = True, **settings: object) -> tuple[St
     store = Store(engine)
     if not refresh:
         return store, config
-    export = folder / "chitchat-export.zip"
+    export = folder / export_name
     if not export.exists():
-        build_demo_export(export)
+        build(export)
     import_export(store, export)
     return store, config
+
+
+def chitchat(folder: Path, refresh: bool = True, **settings: object) -> tuple[Store, Settings]:
+    """(store, settings) of the chitchat workspace kept in `folder`."""
+    return imported(folder, "chitchat-export.zip", build_demo_export, refresh, **settings)

@@ -3,7 +3,7 @@
     /mimic @alice                       /mimic <@U123|alice>    /mimic <@U123>
     /mimic #random temp=1.0             /mimic <#C123|random>   t=0.5  temperature=1.2
     /mimic @alice "I think we should"   (seed text, in straight or curly quotes)
-    /mimic help | list | status | optout [--forget] | optin | retrain [@x|#y|all]
+    /mimic help | list [name] | status | optout [--forget] | optin | retrain [@x|#y|all]
 """
 
 from __future__ import annotations
@@ -52,9 +52,16 @@ class Mimic:
 
 @dataclass(frozen=True)
 class Simple:
-    """help, list, status, optin."""
+    """help, status, optin."""
 
     verb: str
+
+
+@dataclass(frozen=True)
+class ListTargets:
+    """Who can be mimicked: the best few, or those whose name contains `query`."""
+
+    query: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,9 @@ class Retrain:
     target: TargetRef | None = None  # None: everything that changed
 
 
-Command = Mimic | Simple | OptOut | Retrain
-SIMPLE_VERBS = ("help", "list", "status", "optin")
+Command = Mimic | Simple | ListTargets | OptOut | Retrain
+SIMPLE_VERBS = ("help", "status", "optin")
+MAX_QUERY = 40
 
 
 def _tokens(text: str) -> list[tuple[str, bool]]:
@@ -115,6 +123,12 @@ def parse(text: str) -> Command:
         if rest:
             raise ParseError(f"`{verb}` takes nothing after it. {USAGE}")
         return Simple(verb)
+    if not quoted and verb == "list":
+        query = " ".join(t for t, _ in rest).strip().lstrip("@#＠")
+        if len(query) > MAX_QUERY:
+            raise ParseError(f"Search for at most {MAX_QUERY} characters of a name, e.g. "
+                             "`/mimic list alice`.")
+        return ListTargets(query)
     if not quoted and verb == "optout":
         if any(t != "--forget" for t, _ in rest):
             raise ParseError("Use `/mimic optout`, or `/mimic optout --forget` to also delete "

@@ -20,18 +20,45 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mimic.bot.batching import Closed, SampleBatcher
-from mimic.bot.commands import USAGE, Mimic, OptOut, ParseError, Retrain, TargetRef, parse
+from mimic.bot.commands import (
+    USAGE,
+    ListTargets,
+    Mimic,
+    OptOut,
+    ParseError,
+    Retrain,
+    TargetRef,
+    parse,
+)
 from mimic.bot.models import ModelCache
 from mimic.core.config import Settings
 from mimic.core.ids import is_slack_id
 from mimic.core.inert import make_inert
-from mimic.core.store import Channel, Message, ModelVersion, Run, Store, User
-from mimic.trainer.corpus import BASE, Target, TargetError, corpus_chars, may_imitate, resolve
+from mimic.core.store import Channel, Coverage, Message, ModelVersion, Run, Store, User
+from mimic.trainer.corpus import (
+    BASE,
+    Target,
+    TargetError,
+    corpus_chars,
+    may_imitate,
+    recent,
+    resolve,
+)
+from mimic.trainer.model import CheckpointError
 from mimic.trainer.privacy import opt_in, opt_out
-from mimic.trainer.registry import active_version, parent_of
-from mimic.trainer.sampler import NoNovelText, Row, reply
+from mimic.trainer.registry import (
+    LoadedModel,
+    RegistryError,
+    Serving,
+    active_version,
+    fallback,
+    serving,
+)
+from mimic.trainer.sampler import NoNovelText, reply
 
 log = logging.getLogger(__name__)
+PRIMING_MESSAGES = 3  # of the target's own, read before a reply (bench/drawing.py)
+LIST_BEST, LIST_MATCHES = 10, 20
 
 
 @dataclass(frozen=True)
@@ -78,8 +105,8 @@ HELP = (
     "history. It is always labelled as generated and never pings anyone.\n"
     "• `/mimic @alice` · `/mimic #random temp=1.2` (temperature above 0 and at most 2; "
     "higher is wilder) · `/mimic @alice \"I think we should\"` (start from a seed text)\n"
-    "• `/mimic list`: who and what can be mimicked · `/mimic status`: data, models, next "
-    "training\n"
+    "• `/mimic list`: who and what can be mimicked (`/mimic list alice` searches) · "
+    "`/mimic status`: data, models, next training\n"
     "• `/mimic optout`: never imitate me, delete my models (`--forget` also deletes my "
     "messages) · `/mimic optin`: undo that\n"
     "• `/mimic retrain [@x | #y | all]`: admins only"
@@ -120,9 +147,10 @@ class Responder:
                 return self.optout(user_id, command.forget)
             if isinstance(command, Retrain):
                 return self.retrain(user_id, channel_id, command.target, followup)
-            return {"help": lambda: Reply(HELP), "list": lambda: self.list(channel_id),
-                    "status": self.status, "optin": lambda: self.optin(user_id),
-                    }[command.verb]()
+            if isinstance(command, ListTargets):
+                return self.list(channel_id, command.query)
+            return {"help": lambda: Reply(HELP), "status": self.status,
+                    "optin": lambda: self.optin(user_id)}[command.verb]()
         except ParseError as exc:
             return Reply(str(exc))
         except Closed:
@@ -156,65 +184,119 @@ class Responder:
                            "hasn't opted in to mimic (this workspace asks people first: "
                            "`/mimic optin`)")
                     return Reply(f"{target.label} {why}, so I won't imitate them.")
-            row = active_version(session, target.key)
-            if row is None:
+            chosen = serving(session, target)
+            if chosen is None:
                 return Reply(self._no_model(session, target))
-            parent = parent_of(session, row)
+            # Read their latest messages first, so the reply starts where messages start.
+            context = recent(session, self.settings, target, PRIMING_MESSAGES)
         try:
-            loaded = self.cache.get(row, parent)
-            wanted = Row(command.seed, command.temperature)
-            result = reply(loaded, temperature=command.temperature, seed_text=command.seed,
-                           sampler=lambda k: self.batcher.sample(loaded, [wanted] * k))
+            loaded = self._load(chosen, target)
+            result = reply(loaded, target.key, temperature=command.temperature,
+                           seed_text=command.seed, where=channel_id, context=context,
+                           sampler=lambda row, k: self.batcher.sample(loaded, [row] * k))
         except NoNovelText:
             return Reply(f"Every message I drew for {target.label} repeated their own words "
                          "too closely, so I won't post it. Try a higher temperature, e.g. "
                          f"`/mimic {target.label} temp=1.1`.")
-        header = (f"_mimicking {target.label} · temp {command.temperature:g} · model "
-                  f"v{loaded.version} · generated text, not a real message_")
+        model = ("the workspace model" if chosen.row.target == BASE.key
+                 else "their own model") + f" v{loaded.version}"
+        header = (f"_mimicking {target.label} · temp {command.temperature:g} · {model} · "
+                  "generated text, not a real message_")
         return Reply(f"{make_inert(header)}\n{quoted(result.texts[0])}", public=True)
+
+    def _load(self, chosen: Serving, target: Target) -> LoadedModel:
+        """The chosen version, or, if its files are damaged, the one active before it."""
+        try:
+            return self.cache.get(chosen.row, chosen.parent)
+        except (CheckpointError, RegistryError, OSError, ValueError) as exc:
+            with self.store.session() as session:
+                previous = fallback(session, chosen.row, target)
+            if previous is None:
+                raise
+            log.error("%s v%s does not load (%s): serving v%s until it is retrained",
+                      chosen.row.target, chosen.row.version, exc, previous.row.version)
+            return self.cache.get(previous.row, previous.parent)
 
     def _no_model(self, session: Session, target: Target) -> str:
         chars = corpus_chars(session, self.settings, target)
         if chars < self.settings.min_chars:
-            return (f"{target.label} has {chars:,} characters of messages I may learn from; a "
-                    f"model needs at least {self.settings.min_chars:,}, so there is none yet.")
-        return (f"There is no model for {target.label} yet. The next training runs "
-                f"{next_training(self.settings)}; an admin can start it now with "
-                f"`/mimic retrain {target.label}`.")
+            return (f"{target.label} has {chars:,} characters of messages I may learn from; "
+                    f"I need at least {self.settings.min_chars:,} to imitate anyone, so not "
+                    "yet.")
+        return (f"I haven't learned {target.label} yet: the next training runs "
+                f"{next_training(self.settings)}. An admin can start it now with "
+                "`/mimic retrain`.")
 
-    def list(self, channel_id: str) -> Reply:
+    def list(self, channel_id: str, query: str = "") -> Reply:
+        """Who can be mimicked: a count and the best imitated few, or the names matching
+        `query`. Private channels only from inside themselves; opted-out people never."""
         with self.store.session() as session:
-            rows = session.execute(
-                select(ModelVersion, User, Channel)
-                .outerjoin(User, ModelVersion.target == "user:" + User.id)
-                .outerjoin(Channel, ModelVersion.target == "channel:" + Channel.id)
-                .where(ModelVersion.status == "active", ModelVersion.target != BASE.key)
-                .order_by(ModelVersion.val_loss)).all()
-            lines = []
-            for version, user, channel in rows:
-                if user is not None and may_imitate(user, self.settings):
-                    label = f"@{user.name}"
-                elif channel is not None and (not channel.is_private
-                                              or channel.id == channel_id):
-                    label = f"#{channel.name}"
-                else:
-                    continue
-                lines.append(f"• {make_inert(label)}: v{version.version}, "
-                             f"{_quality(version.val_loss)} ({version.val_loss:.2f} nats/char)")
-        if not lines:
+            shared = active_version(session, BASE.key)
+            found: dict[str, tuple[str, float | None, str]] = {}  # key → (label, loss, how)
+            if shared is not None:
+                for cover, user, channel in session.execute(
+                        select(Coverage, User, Channel)
+                        .outerjoin(User, Coverage.target == "user:" + User.id)
+                        .outerjoin(Channel, Coverage.target == "channel:" + Channel.id)
+                        .where(Coverage.version_id == shared.id)):
+                    if label := self._listable(user, channel, channel_id, query):
+                        found[cover.target] = (label, cover.val_loss, "")
+            for version, user, channel in session.execute(
+                    select(ModelVersion, User, Channel)
+                    .outerjoin(User, ModelVersion.target == "user:" + User.id)
+                    .outerjoin(Channel, ModelVersion.target == "channel:" + Channel.id)
+                    .where(ModelVersion.status == "active", ModelVersion.target != BASE.key)):
+                label = self._listable(user, channel, channel_id, query)
+                known = found.get(version.target)
+                if label and (known is None or known[1] is None
+                              or version.val_loss <= known[1]):
+                    found[version.target] = (label, version.val_loss, ", own model")
+        if not found:
+            if query:
+                return Reply(f"Nobody I can mimic has `{make_inert(query)}` in their name.")
             return Reply("No models yet. An admin can run `/mimic retrain`, or wait for the "
                          f"nightly training ({next_training(self.settings)}).")
-        return Reply("*Who I can mimic* (lower loss imitates better):\n" + "\n".join(lines))
+        people = sum(key.startswith("user:") for key in found)
+        ranked = sorted(found.values(), key=lambda f: (f[1] is None, f[1] or 0.0))
+        shown = ranked[: LIST_MATCHES if query else LIST_BEST]
+        lines = [f"• {make_inert(label)}: "
+                 + (f"{_quality(loss)} ({loss:.2f} nats/char{how})" if loss is not None
+                    else f"not scored yet{how}") for label, loss, how in shown]
+        title = (f"*{len(found)} match `{make_inert(query)}`*" if query else
+                 f"*I can mimic {people} people and {len(found) - people} channels*; the "
+                 "best imitated (lower loss imitates better):")
+        more = (f"\n…and {len(found) - len(shown)} more: `/mimic list name` searches."
+                if len(found) > len(shown) else "")
+        return Reply(f"{title}\n" + "\n".join(lines) + more)
+
+    def _listable(self, user: User | None, channel: Channel | None, channel_id: str,
+                  query: str) -> str | None:
+        """The label a list shows for a target, or None if it must not appear here."""
+        if user is not None and may_imitate(user, self.settings):
+            names, label = (user.name, user.display_name, user.real_name), f"@{user.name}"
+        elif channel is not None and (not channel.is_private or channel.id == channel_id):
+            names, label = (channel.name,), f"#{channel.name}"
+        else:
+            return None
+        wanted = query.lower()
+        return label if not wanted or any(wanted in n.lower() for n in names) else None
 
     def status(self) -> Reply:
         with self.store.session() as session:
             messages = session.scalar(select(func.count()).select_from(Message)) or 0
             last = session.scalars(select(Run).order_by(Run.id.desc())).first()
-            active = session.scalar(select(func.count()).select_from(ModelVersion)
-                                    .where(ModelVersion.status == "active")) or 0
+            shared = active_version(session, BASE.key)
+            covered = session.scalars(select(Coverage.target).where(
+                Coverage.version_id == shared.id)).all() if shared is not None else []
+            dedicated = session.scalar(select(func.count()).select_from(ModelVersion).where(
+                ModelVersion.status == "active", ModelVersion.target != BASE.key)) or 0
             pending = session.scalar(select(func.count()).select_from(User)
                                      .where(User.opted_out)) or 0
-        lines = [f"• {messages:,} messages stored; {active} active models",
+        people = sum(key.startswith("user:") for key in covered)
+        model = (f"• workspace model v{shared.version}: {people} people and "
+                 f"{len(covered) - people} channels; {dedicated} models of their own"
+                 if shared is not None else "• no workspace model yet")
+        lines = [f"• {messages:,} messages stored", model,
                  f"• last {last.kind}: {last.started_at:%Y-%m-%d %H:%M} UTC ({last.status})"
                  if last else "• nothing imported or exported yet",
                  f"• next training: {next_training(self.settings)}"]

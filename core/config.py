@@ -39,10 +39,14 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="MIMIC_CHANNELS"
     )
 
-    # Training: a person or channel needs this much text to get a model of its own.
-    min_chars: int = Field(5000, ge=1, validation_alias="MIMIC_MIN_CHARS")
+    # Training: a person or public channel needs this much text to get a vector of their own
+    # in the shared model (and a private channel, a dedicated model).
+    min_chars: int = Field(1000, ge=1, validation_alias="MIMIC_MIN_CHARS")
+    # Minutes for the shared model, and for each dedicated model (a fine-tune for one target).
     base_minutes: float = Field(10.0, gt=0, validation_alias="MIMIC_BASE_MINUTES")
     target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
+    # How many people (those with the most text) also get a dedicated model in a full run.
+    dedicated: int = Field(0, ge=0, validation_alias="MIMIC_DEDICATED")
 
     # Each export walks every channel's last days again to notice messages deleted in Slack.
     recheck_days: float = Field(30.0, ge=0, validation_alias="MIMIC_RECHECK_DAYS")

@@ -151,6 +151,23 @@ class ModelVersion(Base):
     path: Mapped[str] = mapped_column(Text)
 
 
+class Coverage(Base):
+    """A person or public channel a shared (conditioned) model has a vector for: who it can
+    imitate, and how well (loss on their held-out messages with their vector and with the
+    "anyone" vector: the gap is what the vector knows of them)."""
+
+    __tablename__ = "model_coverage"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    slot: Mapped[int] = mapped_column(Integer)
+    chars: Mapped[int] = mapped_column(Integer)  # eligible characters when it was trained
+    val_chars: Mapped[int] = mapped_column(Integer)
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss_anyone: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class SchemaError(RuntimeError):
     """The database is missing or behind the code's migrations."""
 

@@ -269,7 +269,7 @@ def build_demo_export(out: Path, *, seed: int = 0,
         for epoch, _, message in entries:
             if epoch >= day_end:  # entries are in time order: a new UTC day starts a new file
                 day_end = (epoch // 86400 + 1) * 86400
-                day_file = files.setdefault(f"{name}/{_utc_day(epoch)}.json", [])
+                day_file = files.setdefault(f"{name}/{utc_day(epoch)}.json", [])
             # Slack ts: the second, then a sequence that keeps it unique within the channel.
             seq = seq + 1 if epoch == last_epoch else 0
             last_epoch = epoch
@@ -306,23 +306,25 @@ def build_demo_export(out: Path, *, seed: int = 0,
     private = [dict(channel_entry(PRIVATE_CHANNEL[0]), is_private=True)]
     stats.users, stats.channels, stats.day_files = len(chosen), len(channels), len(files)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Level 1: a third of the time of the default for a ZIP a few % larger.
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        def put(name: str, obj: Any) -> None:
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, json.dumps(obj), compresslevel=1)
-
-        put("users.json", users)
-        put("channels.json", public)
-        put("groups.json", private)
-        put("integration_logs.json", [])
-        for name in sorted(files):
-            put(name, files[name])
+    write_export_zip(out, {"users.json": users, "channels.json": public,
+                           "groups.json": private, "integration_logs.json": [],
+                           **dict(sorted(files.items()))})
     return stats
 
 
-def _utc_day(epoch: int) -> str:
+def write_export_zip(out: Path, files: dict[str, Any], indent: int | None = None) -> None:
+    """`files` (name → JSON value, in order) as an export ZIP whose bytes depend on nothing
+    but them: fixed dates and permissions, so the same seed always gives the same file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, value in files.items():
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            # Level 1: a third of the time of the default for a ZIP a few % larger.
+            zf.writestr(info, json.dumps(value, indent=indent), compresslevel=1)
+
+
+def utc_day(epoch: int) -> str:
+    """The UTC date of a Unix time, as Slack names its export's day files."""
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d")

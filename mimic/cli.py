@@ -176,17 +176,22 @@ def _resolve(store: Store, names: list[str]) -> list[Target]:
 @app.command()
 def train(
     targets: Annotated[list[str] | None, typer.Argument(
-        help="People and channels to train, e.g. @alice #random.")] = None,
-    base: Annotated[bool, typer.Option("--base", help="Train the workspace base model.")] = False,
+        help="People and channels to give a dedicated model (fine-tuned from the workspace "
+             "model), e.g. @alice #secret-plans.")] = None,
+    base: Annotated[bool, typer.Option("--base", help=(
+        "Train the workspace model: one model for everyone with at least MIMIC_MIN_CHARS "
+        "characters, conditioned on who writes and where."))] = False,
     all_: Annotated[bool, typer.Option("--all", help=(
-        "The base (if its data changed) and every person and channel with at least "
-        "MIMIC_MIN_CHARS characters whose data changed."))] = False,
-    force: Annotated[bool, typer.Option("--force", help="With --all: retrain unchanged ones "
-                                        "too.")] = False,
+        "The workspace model (if its data changed), then the dedicated models: private "
+        "channels with enough text and the MIMIC_DEDICATED people with the most."))] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --all: retrain unchanged "
+                                        "dedicated models too.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="With --base: from scratch, instead of "
+                                        "continuing from the active workspace model.")] = False,
     minutes: Annotated[float | None, typer.Option(help=(
         "Time budget per model (default MIMIC_BASE_MINUTES / MIMIC_TARGET_MINUTES)."))] = None,
 ) -> None:
-    """Train models: the base from scratch, people and channels fine-tuned from it."""
+    """Train models: the workspace model for everyone, and dedicated ones on request."""
     from mimic.core.lock import Busy, retrain_lock
     from mimic.trainer.corpus import BASE
     from mimic.trainer.train import TrainError, retrain_changed
@@ -210,8 +215,8 @@ def train(
                 return
             for target in chosen:
                 try:
-                    console.print(train_one(store, settings, target, console=console)
-                                  .describe())
+                    console.print(train_one(store, settings, target, console=console,
+                                            fresh=fresh).describe())
                 except TrainError as exc:
                     raise _fail(str(exc)) from None
     except Busy as exc:
@@ -219,23 +224,52 @@ def train(
 
 
 @app.command()
-def models() -> None:
+def models(
+    covered: Annotated[bool, typer.Option("--covered", help=(
+        "List who the active workspace model imitates: each person and channel with its "
+        "held-out loss in its own voice and as anyone."))] = False,
+) -> None:
     """List model versions: which is active, its loss, data and device."""
-    from mimic.trainer.registry import versions
+    from mimic.core.store import Coverage
+    from mimic.trainer.corpus import BASE
+    from mimic.trainer.registry import active_version, versions
 
     store = _store()
     with store.session() as session:
         labels = _labels(session)
-        rows = [[labels.get(v.target, v.target), f"v{v.version}", v.status,
-                 f"{v.val_loss:.3f}", f"{v.chars_trained:,}", v.device, f"{v.seconds:.0f}",
-                 f"{v.created_at:%Y-%m-%d %H:%M}"] for v in versions(session)]
+        shared = active_version(session, BASE.key)
+        coverage = session.scalars(select(Coverage).where(Coverage.version_id == shared.id)
+                                   .order_by(Coverage.chars.desc())).all() \
+            if shared is not None else []
+        if not covered:
+            rows = [[labels.get(v.target, v.target), f"v{v.version}", v.status,
+                     f"{v.val_loss:.3f}", f"{v.chars_trained:,}", v.device,
+                     f"{v.seconds:.0f}", f"{v.created_at:%Y-%m-%d %H:%M}"]
+                    for v in versions(session)]
+    if covered:
+        if shared is None:
+            raise _fail("There is no active workspace model: `mimic train --base`.")
+
+        def loss(value: float | None) -> str:
+            return "—" if value is None else f"{value:.3f}"
+
+        _show_table(f"workspace model v{shared.version} imitates {len(coverage)}",
+                    ["target", "chars", "held-out", "own voice", "as anyone"],
+                    [[labels.get(c.target, c.target), f"{c.chars:,}", f"{c.val_chars:,}",
+                      loss(c.val_loss), loss(c.val_loss_anyone)] for c in coverage])
+        return
     _show_table("models", ["target", "version", "status", "val loss", "chars trained",
                            "device", "seconds", "created"], rows)
+    if shared is not None:
+        people = sum(c.target.startswith("user:") for c in coverage)
+        console.print(f"The workspace model v{shared.version} imitates {people} people and "
+                      f"{len(coverage) - people} channels (`mimic models --covered` lists "
+                      "them).")
 
 
 def _labels(session: Session) -> dict[str, str]:
 
-    labels = {"base": "workspace (base)"}
+    labels = {"base": "workspace"}
     labels |= {f"user:{u.id}": f"@{u.name}" for u in session.scalars(select(User))}
     labels |= {f"channel:{c.id}": f"#{c.name}" for c in session.scalars(select(Channel))}
     return labels
@@ -269,8 +303,10 @@ def sample(
                                               "likeliest characters.")] = None,
 ) -> None:
     """Write new messages in a person's or channel's voice, as the bot would (novel, inert)."""
+    from mimic.bot.replies import PRIMING_MESSAGES
+    from mimic.trainer.corpus import may_have_model, recent
     from mimic.trainer.device import pick_device
-    from mimic.trainer.registry import active_version, load_version, parent_of
+    from mimic.trainer.registry import load_version, serving
     from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
     store, settings = _store(), get_settings()
@@ -280,19 +316,23 @@ def sample(
         raise _fail(f"--temp {temp:g} is out of range: use a number above 0 and at most 2, "
                     "e.g. --temp 0.8.")
     with store.session() as session:
-        row = active_version(session, chosen.key)
-        parent = parent_of(session, row) if row is not None else None
-    if row is None:
-        raise _fail(f"{chosen.label} has no active model yet: `mimic train {chosen.label}` "
-                    "(or `mimic train --all`).")
+        if not may_have_model(session, settings, chosen):
+            raise _fail(f"{chosen.label} has opted out of mimic (or not opted in): nobody "
+                        "imitates them.")
+        found = serving(session, chosen)
+        context = recent(session, settings, chosen, PRIMING_MESSAGES)
+    if found is None:
+        raise _fail(f"{chosen.label} has no model yet: `mimic train --all` (or `mimic train "
+                    f"{chosen.label}` for a dedicated one).")
     device = pick_device(settings.device)
-    loaded = load_version(settings.data_dir, row, device, parent)
+    loaded = load_version(settings.data_dir, found.row, device, found.parent)
     try:
-        result = reply(loaded, n=n, temperature=temp, top_k=top_k, seed_text=seed,
-                       device=device)
+        result = reply(loaded, chosen.key, n=n, temperature=temp, top_k=top_k,
+                       seed_text=seed, context=context, device=device)
     except NoNovelText as exc:
         raise _fail(f"{chosen.label}: {exc}.") from None
-    console.print(f"[dim]{chosen.label} · model v{row.version} · temp {temp:g}"
+    which = "workspace model" if found.row.target == "base" else "own model"
+    console.print(f"[dim]{chosen.label} · {which} v{found.row.version} · temp {temp:g}"
                   + (f" · {result.rejected} drawn copies refused" if result.rejected else "")
                   + "[/]")
     for text in result.texts:
@@ -320,32 +360,50 @@ def forget(person: Annotated[str, typer.Argument(help="The @person to forget.")]
 @app.command("eval")
 def eval_(
     targets: Annotated[list[str] | None, typer.Argument(help=(
-        "People and channels to evaluate (default: the 10 biggest people with a model; "
+        "People and channels to evaluate (default: the --people biggest people imitated; "
         "channels named here are added to them)."))] = None,
     samples: Annotated[int, typer.Option(
         "--samples", min=1, help="Messages to generate per target (scored in groups of "
         "five).")] = 100,
+    people: Annotated[int, typer.Option(
+        "--people", min=2, help="How many people when none are named.")] = 10,
+    chars: Annotated[str | None, typer.Option(
+        "--chars", metavar="MIN-MAX", help="Draw the --people at random (by --seed) from those "
+        "with MIN to MAX characters, e.g. --chars 1000-20000, instead of the biggest.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the samples, for reproducible runs.")] = 0,
 ) -> None:
-    """Measure the models: held-out loss, style fidelity, leaks and fluency.
+    """Measure the models: held-out loss, style fidelity, what a reader sees, and leaks.
 
     Against real held-out messages and a markovify baseline; writes
     MIMIC_DATA_DIR/reports/<date>/report.md and its plots."""
     from datetime import date
 
     from mimic.trainer.report import (
+        READER,
         EvalError,
         default_targets,
         evaluate_targets,
         number,
         percent,
+        random_targets,
         write_report,
     )
 
     store, settings = _store(), get_settings()
     chosen = _resolve(store, targets or [])
     if not any(t.kind == "user" for t in chosen):
-        chosen = default_targets(store, settings) + chosen
+        if chars is not None:
+            try:
+                low, high = (int(part.replace(",", "")) for part in chars.split("-"))
+            except ValueError:
+                raise _fail(f"--chars {chars}: give a range like 1000-20000.") from None
+            drawn = random_targets(store, settings, people, low, high, seed)
+            if len(drawn) < 2:
+                raise _fail(f"Only {len(drawn)} people imitated have {low:,}–{high:,} "
+                            "characters: widen --chars.")
+            chosen = drawn + chosen
+        else:
+            chosen = default_targets(store, settings, people) + chosen
     try:
         with console.status("evaluating…") as status:
             report = evaluate_targets(store, settings, chosen, samples=samples, seed=seed,
@@ -354,24 +412,29 @@ def eval_(
         raise _fail(str(exc)) from None
     path = write_report(report, settings.data_dir / "reports" / date.today().isoformat())
 
-    def chars(value: float | None) -> str:
-        return number(value, 0)
+    def loss(value: float | None) -> str:
+        return number(value)
 
+    # (header, figure, format): model figures sit beside the real held-out ones.
+    columns = [("loss", "val_loss", loss), ("as anyone", "anyone_loss", loss),
+               ("fidelity", "fidelity_model", percent), ("real", "fidelity_real", percent)]
+    for title, name, fmt in READER:
+        short = {"first word real": "1st word", "starts with a capital": "capital",
+                 "real words": "words", "real word pairs": "pairs",
+                 "distinct word pairs": "distinct-2", "characters a message": "chars"}[title]
+        columns += [(short, f"model.{name}", fmt), ("real", f"real.{name}", fmt)]
+    columns += [("leaks", "leak_filtered", percent)]
     overall = report.overall()
-    columns = [("target", "mean", None), ("loss", "val_loss", number),
-               ("base loss", "base_loss", number), ("fidelity", "fidelity_model", percent),
-               ("real", "fidelity_real", percent), ("markov", "fidelity_markov", percent),
-               ("leak raw", "leak_raw", percent), ("served", "leak_filtered", percent),
-               ("markov leak", "leak_markov", percent), ("fluency", "fluency_model", percent),
-               ("real fl.", "fluency_real", percent), ("markov fl.", "fluency_markov", percent),
-               ("chars", "length_model", chars), ("real chars", "length_real", chars)]
-    _show_table(f"mimic eval · {samples} samples · seed {seed}", [c[0] for c in columns],
-                [[f"{row.target.label} v{row.version}",
-                  *(fmt(getattr(row, attr)) for _t, attr, fmt in columns[1:])]
+    _show_table(f"mimic eval · {samples} samples · seed {seed}",
+                ["target", *(c[0] for c in columns)],
+                [[f"{row.target.label} ({row.which} v{row.version})",
+                  *(fmt(row.figure(name)) for _t, name, fmt in columns)]
                  for row in report.rows],
-                ["mean", *(fmt(overall[attr]) for _t, attr, fmt in columns[1:])])
+                ["mean", *(fmt(overall[name]) for _t, name, fmt in columns)])
     for note in report.notes:
         console.print(f"· {note}")
+    if (overall["fidelity_model"] or 0) > (overall["fidelity_real"] or 1):
+        console.print("· Fidelity is above the real ceiling: more typical than the people.")
     console.print(f"Report: {path}")
 
 

@@ -1,8 +1,9 @@
 """`mimic demo`: the whole loop on real chat data, no Slack tokens needed.
 
-Builds the chitchat demo workspace, imports it through the same importer users run, trains
-the base model and a handful of people and channels within a time budget, then plays real
-slash commands through the same Responder the Slack app uses, printing what Slack would show.
+Builds the chitchat demo workspace, imports it through the same importer users run, trains the
+workspace model (one for everyone, conditioned on who writes and where) within a time budget,
+then plays real slash commands through the same Responder the Slack app uses, printing what
+Slack would show: a big talker, a channel, and someone with only a few messages.
 """
 
 from __future__ import annotations
@@ -25,25 +26,18 @@ from mimic.core.lock import retrain_lock
 from mimic.core.store import Channel, Store, make_engine, upgrade
 from mimic.exporter.demo_data import build_demo_export
 from mimic.exporter.importer import import_export
-from mimic.trainer.corpus import BASE, Target, targets_with_data
+from mimic.trainer.corpus import BASE, Target, corpus_chars, targets_with_data
 from mimic.trainer.registry import active_version
 from mimic.trainer.train import TrainError, train
 
-# The base gets half the budget: every fine-tune starts from it.
-BASE_SHARE = 0.5
-BIG, SMALL, CHANNELS = 3, 2, 2
-SMALL_RANGE = (10_000, 30_000)  # characters: people with little history
+SMALL_RANGE = (1_000, 5_000)  # characters: someone with little history, still imitated
 
 
 @dataclass
 class DemoPlan:
-    people: list[Target]
-    small: list[Target]
-    channels: list[Target]
-
-    @property
-    def targets(self) -> list[Target]:
-        return self.people + self.small + self.channels
+    big: Target | None
+    small: Target | None
+    channel: Target | None
 
 
 def as_slack_shows(text: str) -> str:
@@ -59,16 +53,15 @@ def demo_settings(settings: Settings, folder: Path) -> Settings:
 
 
 def plan(store: Store, settings: Settings) -> DemoPlan:
-    """A few big and a few small people, and the two biggest public channels."""
-    from mimic.trainer.corpus import corpus_chars
-
+    """The person with the most text, one with only a few messages, the biggest channel."""
     with store.session() as session:
         every = targets_with_data(session, settings, settings.min_chars)
         people = [t for t in every if t.kind == "user"]
-        small = [t for t in people
-                 if SMALL_RANGE[0] <= corpus_chars(session, settings, t) <= SMALL_RANGE[1]]
+        small = next((t for t in reversed(people)
+                      if SMALL_RANGE[0] <= corpus_chars(session, settings, t) <= SMALL_RANGE[1]),
+                     None)
     channels = [t for t in every if t.kind == "channel" and not t.private]
-    return DemoPlan(people[:BIG], small[:SMALL], channels[:CHANNELS])
+    return DemoPlan(people[0] if people else None, small, channels[0] if channels else None)
 
 
 def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: bool = False,
@@ -96,21 +89,18 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
                   + ", ".join(f"{k} {v:,}" for k, v in summary.dropped.most_common()))
 
     console.rule("3 · mimic train")
-    chosen = plan(store, settings)
-    seconds = minutes * 60
-    per_target = seconds * (1 - BASE_SHARE) / max(1, len(chosen.targets))
     with retrain_lock(settings.data_dir):  # as `mimic train` does: one trainer at a time
-        for target, budget in [(BASE, seconds * BASE_SHARE)] + [(t, per_target)
-                                                               for t in chosen.targets]:
-            with store.session() as session:
-                if active_version(session, target.key) is not None:
-                    console.print(f"{target.label}: trained already (`--fresh` to start over)")
-                    continue
+        with store.session() as session:
+            trained = active_version(session, BASE.key) is not None
+        if trained:
+            console.print("workspace model: trained already (`--fresh` to start over)")
+        else:
             try:
-                outcome = train(store, settings, target, minutes=budget / 60, console=console)
-                console.print(outcome.describe())
+                console.print(train(store, settings, BASE, minutes=minutes,
+                                    console=console).describe())
             except TrainError as exc:
-                console.print(f"{target.label}: {exc}")
+                console.print(f"workspace model: {exc}")
+    chosen = plan(store, settings)
 
     console.rule("4 · what Slack shows")
     responder = Responder(settings, store, ModelCache(settings.data_dir))
@@ -119,11 +109,19 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
                                .order_by(Channel.name)).first()
         private = session.scalars(select(Channel).where(Channel.is_private)).first()
     channel_id = here.id if here else ""
-    script = [f"{t.label}" for t in chosen.people[:1]]
-    script += [f"{t.label} temp=1.2" for t in chosen.channels[:1]]
-    script += [f'{t.label} "I think we should"' for t in chosen.small[:1] or chosen.people[1:2]]
+    script = []
+    if chosen.big is not None:
+        script.append(chosen.big.label)
+    if chosen.channel is not None:
+        script.append(f"{chosen.channel.label} temp=1.2")
+    if chosen.small is not None:  # a few messages are enough to be imitated now
+        with store.session() as session:
+            few = corpus_chars(session, settings, chosen.small)
+        console.print(f"{chosen.small.label} has written only {few:,} characters.")
+        script.append(f'{chosen.small.label} "I think we should"')
     script += ["list"]
-    script += [f"{t.label} temp=5" for t in chosen.people[:1]]
+    if chosen.big is not None:
+        script += [f"list {chosen.big.label[1:4]}", f"{chosen.big.label} temp=5"]
     if private is not None:
         script.append(f"#{private.name}")  # asked from a public channel: it stays hidden
     shown = []

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from mimic.core.store import Message
 from mimic.trainer.corpus import resolve
+from mimic.trainer.registry import serving
 from mimic.trainer.train import train
 from tests.running import Running
 from tests.slack_client import event, slash
@@ -33,15 +34,14 @@ def test_mimic_answers_in_channel_labelled_and_inert(running: Running) -> None:
     reply = ask(running, "<@U1|alice> temp=1.0")
     assert reply["response_type"] == "in_channel"
     header, body = reply["text"].split("\n", 1)
-    assert "mimicking @\u2060alice · temp 1 · model v1" in header
+    assert "mimicking @\u2060alice · temp 1 · the workspace model v1" in header
     assert body.startswith("&gt;") and not PING.search(reply["text"])
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("@alice temp=9", "out of range"),
     ("@nobody", "No person called @\u2060nobody"),
-    ("#random", "no model for #random yet"),
-    ("@carol", "needs at least"),
+    ("@carol", "I need at least 500"),
     ('@alice "unclosed', "unclosed quote"),
     ("#secret", "No channel called #secret"),
     ("help", "optout"),
@@ -75,7 +75,7 @@ def test_admin_retrain_runs_reports_and_refuses_a_second(running: Running) -> No
     # started, "Exporting…", export done, "Training…", then the results.
     bodies = running.catcher.wait(first_url, count=5, timeout=120)
     final = bodies[-1]["text"]
-    assert "Retraining finished" in final and "@\u2060alice: v2" in final
+    assert "Retraining finished" in final and "@\u2060alice: v1" in final
     assert "validation loss" in final and all(b["response_type"] == "ephemeral"
                                              for b in bodies)
 
@@ -92,14 +92,15 @@ def test_a_new_version_is_swapped_in_under_concurrent_requests(running: Running)
         replies = list(pool.map(lambda u: ask(running, "@bob", user=u), users))
     promote.join()
     assert all(r["response_type"] == "in_channel" for r in replies)
-    versions = {re.search(r"model v(\d+)", r["text"]).group(1) for r in replies}  # type: ignore[union-attr]
-    assert versions <= {"1", "2"}
+    served = {re.search(r"(workspace|own) model v(\d+)", r["text"]).groups()  # type: ignore[union-attr]
+              for r in replies}
+    assert served <= {("workspace", "1"), ("own", "1")}
     after = ask(running, "@bob", user="U200")
     with running.store.session() as s:
-        from mimic.trainer.registry import active_version
-
-        active = active_version(s, bob.key)
-    assert f"model v{active.version}" in after["text"]  # type: ignore[union-attr]
+        chosen = serving(s, bob)
+    assert chosen is not None
+    which = "workspace" if chosen.row.target == "base" else "own"
+    assert f"{which} model v{chosen.row.version}" in after["text"]
 
 
 def test_live_ingestion_stores_edits_and_deletes(running: Running) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from mimic.bot.commands import (
     DEFAULT_TEMPERATURE,
+    ListTargets,
     Mimic,
     OptOut,
     ParseError,
@@ -37,7 +38,9 @@ ALICE = TargetRef("@", name="alice")
     ("@alice temp=0.3 'hey there'", Mimic(ALICE, 0.3, "hey there")),
     ("", Simple("help")),
     ("help", Simple("help")),
-    ("LIST", Simple("list")),
+    ("LIST", ListTargets()),
+    ("list alice", ListTargets("alice")),
+    ("list @Quiet Stork", ListTargets("Quiet Stork")),
     ("status", Simple("status")),
     ("optin", Simple("optin")),
     ("optout", OptOut()),
@@ -65,6 +68,7 @@ def test_documented_forms(text: str, command: object) -> None:
     ('"just a seed"', "start with a person"),
     ("@", "start with a person"),
     ("help me", "takes nothing after it"),
+    ("list " + "a" * 41, "at most 40 characters"),
     ("optout now", "optout --forget"),
     ("retrain bob", "retrain @person"),
     ("@alice \"" + "x" * 300 + "\"", "keep it under"),

@@ -14,6 +14,7 @@ from mimic.trainer.corpus import (
     BASE,
     TargetError,
     load_corpus,
+    load_workspace,
     resolve,
     split_point,
     targets_with_data,
@@ -55,12 +56,21 @@ def test_channel_corpus_and_private_channel(workspace: Store) -> None:
     assert everything(workspace, "#secret") == ["private canary zebra-42"]
 
 
-def test_base_corpus_holds_out_every_targets_validation_text(workspace: Store) -> None:
+def test_the_workspace_holds_out_every_covered_targets_newest_text(workspace: Store) -> None:
     with workspace.session() as s:
-        base = load_corpus(s, settings(), BASE)
+        shared = load_workspace(s, settings(), 20)
         alice = load_corpus(s, settings(), resolve(s, "@alice"))
-    assert "private canary zebra-42" not in base.train + base.val
-    assert alice.val and not set(alice.val) & set(base.train)
+    train = {m.text for m in shared.train}
+    held = {m.text for messages in shared.val.values() for m in messages}
+    assert "private canary zebra-42" not in train | held  # private channels never
+    assert "user:U1" in shared.chars and alice.val and not set(alice.val) & train
+    assert {m.text for m in shared.val["user:U1"]} == set(alice.val)
+    # Channel by channel, each in time order: conversations stay conversations.
+    order = [(m.channel, float(m.ts)) for m in shared.train]
+    assert order == sorted(order)
+    assert shared.people[0] in ("U1", "U2") and "W3" not in shared.people  # too little text
+    with workspace.session() as s, pytest.raises(ValueError, match="load_workspace"):
+        load_corpus(s, settings(), BASE)
 
 
 def test_opted_out_and_allowlist_are_excluded(workspace: Store) -> None:

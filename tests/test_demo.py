@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mimic.core.store import ModelVersion, Store, make_engine
+from mimic.core.store import Coverage, ModelVersion, Store, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,21 +34,26 @@ def test_demo_runs_the_whole_loop_then_reuses_it(tmp_path: Path) -> None:
         assert step in out
     # Every reply shown went through the Slack app's own handler: generated ones are labelled
     # with the model version that wrote them, and the error cases explain themselves.
-    replies = re.findall(r"mimicking [@#]\u2060?(\S+) · temp ([\d.]+) · model v(\d+)", out)
+    replies = re.findall(r"mimicking [@#]\u2060?(\S+) · temp ([\d.]+) · the workspace model "
+                         r"v(\d+)", out)
     assert len(replies) >= 2 and any(temp == "1.2" for _, temp, _ in replies)
     assert "Temperature 5 is out of range" in out
     assert "No channel called #secret-plans" in out  # the private channel stays hidden
-    assert "Who I can mimic" in out and "Connecting a real workspace" in out
+    assert "I can mimic" in out and "Connecting a real workspace" in out
+    # Someone with only a few messages is imitated too: one vector in the shared model.
+    few = re.search(r"@(\S+) has written only ([\d,]+) characters", out)
+    assert few and int(few.group(2).replace(",", "")) < 5_000
+    assert any(handle == few.group(1) for handle, _temp, _v in replies)
 
     store = Store(make_engine(f"sqlite:///{folder}/mimic.db"))
     with store.session() as session:
         active = session.scalars(select(ModelVersion).where(ModelVersion.status == "active"))
         targets = {row.target: row for row in active}
-    assert "base" in targets and len(targets) >= 4
-    for row in targets.values():
-        assert (folder / row.path / "model.pt").is_file()
-    for handle, _temp, version in replies:
-        assert any(int(version) == row.version for row in targets.values()), handle
+        covered = session.scalars(select(Coverage.target)).all()
+    assert set(targets) == {"base"} and len(covered) >= 10
+    assert (folder / targets["base"].path / "model.pt").is_file()
+    for _handle, _temp, version in replies:
+        assert int(version) == targets["base"].version
     store.engine.dispose()
 
     again = run_demo(folder, tmp_path)

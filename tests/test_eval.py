@@ -18,7 +18,6 @@ from mimic.trainer.report import (
     SECTIONS,
     EvalError,
     evaluate_targets,
-    fluency,
     groups,
     markov_messages,
     write_report,
@@ -39,14 +38,18 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
     assert [r.target.label for r in report.rows] == ["@alice", "@bob", "#general"]
     assert report.people == ["@alice", "@bob"]
     for row in report.rows:
+        assert row.which == "workspace" and row.version == 1
         assert row.val_loss is not None and row.val_loss > 0
-        assert row.base_loss is not None and row.base_loss > 0
+        assert row.anyone_loss is not None and row.anyone_loss > 0
         assert 0 < row.generated <= 10
         assert row.leak_filtered == 0  # what the bot serves never quotes 40+ chars
-        for name in ("leak_raw", "leak_markov", "fluency_model", "fluency_real",
-                     "fluency_markov"):
-            value = getattr(row, name)
+        for name in ("leak_raw", "leak_markov", *(f"{part}.{field}" for part in
+                     ("model", "real") for field in ("first_word_real", "real_words",
+                                                      "real_pairs", "distinct_2"))):
+            value = row.figure(name)
             assert value is not None and 0 <= value <= 1, (row.target.label, name, value)
+        # The word guard: every word served is one the workspace uses.
+        assert row.figure("model.real_words") == 1.0
         assert row.samples and not any(PING.search(t) for t in row.samples + row.markov_samples)
         assert row.history
         if row.is_person:
@@ -56,11 +59,13 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
             assert row.fidelity_model is None  # a channel is not an author
     # Two voices as distinct as CAPS and lowercase: the real messages are told apart.
     assert all(r.fidelity_real == 1 for r in report.rows if r.is_person)
+    alice = report.rows[0]
+    assert alice.real is not None and alice.real.capitalised == 1.0  # she SHOUTS
 
     folder = write_report(report, tmp_path / "report").parent
     text = (folder / "report.md").read_text()
     assert all(heading in text for heading in SECTIONS)
-    assert "@alice" in text and "#general" in text
+    assert "@alice" in text and "#general" in text and "first word real" in text
     for png in ("loss_curves.png", "comparison.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -68,20 +73,18 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
 def test_one_person_skips_fidelity_and_no_model_is_an_error(
         world: tuple[Store, Settings]) -> None:
     store, settings = world
-    report = evaluate_targets(store, settings, targets(store, "@alice", "#random"), samples=5)
+    report = evaluate_targets(store, settings, targets(store, "@alice", "@carol"), samples=5)
     assert [r.target.label for r in report.rows] == ["@alice"]
     assert report.rows[0].fidelity_model is None and not report.people
     assert any("at least two people" in n for n in report.notes)
-    assert any("#random has no active model" in n for n in report.notes)
+    assert any("@carol has no model" in n for n in report.notes)
     with pytest.raises(EvalError, match="mimic train --all"):
-        evaluate_targets(store, settings, targets(store, "#random"), samples=5)
+        evaluate_targets(store, settings, targets(store, "@carol"), samples=5)
 
 
 def test_helpers() -> None:
     assert groups([str(i) for i in range(12)]) == ["0\n1\n2\n3\n4", "5\n6\n7\n8\n9"]
     assert groups(["a", "b"]) == ["a\nb"] and groups([]) == []
-    assert fluency(["The CAT, the dog!", "zzz"], {"the", "cat", "dog"}) == 0.8
-    assert fluency([""], {"x"}) is None
     lines = ["the boat is slow today", "i think the sea is calm", "my boat needs new paint"]
     assert markov_messages(lines * 5, 4, seed=3) == markov_messages(lines * 5, 4, seed=3)
     assert markov_messages([], 3, seed=0) == [] and markov_messages(["  "], 3, seed=0) == []
@@ -102,6 +105,8 @@ def test_cli_prints_the_table_and_writes_the_report(
     assert done.returncode == 0, done.stderr
     assert "mimic eval" in done.stdout and "fidelity" in done.stdout
     # No people named: the default (people with models) comes along with #general.
-    assert all(label in done.stdout for label in ("@alice v1", "@bob v1", "#general v1"))
+    assert all(f"{label} (workspace v1)" in done.stdout
+               for label in ("@alice", "@bob", "#general"))
+    assert "1st word" in done.stdout and "distinct-2" in done.stdout
     assert list((settings.data_dir / "reports").glob("*/report.md"))
 

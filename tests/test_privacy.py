@@ -11,20 +11,21 @@ from sqlalchemy import select
 
 from mimic.bot.models import ModelCache
 from mimic.bot.replies import Responder
-from mimic.core.store import ModelVersion, Store, make_engine, upgrade
+from mimic.core.store import Coverage, ModelVersion, Store, make_engine, upgrade
 from mimic.exporter.importer import import_export
-from mimic.trainer.corpus import BASE, load_corpus, resolve, targets_with_data
-from mimic.trainer.model import load_bundle
+from mimic.trainer.corpus import BASE, load_corpus, load_workspace, resolve, targets_with_data
+from mimic.trainer.model import load_model
 from mimic.trainer.privacy import opt_in, opt_out
 from mimic.trainer.registry import WEIGHTS, version_dir
-from mimic.trainer.sampler import sample
+from mimic.trainer.sampler import Voice, sample
 from mimic.trainer.train import train
 from tests import trained, workspace
 
 
 @pytest.fixture(scope="module")
 def forgotten_bob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, object]:
-    """Bob opts out before training; every model is then trained (tiny)."""
+    """Bob opts out before training; the workspace model and the private channel's own are
+    then trained (tiny), with a dedicated model for alice too."""
     root = tmp_path_factory.mktemp("privacy")
     settings = trained.settings_for(root)
     upgrade(make_engine(settings.database_url))
@@ -34,9 +35,8 @@ def forgotten_bob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, obje
     train(store, settings, BASE, model_overrides=trained.TINY_MODEL,
           train_overrides=trained.QUICK)
     with store.session() as s:
-        targets = targets_with_data(s, settings, settings.min_chars)
-    for target in targets:
-        train(store, settings, target, train_overrides=trained.QUICK)
+        for name in ("#secret", "@alice"):
+            train(store, settings, resolve(s, name), train_overrides=trained.QUICK)
     return store, settings
 
 
@@ -44,19 +44,23 @@ def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple)
     store, settings = forgotten_bob
     with store.session() as s:
         rows = s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).all()
-        labels = {t.key: t for t in targets_with_data(s, settings, settings.min_chars)}
+        covered = set(s.scalars(select(Coverage.target)))
         for row in rows:
             s.expunge(row)
-    public = [r for r in rows if not (r.target in labels and labels[r.target].private)]
-    assert {r.target for r in public} >= {"base", "user:U1", "channel:C1"}
-    assert "user:U2" not in {r.target for r in rows} and "channel:C2" not in labels
+    public = [r for r in rows if r.target != "channel:G1"]
+    assert {r.target for r in public} == {"base", "user:U1"}
+    assert covered == {"user:U1", "channel:C1"}  # bob and his #random are not in it
 
     texts: list[str] = []
-    for row in public:  # the base too: it is never served, but every model starts from it
-        model, vocab = load_bundle(version_dir(settings.data_dir, row) / WEIGHTS)
-        for temperature in (0.5, 1.0, 1.5):
-            texts += sample(model, vocab, n=40, temperature=temperature,
-                            generator=torch.Generator().manual_seed(7))
+    for row in public:  # in every voice the models have, anyone's included
+        model, vocab, slots = load_model(version_dir(settings.data_dir, row) / WEIGHTS)
+        for person in range(model.config.people):
+            for channel in range(model.config.channels):
+                for temperature in (0.5, 1.0, 1.5):
+                    texts += sample(model, vocab, n=10, temperature=temperature,
+                                    voice=Voice(person, channel),
+                                    generator=torch.Generator().manual_seed(7))
+        assert "U2" not in slots.people and "G1" not in slots.channels
     blob = "\n".join(texts).lower()
     assert "canary" not in blob and "private-xq" not in blob
     for line in workspace.BOB:
@@ -67,7 +71,11 @@ def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple)
 def test_the_corpora_themselves_exclude_them(forgotten_bob: tuple) -> None:
     store, settings = forgotten_bob
     with store.session() as s:
-        for target in [BASE, resolve(s, "@alice"), resolve(s, "#general")]:
+        shared = load_workspace(s, settings, settings.min_chars)
+        text = "\n".join([m.text for m in shared.train]
+                         + [m.text for v in shared.val.values() for m in v])
+        assert "canary" not in text and "boat" not in text
+        for target in [resolve(s, "@alice"), resolve(s, "#general")]:
             corpus = load_corpus(s, settings, target)
             text = "\n".join(corpus.train + corpus.val)
             assert "canary" not in text and "boat" not in text

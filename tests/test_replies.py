@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from mimic.bot.models import ModelCache
 from mimic.bot.replies import Reply, Responder
 from mimic.core.config import Settings
-from mimic.core.store import Message, ModelVersion, Store, User
+from mimic.core.store import Coverage, Message, ModelVersion, Store, User
 from mimic.trainer.corpus import BASE, resolve
-from mimic.trainer.registry import active_version, rollback
+from mimic.trainer.registry import active_version, rollback, serving
 from mimic.trainer.train import train
 from tests import trained
 
@@ -46,7 +46,8 @@ def test_mimic_posts_a_labelled_inert_message(
     reply = ask(responder(world), "@alice temp=0.5")
     header, body = reply.text.split("\n", 1)
     assert reply.public
-    assert "mimicking @\u2060alice · temp 0.5 · model v1" in header and "generated" in header
+    assert "mimicking @\u2060alice · temp 0.5 · the workspace model v1" in header
+    assert "generated" in header
     assert body.startswith(">") and len(body) > 1
     assert not PING.search(reply.text)
 
@@ -78,8 +79,7 @@ def test_errors_are_ephemeral_and_say_what_to_do(
         "@alice temp=5": "out of range",
         "@nobody": "No person called @nobody",
         "@alicee": "Did you mean @alice",
-        "#random": "no model for #random yet. The next training runs",
-        "@carol": "needs at least 500",
+        "@carol": "I need at least 500",
         "alice": "start with a person",
     }
     for text, expected in cases.items():
@@ -92,7 +92,7 @@ def test_an_internal_failure_is_a_polite_message(
         responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
     with store.session() as s:
-        row = active_version(s, "user:U1")
+        row = active_version(s, BASE.key)  # the workspace model, which serves alice
         assert row is not None
         (settings.data_dir / row.path / "model.pt").write_bytes(b"garbage")
     reply = ask(responder(world), "@alice")
@@ -128,14 +128,19 @@ def test_optout_deletes_models_at_once_forget_deletes_messages_optin_restores(
         world: tuple[Store, Settings]) -> None:
     store, settings = world
     r = responder(world)
+    with store.session() as s:
+        alice = resolve(s, "@alice")
+    train(store, settings, alice, train_overrides=trained.QUICK)  # a model of her own too
     reply = ask(r, "optout", user="U1")
     assert "1 model versions of you were deleted" in reply.text
     assert not (settings.data_dir / "models" / "user-U1").exists()
     with store.session() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)
                         .where(ModelVersion.target == "user:U1")) == 0
-        assert s.scalar(select(func.count()).select_from(Message)
-                        .where(Message.user_id == "U1")) > 0
+        # The workspace model keeps her vector until its next run, but nothing serves it.
+        assert s.scalar(select(func.count()).select_from(Coverage)
+                        .where(Coverage.target == "user:U1")) == 0
+        assert serving(s, alice) is None
     refused = ask(r, "@alice", user="U2")
     assert not refused.public and "opted out" in refused.text
     assert "retrained without them" in ask(r, "status").text
@@ -176,14 +181,23 @@ def test_a_promoted_version_is_served_without_a_restart(
         responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
     r = responder(world)
-    assert "model v1" in ask(r, "@bob").text
+    assert "the workspace model v1" in ask(r, "@bob").text
     with store.session() as s:
         bob = resolve(s, "@bob")
     outcome = train(store, settings, bob, train_overrides={**trained.QUICK, "max_steps": 90})
-    expected = f"model v{outcome.version}" if outcome.status == "active" else "model v1"
-    assert expected in ask(r, "@bob", user="U1").text
-    if outcome.status == "active":
-        rollback(store, bob)
-        assert "model v1" in ask(r, "@bob", user="W3").text
+    assert outcome.status == "active" and outcome.version == 1
     with store.session() as s:
-        assert active_version(s, BASE.key) is not None
+        chosen = serving(s, bob)
+        assert chosen is not None
+        mine = chosen.row.target == bob.key  # his own model serves when it does better
+        cover = s.get(Coverage, (active_version(s, BASE.key).id, bob.key))  # type: ignore[union-attr]
+        assert mine == (outcome.val_after <= cover.val_loss)  # type: ignore[operator,union-attr]
+    expected = "their own model v1" if mine else "the workspace model v1"
+    assert expected in ask(r, "@bob", user="U1").text
+    # A new workspace model is served at once too, without a restart.
+    shared = train(store, settings, BASE, train_overrides={**trained.QUICK, "max_steps": 20})
+    if shared.status == "active":
+        if not mine:
+            assert f"the workspace model v{shared.version}" in ask(r, "@bob", user="W3").text
+        rollback(store, BASE)
+        assert "model v1" in ask(r, "@bob", user="U9").text

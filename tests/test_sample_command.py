@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mimic.core.config import Settings
-from mimic.core.store import Store, User
+from mimic.core.store import Channel, Store
 
 
 def mimic(settings: Settings, cwd: Path, *args: str,
@@ -28,13 +28,13 @@ def test_sample_prints_novel_inert_messages_and_explains_errors(
                  "--seed", "we should")
     assert done.returncode == 0, done.stderr
     header, *lines = done.stdout.rstrip("\n").split("\n")
-    assert "@alice · model v1 · temp 0.9" in header
+    assert "@alice · workspace model v1 · temp 0.9" in header
     assert 1 <= len(lines) <= 4 and all(line.startswith("we should") for line in lines)
 
     for args, message in [
         (["@alice", "--temp", "3"], "out of range"),
         (["@nobody"], "No person called @nobody"),
-        (["#random"], "no active model yet"),
+        (["@carol"], "has no model yet"),
     ]:
         failed = mimic(settings, tmp_path, "sample", *args)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
@@ -44,12 +44,12 @@ def test_sample_prints_novel_inert_messages_and_explains_errors(
 def test_models_piped_prints_whole_names_in_plain_columns(world: tuple[Store, Settings],
                                                           tmp_path: Path) -> None:
     store, settings = world
-    long = "alice-the-cat-person-who-writes-in-capitals-about-her-cats-all-day-long"
+    long = "secret-plans-for-the-cat-party-that-nobody-outside-this-channel-may-know-of"
     with store.session() as s:
-        s.get(User, "U1").name = long  # type: ignore[union-attr]
+        s.get(Channel, "G1").name = long  # type: ignore[union-attr]
     env_columns = {"COLUMNS": "80"}
     done = mimic(settings, tmp_path, "models", **env_columns)
     assert done.returncode == 0, done.stderr
-    (line,) = [row for row in done.stdout.splitlines() if long in row]  # `| grep alice`
-    assert line.split()[:3] == [f"@{long}", "v1", "active"]
+    (line,) = [row for row in done.stdout.splitlines() if long in row]  # `| grep secret`
+    assert line.split()[:3] == [f"#{long}", "v1", "active"]
     assert not any(ch in done.stdout for ch in "…│┃━")  # no ellipses, no box drawing

@@ -223,10 +223,10 @@ def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Voc
     with_reference = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), reference)
     plain = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]))
     for loaded in (with_reference, plain):
-        served = reply(loaded, n=20, temperature=1.0, generator=gen(4)).texts
+        served = reply(loaded, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts
         direct = sample(model, vocab, n=20, reference=loaded.reference, temperature=1.0,
                         generator=gen(4))
         first_round = [t for t in direct if t.strip()]  # blanks are drawn again after it
         assert served[: len(first_round)] == first_round
-    assert reply(with_reference, n=20, temperature=1.0, generator=gen(4)).texts != \
-        reply(plain, n=20, temperature=1.0, generator=gen(4)).texts
+    assert reply(with_reference, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts != \
+        reply(plain, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts

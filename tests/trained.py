@@ -13,10 +13,13 @@ from mimic.trainer.corpus import BASE, resolve
 from mimic.trainer.train import train
 from tests import workspace
 
-TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1}
+TINY_MODEL = {"hidden_size": 48, "embed_dim": 16, "num_layers": 1, "context_dim": 8,
+              "rank": 8}
 QUICK = {"max_seconds": 0, "max_steps": 60, "eval_every_steps": 30, "batch_size": 8,
          "seq_len": 32}
-TRAINED = ["@alice", "@bob", "#general", "#secret"]  # #random is left without a model
+# The workspace model covers @alice, @bob, #general and #random; the private #secret, which it
+# never reads, gets a dedicated model.
+TRAINED = ["#secret"]
 
 
 def settings_for(root: Path, **extra: object) -> Settings:

@@ -1,8 +1,10 @@
 """Training text from the store. `eligible()` is the one place that decides whose writing may
 be learned from; every corpus query goes through it.
 
-Targets: "base" (the workspace model), "user:<id>" (a person, from public channels) and
-"channel:<id>" (everything said in one channel; a private channel's model is only served there).
+Targets: "base" (the shared workspace model, conditioned on who writes and where), "user:<id>"
+(a person, from public channels) and "channel:<id>" (everything said in one channel; a private
+channel's model is a dedicated one, only served there). `load_workspace` is what the shared
+model reads; `load_corpus` one target's text, for dedicated models and for scoring.
 """
 
 from __future__ import annotations
@@ -52,17 +54,46 @@ class Target:
 BASE = Target("base", "workspace")
 
 
+@dataclass(frozen=True)
+class Said:
+    """One message as a model reads it: who, where, what."""
+
+    ts: str
+    user: str
+    channel: str
+    text: str
+
+
 @dataclass
 class Corpus:
+    """One target's messages in time order; the newest 10 % are its validation set."""
+
     target: Target
-    train: list[str]
-    val: list[str]
+    said: list[Said]
+    cut: int  # said[:cut] trains, said[cut:] validates
     watermark: str | None  # newest message ts in the corpus
     digest: str  # changes with any edit, deletion or exclusion, not just new messages
 
     @property
+    def train_said(self) -> list[Said]:
+        return self.said[: self.cut]
+
+    @property
+    def val_said(self) -> list[Said]:
+        return self.said[self.cut :]
+
+    @property
+    def train(self) -> list[str]:
+        return [m.text for m in self.train_said]
+
+    @property
+    def val(self) -> list[str]:
+        return [m.text for m in self.val_said]
+
+    @property
     def chars(self) -> int:
-        return sum(len(m) + 1 for m in self.train)
+        """Training characters (+ 1 per message, its end mark)."""
+        return sum(len(m.text) + 1 for m in self.train_said)
 
 
 def consenting(settings: Settings) -> ColumnElement[bool]:
@@ -142,31 +173,78 @@ def corpus_chars(session: Session, settings: Settings, target: Target) -> int:
 
 
 def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
+    """A person's or channel's corpus (the shared model reads `load_workspace` instead)."""
     if target.kind == "base":
-        return _base_corpus(session, settings)
-    rows = _rows(session, settings, _scope(target))
-    texts = [r[3] for r in rows]
-    cut = split_point([len(t) + 1 for t in texts])
-    return Corpus(target, texts[:cut], texts[cut:], rows[-1][0] if rows else None,
-                  _digest(texts))
+        raise ValueError("the shared model reads the whole workspace: load_workspace()")
+    said = [Said(*row) for row in _rows(session, settings, _scope(target))]
+    return Corpus(target, said, split_point([len(m.text) + 1 for m in said]),
+                  said[-1].ts if said else None, _digest([m.text for m in said]))
 
 
-def _base_corpus(session: Session, settings: Settings) -> Corpus:
-    """Every eligible public message, less each person's and channel's validation messages, so
-    a model fine-tuned from the base is never scored on text the base has already seen."""
-    rows = _rows(session, settings, _scope(BASE))
-    held_out: set[int] = set()
-    for column in (1, 2):  # per user, per channel
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, row in enumerate(rows):
-            groups[row[column]].append(index)
-        for indices in groups.values():
-            cut = split_point([len(rows[i][3]) + 1 for i in indices])
-            held_out.update(indices[cut:])
-    train = [r[3] for i, r in enumerate(rows) if i not in held_out]
-    val = [r[3] for i, r in enumerate(rows) if i in held_out]
-    return Corpus(BASE, train, val, rows[-1][0] if rows else None,
-                  _digest([r[3] for r in rows]))
+@dataclass
+class Workspace:
+    """What the shared model learns from: every eligible message of every public channel,
+    channel by channel in time order (conversations stay conversations), less each covered
+    person's and channel's newest 10 %, held out to score them.
+
+    Covered (a vector of their own) are the people and public channels with at least
+    `min_chars` of eligible text; everyone else trains the "anyone" vector."""
+
+    people: list[str]  # covered user ids, most text first
+    channels: list[str]  # covered public channel ids, most text first
+    train: list[Said]
+    val: dict[str, list[Said]]  # covered target key → its held-out messages, in time order
+    chars: dict[str, int]  # covered target key → its eligible characters (+ 1 per message)
+    watermark: str | None  # newest message ts
+    digest: str
+
+    @property
+    def train_chars(self) -> int:
+        return sum(len(m.text) + 1 for m in self.train)
+
+
+def load_workspace(session: Session, settings: Settings, min_chars: int) -> Workspace:
+    rows = _rows(session, settings, ~Channel.is_private)  # by ts: time order
+    said = [Said(ts, user, channel, text) for ts, user, channel, text in rows]
+    by: dict[str, dict[str, list[int]]] = {"user": defaultdict(list),
+                                           "channel": defaultdict(list)}
+    for index, m in enumerate(said):
+        by["user"][m.user].append(index)
+        by["channel"][m.channel].append(index)
+    chars: dict[str, int] = {}
+    held_out: dict[str, list[int]] = {}
+    for kind, groups in by.items():
+        for ident, indices in groups.items():
+            lengths = [len(said[i].text) + 1 for i in indices]
+            if sum(lengths) >= min_chars:
+                key = f"{kind}:{ident}"
+                chars[key] = sum(lengths)
+                held_out[key] = indices[split_point(lengths):]
+    out = {i for indices in held_out.values() for i in indices}
+    ranked = sorted(chars, key=lambda k: (-chars[k], k))
+    train = sorted((m for i, m in enumerate(said) if i not in out),
+                   key=lambda m: m.channel)  # stable: each channel stays in time order
+    return Workspace(
+        people=[k.split(":", 1)[1] for k in ranked if k.startswith("user:")],
+        channels=[k.split(":", 1)[1] for k in ranked if k.startswith("channel:")],
+        train=train, val={k: [said[i] for i in v] for k, v in held_out.items()}, chars=chars,
+        watermark=said[-1].ts if said else None,
+        digest=_digest([f"covering {min_chars}", *(m.text for m in said)]))
+
+
+def recent(session: Session, settings: Settings, target: Target, limit: int,
+           before: str | None = None) -> list[tuple[str, str]]:
+    """The target's newest `limit` eligible messages (before ts `before`), oldest first, as
+    (author id, text): what a reply in its voice reads first, so that it starts where
+    messages start. A person's from public channels only."""
+    query = (select(Message.user_id, Message.text)
+             .join(User, Message.user_id == User.id)
+             .join(Channel, Message.channel_id == Channel.id)
+             .where(eligible(settings), _scope(target))
+             .order_by(Message.ts.desc()).limit(limit))
+    if before is not None:
+        query = query.where(Message.ts < before)
+    return [(user, text) for user, text in reversed(session.execute(query).all())]
 
 
 def resolve(session: Session, name: str, where: str | None = None) -> Target:

@@ -1,9 +1,12 @@
 """Training: seq-to-seq char-LSTM with truncated BPTT, Adam, warmup + cosine, early stopping.
 
-The corpus is one long id stream (messages joined by EOM). It is cut into `batch_size`
-contiguous lanes that are walked `seq_len` characters at a time, carrying the (detached)
-LSTM state from one chunk to the next, so the model sees long context while backprop stays
-short, and every position contributes to the loss.
+The corpus is one long id stream (messages joined by EOM), with, for a conditioned model, the
+author's and the channel's slot beside every character (a `Stream`). It is cut into
+`batch_size` contiguous lanes that are walked `seq_len` characters at a time, carrying the
+(detached) LSTM state from one chunk to the next, so the model sees long context while
+backprop stays short, and every position contributes to the loss. A share of messages is shown
+as written by "anyone" (and in "any" channel), so the same network also learns the workspace
+as a whole: that is what a person's voice is drawn against.
 """
 
 from __future__ import annotations
@@ -53,6 +56,38 @@ class TrainConfig:
     progress_every_s: float = 1.0  # on_progress heartbeat between validations
     num_threads: int = 0  # CPU threads (0 = all cores; fewer leaves room for the bot)
     seed: int = 0
+    # Conditioned models: the share of messages shown with the "anyone" person (channel)
+    # instead of their own, drawn anew each epoch; and how much faster the person and channel
+    # vectors learn than the rest (each is updated only by its own few messages).
+    anyone_share: float = 0.15
+    context_lr_scale: float = 10.0
+
+
+@dataclass
+class Stream:
+    """Characters to train or score on, with (for a conditioned model) each character's
+    author and channel slot and the index of its message."""
+
+    ids: np.ndarray
+    people: np.ndarray | None = None
+    channels: np.ndarray | None = None
+    messages: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, data: Stream | np.ndarray | torch.Tensor) -> Stream:
+        return data if isinstance(data, Stream) else cls(np.asarray(data))
+
+    def head(self, n: int) -> Stream:
+        """The first n characters."""
+        cut = {k: None if v is None else v[:n] for k, v in vars(self).items()}
+        return Stream(**cut)
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v, dtype=torch.long).to(device)
+                for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
@@ -77,49 +112,64 @@ def _autocast(device: torch.device):  # noqa: ANN202 - context manager type vari
     return nullcontext()
 
 
-def _lanes(ids: torch.Tensor, batch_size: int, seq_len: int, offset: int = 0):
-    """(x, y) lanes of shape (B, L): y is x shifted by one. B shrinks for short streams."""
+def _lanes(data: dict[str, torch.Tensor], batch_size: int, seq_len: int,
+           offset: int = 0) -> dict[str, torch.Tensor]:
+    """Lanes of shape (B, L): "x" the inputs, "y" the targets (x shifted by one), and each
+    context array aligned with "y": position t is conditioned on the author and channel of
+    the character it predicts. B shrinks for short streams."""
+    ids = data["ids"]
     usable = ids.numel() - offset - 1
     b = max(1, min(batch_size, usable // max(1, seq_len)))
     length = usable // b
-    x = ids[offset : offset + b * length].view(b, length)
-    y = ids[offset + 1 : offset + 1 + b * length].view(b, length)
-    return x, y
+    lanes = {"x": ids[offset : offset + b * length].view(b, length)}
+    for key, values in data.items():
+        key = "y" if key == "ids" else key
+        lanes[key] = values[offset + 1 : offset + 1 + b * length].view(b, length)
+    return lanes
 
 
 def _detach(state: LSTMState) -> LSTMState:
     return state[0].detach(), state[1].detach()
 
 
+def _forward(model: CharLSTM, lanes: dict[str, torch.Tensor], i: int, seq_len: int,
+             state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
+    chunk = slice(i, i + seq_len)
+    return model(lanes["x"][:, chunk], state,
+                 lanes["people"][:, chunk] if "people" in lanes else None,
+                 lanes["channels"][:, chunk] if "channels" in lanes else None)
+
+
 @torch.inference_mode()
 def evaluate(
     model: CharLSTM,
-    ids: np.ndarray | torch.Tensor,
+    data: Stream | np.ndarray | torch.Tensor,
     device: torch.device | str = "cpu",
     *,
     max_chars: int | None = None,
     batch_size: int = 32,
     seq_len: int = 256,
 ) -> float:
-    """Mean cross-entropy in nats/char of `ids` (statefully, like training). Lanes are at
+    """Mean cross-entropy in nats/char of `data` (statefully, like training). Lanes are at
     least ~1k characters so the cold start of each lane barely matters; use the same
     arguments when comparing two models."""
     device = torch.device(device)
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    stream = Stream.of(data)
     if max_chars is not None:
-        ids = ids[: max_chars + 1]
-    if ids.numel() < 2:
+        stream = stream.head(max_chars + 1)
+    if len(stream) < 2:
         raise ValueError("need at least 2 characters to evaluate")
+    stream.messages = None  # what the lanes carry, besides the characters: contexts only
     was_training = model.training
     model.eval()
     try:
-        lanes = max(1, min(batch_size, (ids.numel() - 1) // 1024))
-        x, y = (t.to(device) for t in _lanes(ids, lanes, 1))
+        n = len(stream)
+        lanes = _lanes(stream.tensors(device), max(1, min(batch_size, (n - 1) // 1024)), 1)
         state, total, count = None, 0.0, 0
-        for i in range(0, x.shape[1], seq_len):
+        for i in range(0, lanes["x"].shape[1], seq_len):
             with _autocast(device):
-                logits, state = model(x[:, i : i + seq_len], state)
-            target = y[:, i : i + seq_len]
+                logits, state = _forward(model, lanes, i, seq_len, state)
+            target = lanes["y"][:, i : i + seq_len]
             total += F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
             ).item()
@@ -137,9 +187,14 @@ def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device, steps: i
     batch_size, seq_len = cfg.batch_size, cfg.seq_len
     x = torch.randint(model.config.vocab_size, (batch_size, seq_len + 1), device=device)
 
+    context = None
+    if model.config.conditioned:  # adapters and vectors cost time too: measure them
+        context = [torch.randint(max(1, n), (batch_size, seq_len), device=device)
+                   for n in (model.config.people, model.config.channels)]
+
     def step() -> None:
         with _autocast(device):
-            logits, _ = model(x[:, :-1])
+            logits, _ = model(x[:, :-1], None, *(context or ()))
         F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
                         ).backward()
 
@@ -164,10 +219,37 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _anyone(stream: Stream, share: float, rng: np.random.Generator) -> Stream:
+    """The stream with a fresh `share` of its messages' authors (and, independently, of
+    their channels) replaced by slot 0, "anyone"."""
+    if stream.messages is None or share <= 0:
+        return stream
+    count = int(stream.messages.max()) + 1
+    masked = {}
+    for key in ("people", "channels"):
+        values = getattr(stream, key)
+        if values is not None:
+            hidden = rng.random(count) < share
+            masked[key] = np.where(hidden[stream.messages], 0, values)
+    return Stream(stream.ids, masked.get("people"), masked.get("channels"), stream.messages)
+
+
+def _param_groups(model: CharLSTM, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The person and channel vectors learn `context_lr_scale` times faster than the rest."""
+    vectors = [p for name, p in model.named_parameters()
+               if name.startswith(("people.", "channels."))]
+    rest = [p for name, p in model.named_parameters()
+            if not name.startswith(("people.", "channels."))]
+    groups = [{"params": rest, "scale": 1.0}]
+    if vectors:
+        groups.append({"params": vectors, "scale": cfg.context_lr_scale})
+    return groups
+
+
 def fit(
     model: CharLSTM,
-    train_ids: np.ndarray,
-    val_ids: np.ndarray,
+    train_data: Stream | np.ndarray,
+    val_data: Stream | np.ndarray,
     cfg: TrainConfig,
     device: torch.device,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -182,18 +264,18 @@ def fit(
     """
     if cfg.max_seconds <= 0 and cfg.max_steps <= 0:
         raise ValueError("set max_seconds or max_steps, or training never ends")
-    if len(train_ids) < 2 or len(val_ids) < 2:
+    train_stream, val = Stream.of(train_data), Stream.of(val_data)
+    if len(train_stream) < 2 or len(val) < 2:
         raise ValueError("train and validation streams need at least 2 characters each")
     _set_threads(device, cfg.num_threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(device).train()
-    train = torch.as_tensor(np.asarray(train_ids), dtype=torch.long).to(device)
-    val = torch.as_tensor(np.asarray(val_ids), dtype=torch.long)
-    seq_len = max(1, min(cfg.seq_len, train.numel() - 1))
+    seq_len = max(1, min(cfg.seq_len, len(train_stream) - 1))
 
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr,
+                           weight_decay=cfg.weight_decay, **fused)
     result = FitResult(best_state_dict={}, best_val_loss=math.inf)
     start = time.perf_counter()
     train_time = 0.0  # excludes validation, so chars/s measures training alone
@@ -230,10 +312,13 @@ def fit(
 
     try:
         while True:
-            # New epoch: fresh state and a random phase so chunk edges move between epochs.
-            x, y = _lanes(train, cfg.batch_size, seq_len, int(rng.integers(0, seq_len)))
+            # New epoch: fresh state, fresh "anyone" messages, and a random phase so chunk
+            # edges move between epochs.
+            epoch = _anyone(train_stream, cfg.anyone_share, rng).tensors(device)
+            epoch.pop("messages", None)
+            lanes = _lanes(epoch, cfg.batch_size, seq_len, int(rng.integers(0, seq_len)))
             state: LSTMState | None = None
-            for i in range(0, x.shape[1], seq_len):
+            for i in range(0, lanes["x"].shape[1], seq_len):
                 t0 = time.perf_counter()
                 elapsed = t0 - start
                 progress = max(
@@ -247,11 +332,11 @@ def fit(
                     result.stopped_reason = "budget"
                     raise _Stop
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, result.steps, progress)
+                    group["lr"] = lr_at(cfg, result.steps, progress) * group["scale"]
 
-                xb, yb = x[:, i : i + seq_len], y[:, i : i + seq_len]
+                yb = lanes["y"][:, i : i + seq_len]
                 with _autocast(device):
-                    logits, state = model(xb, state)
+                    logits, state = _forward(model, lanes, i, seq_len, state)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimic.trainer.vocab import Vocab
@@ -27,30 +29,110 @@ class ModelConfig:
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.1
+    # Conditioning (0 and 0: a model of one voice). Slot 0 of each table is "anyone".
+    people: int = 0  # person vectors
+    channels: int = 0  # channel vectors
+    context_dim: int = 32  # size of each person and each channel vector
+    # 0: the context is concatenated to the input only. > 0: it also makes a rank-`rank`
+    # change to every layer's input weights and to the output layer (see Adapter).
+    rank: int = 0
+
+    @property
+    def conditioned(self) -> bool:
+        return self.people > 0 or self.channels > 0
+
+    @property
+    def context_size(self) -> int:
+        """Width of the context vector: person vector then channel vector."""
+        return 2 * self.context_dim if self.conditioned else 0
+
+
+class Adapter(nn.Module):
+    """A context-dependent low-rank change of a linear map: for input x and context c,
+    (x A) * (c B), of width `rank`, is fed on as extra inputs. Together with the weights that
+    read it, that is x (W + A diag(c B) R): each person and channel bends the shared weights in
+    a few directions of their own (the FactorCell of Jaech & Ostendorf 2018, with its tensor
+    factored, applied outside the recurrence so the fused LSTM kernels still run)."""
+
+    def __init__(self, in_dim: int, context_size: int, rank: int) -> None:
+        super().__init__()
+        self.a = nn.Linear(in_dim, rank, bias=False)
+        self.b = nn.Linear(context_size, rank)
+        # Zero, as LoRA starts its B: the model begins as plain concatenation and the change
+        # grows from there, instead of feeding every layer noise until it is learned.
+        nn.init.zeros_(self.b.weight)
+        nn.init.zeros_(self.b.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.a(x) * self.b(context)
 
 
 class CharLSTM(nn.Module):
+    """Embedding → stacked LSTM → linear over the vocabulary, optionally conditioned on who
+    writes and where: a learned vector per person and per channel (Li et al. 2016's persona
+    model, for characters), concatenated to the input and, with `rank`, bending every layer's
+    input weights and the output layer through an Adapter."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        k, r, h = config.context_size, config.rank, config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.lstm = nn.LSTM(
-            config.embed_dim,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.conditioned:
+            # Each person's (channel's) vector is "anyone"'s plus an offset of their own that
+            # starts at zero (slot 0, anyone, keeps none): someone seen in a few messages
+            # stays close to anyone instead of at a random point the model never learned.
+            self.anyone = nn.Parameter(torch.randn(2 * config.context_dim))
+            self.people = nn.Embedding(max(1, config.people), config.context_dim, padding_idx=0)
+            self.channels = nn.Embedding(max(1, config.channels), config.context_dim,
+                                         padding_idx=0)
+            nn.init.zeros_(self.people.weight)
+            nn.init.zeros_(self.channels.weight)
+        widths = [config.embed_dim + k] + [h] * (config.num_layers - 1)
+        self.adapters = nn.ModuleList(
+            [Adapter(w, k, r) for w in widths] if config.conditioned and r else [])
+        # One nn.LSTM per layer, so that each layer's input can carry its adapter's features.
+        self.layers = nn.ModuleList(
+            [nn.LSTM(w + (r if self.adapters else 0), h, batch_first=True) for w in widths])
+        self.head = nn.Linear(h, config.vocab_size)
+        if self.adapters:
+            self.head_adapter = Adapter(h, k, r)
+            self.head_out = nn.Linear(r, config.vocab_size, bias=False)
+
+    def context(self, people: torch.Tensor | None, channels: torch.Tensor | None,
+                like: torch.Tensor) -> torch.Tensor | None:
+        """The context vectors for ids shaped like `like` (None: anyone)."""
+        if not self.config.conditioned:
+            return None
+        zeros = torch.zeros_like(like)
+        offsets = torch.cat([self.people(zeros if people is None else people),
+                             self.channels(zeros if channels is None else channels)], -1)
+        return offsets + self.anyone
 
     def forward(
-        self, x: torch.Tensor, state: LSTMState | None = None
+        self, x: torch.Tensor, state: LSTMState | None = None,
+        people: torch.Tensor | None = None, channels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
-        """x: (batch, time) ids → logits (batch, time, vocab) and the final (h, c)."""
-        # Dropout only between LSTM layers: an extra mask on the output cost ~3% of a CPU
-        # step (bernoulli is slow) for no measurable gain.
-        out, state = self.lstm(self.embed(x), state)
-        return self.head(out), state
+        """x, people, channels: (batch, time) ids → logits (batch, time, vocab) and the final
+        (h, c), each (layers, batch, hidden). Position t's context is the person and channel
+        of the character to predict there."""
+        context = self.context(people, channels, x)
+        out = self.embed(x)
+        if context is not None:
+            out = torch.cat([out, context], -1)
+        states = []
+        for i, lstm in enumerate(self.layers):
+            if i:  # dropout between layers, as nn.LSTM applies it
+                out = F.dropout(out, self.config.dropout, self.training)
+            if self.adapters:
+                out = torch.cat([out, self.adapters[i](out, context)], -1)
+            layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
+            out, (h, c) = lstm(out, layer_state)
+            states.append((h, c))
+        logits = self.head(out)
+        if self.adapters:
+            logits = logits + self.head_out(self.head_adapter(out, context))
+        return logits, (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -59,16 +141,25 @@ class CharLSTM(nn.Module):
 
 def param_count(config: ModelConfig) -> int:
     """Parameters of CharLSTM(config), computed without building it."""
-    v, e, h = config.vocab_size, config.embed_dim, config.hidden_size
-    lstm = sum(4 * h * ((e if i == 0 else h) + h + 2) for i in range(config.num_layers))
-    return v * e + lstm + h * v + v
+    v, e, h, k, r = (config.vocab_size, config.embed_dim, config.hidden_size,
+                     config.context_size, config.rank if config.conditioned else 0)
+    widths = [e + k] + [h] * (config.num_layers - 1)
+    lstm = sum(4 * h * (w + r + h + 2) for w in widths)
+    context = ((max(1, config.people) + max(1, config.channels)) * config.context_dim + k
+               if k else 0)
+    adapters = sum(w * r + k * r + r for w in [*widths, h]) + r * v if r else 0
+    return v * e + lstm + h * v + v + context + adapters
 
 
 def flops_per_char(config: ModelConfig) -> int:
     """Forward FLOPs per character (2 × multiply-adds). Training costs about 3× this
     (forward + backward through inputs + backward through weights)."""
-    e, h, v = config.embed_dim, config.hidden_size, config.vocab_size
-    macs = sum(4 * h * ((e if i == 0 else h) + h) for i in range(config.num_layers)) + h * v
+    v, e, h, k, r = (config.vocab_size, config.embed_dim, config.hidden_size,
+                     config.context_size, config.rank if config.conditioned else 0)
+    widths = [e + k] + [h] * (config.num_layers - 1)
+    macs = sum(4 * h * (w + r + h) for w in widths) + h * v
+    if r:
+        macs += sum(w * r + k * r for w in [*widths, h]) + r * v
     return 2 * macs
 
 
@@ -89,21 +180,29 @@ def size_for(train_chars: int, vocab_size: int, max_params: int | None = None,
     the 1 × 128 fallback, which can outnumber its data. `max_params` caps the size further
     (what a time budget can train, see trainer/train.py). Any field can be overridden.
     """
-    cap = train_chars if max_params is None else min(train_chars, max_params)
-    layers, hidden = 2, HIDDEN_CHOICES[0]
-    for h in HIDDEN_CHOICES:
-        if param_count(ModelConfig(vocab_size, hidden_size=h, num_layers=2)) <= cap:
-            hidden = h
-    if param_count(ModelConfig(vocab_size, hidden_size=128, num_layers=2)) > cap:
-        layers = 1
-    if param_count(ModelConfig(vocab_size, hidden_size=512, num_layers=3)) <= cap:
-        layers, hidden = 3, 512
-    config = ModelConfig(vocab_size, hidden_size=hidden, num_layers=layers)
-    ratio = train_chars / param_count(config)
-    config = replace(config, dropout=0.1 if ratio >= 1 else 0.25)
     unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
     if unknown:
         raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
+    # Sizes are compared as they will be built: with the conditioning (person and channel
+    # vectors, adapters) the overrides ask for, which cost parameters too.
+    shape = ModelConfig(vocab_size, **{k: v for k, v in overrides.items()
+                                      if k not in ("hidden_size", "num_layers", "dropout")})
+
+    def params(hidden: int, layers: int) -> int:
+        return param_count(replace(shape, hidden_size=hidden, num_layers=layers))
+
+    cap = train_chars if max_params is None else min(train_chars, max_params)
+    layers, hidden = 2, HIDDEN_CHOICES[0]
+    for h in HIDDEN_CHOICES:
+        if params(h, 2) <= cap:
+            hidden = h
+    if params(128, 2) > cap:
+        layers = 1
+    if params(512, 3) <= cap:
+        layers, hidden = 3, 512
+    config = replace(shape, hidden_size=hidden, num_layers=layers)
+    ratio = train_chars / param_count(config)
+    config = replace(config, dropout=0.1 if ratio >= 1 else 0.25)
     return replace(config, **overrides)
 
 
@@ -111,27 +210,69 @@ def size_for(train_chars: int, vocab_size: int, max_params: int | None = None,
 # Checkpoints
 
 
+FORMAT = 2  # 1: one nn.LSTM for all layers ("lstm.weight_ih_l0", ...), no conditioning
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Who has a vector in a conditioned model: the Slack ids of its people and channels, in
+    slot order from slot 1 (slot 0 is "anyone")."""
+
+    people: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+    def person(self, user_id: str) -> int:
+        """The person's slot, 0 (anyone) if the model has no vector for them."""
+        return self._people.get(user_id, 0)
+
+    def channel(self, channel_id: str) -> int:
+        return self._channels.get(channel_id, 0)
+
+    @cached_property
+    def _people(self) -> dict[str, int]:
+        return {ident: i + 1 for i, ident in enumerate(self.people)}
+
+    @cached_property
+    def _channels(self) -> dict[str, int]:
+        return {ident: i + 1 for i, ident in enumerate(self.channels)}
+
+
 def save_checkpoint(
-    model: CharLSTM, config: ModelConfig, path: str | Path, vocab: Vocab | None = None
+    model: CharLSTM, config: ModelConfig, path: str | Path, vocab: Vocab | None = None,
+    slots: Slots | None = None,
 ) -> None:
-    """Write weights + config (+ the vocab, so the file is self-contained) atomically."""
+    """Write weights + config (+ the vocab and slots, so the file is self-contained)
+    atomically."""
     path = Path(path)
     payload: dict[str, Any] = {
-        "format": 1,
+        "format": FORMAT,
         "config": asdict(config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if vocab is not None:
         payload["vocab"] = vocab.to_json()
+    if slots is not None:
+        payload["slots"] = {"people": list(slots.people), "channels": list(slots.channels)}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
 
 
-def load_bundle(
+def _from_format_1(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of a format-1 checkpoint (one multi-layer nn.LSTM) as this model names them."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("lstm."):
+            name, layer = key[len("lstm."):].rsplit("_l", 1)
+            key = f"layers.{layer}.{name}_l0"
+        out[key] = value
+    return out
+
+
+def load_model(
     path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[CharLSTM, Vocab | None]:
-    """Load a checkpoint as (model in eval mode, vocab if it was saved with one)."""
+) -> tuple[CharLSTM, Vocab | None, Slots]:
+    """Load a checkpoint as (model in eval mode, vocab if it was saved with one, slots)."""
     try:
         payload = torch.load(Path(path), map_location=device, weights_only=True)
     except FileNotFoundError as e:
@@ -141,13 +282,29 @@ def load_bundle(
     try:
         config = ModelConfig(**payload["config"])
         model = CharLSTM(config)
-        model.load_state_dict(payload["state_dict"])
+        state_dict = payload["state_dict"]
+        if payload.get("format", 1) == 1:
+            state_dict = _from_format_1(state_dict)
+        model.load_state_dict(state_dict)
         vocab = Vocab.from_json(payload["vocab"]) if "vocab" in payload else None
+        saved = payload.get("slots") or {}
+        slots = Slots(tuple(saved.get("people", ())), tuple(saved.get("channels", ())))
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is not a valid mimic model: {e}") from e
     if vocab is not None and len(vocab) != config.vocab_size:
         raise CheckpointError(f"checkpoint {path}: vocab size does not match the model")
-    return model.to(device).eval(), vocab
+    if config.conditioned and (len(slots.people) >= max(1, config.people)
+                               or len(slots.channels) >= max(1, config.channels)):
+        raise CheckpointError(f"checkpoint {path}: more slots than the model has vectors")
+    return model.to(device).eval(), vocab, slots
+
+
+def load_bundle(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[CharLSTM, Vocab | None]:
+    """Load a checkpoint as (model in eval mode, vocab if it was saved with one)."""
+    model, vocab, _slots = load_model(path, device)
+    return model, vocab
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> CharLSTM:

@@ -1,7 +1,9 @@
 """Opting out and in. Opting out takes effect at once for what is the person's own (their
-models, and with `forget` their stored messages); models that learned from them among others
-(channels, the base) are retrained without them at the next run, since their corpus digest
-changes when the person's messages stop being eligible."""
+dedicated models, their place in the shared model's coverage, so nothing serves or lists them,
+and with `forget` their stored messages); the shared model that learned from them among
+others is retrained without their text and their vector at the next run (from scratch: see
+trainer/train.py, `_warm_start`), since its corpus digest changes when the person's messages
+stop being eligible."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from mimic.core.store import Message, Store, User
+from mimic.core.store import Coverage, Message, Store, User
 from mimic.trainer.corpus import Target
 from mimic.trainer.registry import delete_target
 
@@ -25,6 +27,7 @@ def opt_out(store: Store, data_dir: Path, user_id: str, *, forget: bool = False)
         person.opted_out, person.opted_in = True, False
         if forget:
             session.execute(delete(Message).where(Message.user_id == user_id))
+        session.execute(delete(Coverage).where(Coverage.target == f"user:{user_id}"))
     return delete_target(store, data_dir, Target(f"user:{user_id}", user_id))
 
 

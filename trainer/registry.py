@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mimic.core.store import ModelVersion, Store
-from mimic.trainer.corpus import Target
-from mimic.trainer.model import CharLSTM, CheckpointError, load_bundle
+from mimic.core.store import Coverage, ModelVersion, Store
+from mimic.trainer.corpus import BASE, Target
+from mimic.trainer.lexicon import Lexicon, WordGuard
+from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.sampler import Row, Voice
 from mimic.trainer.vocab import Vocab
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
-WEIGHTS, NOVELTY = "model.pt", "novelty.npy"
+WEIGHTS, NOVELTY, LEXICON = "model.pt", "novelty.npy", "lexicon.txt"
 
 
 class RegistryError(RuntimeError):
@@ -71,26 +74,57 @@ class LoadedModel:
     model: CharLSTM
     vocab: Vocab
     novelty: NoveltyIndex
-    reference: CharLSTM | None = None  # the base it was fine-tuned from: sampled against
+    reference: CharLSTM | None = None  # what a dedicated model is drawn against
+    slots: Slots = Slots()
+    guard: WordGuard | None = None
+    # The LSTM states after reading recent contexts (the sampling thread's, bounded).
+    primed: OrderedDict[Any, Any] = field(default_factory=OrderedDict, compare=False)
+
+    def voice(self, target: str, where: str | None = None) -> Voice:
+        """The slots to write as `target` ("user:U1", "channel:C1"), said in channel `where`:
+        a person is drawn against anyone in the same channel, a channel against anyone
+        anywhere."""
+        kind, _, ident = target.partition(":")
+        channel = self.slots.channel(where) if where else 0
+        if kind == "user":
+            return Voice(self.slots.person(ident), channel, (0, channel))
+        if kind == "channel":
+            return Voice(0, self.slots.channel(ident), (0, 0))
+        return Voice()
+
+    def row(self, target: str, *, seed_text: str = "", temperature: float = 0.6,
+            where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
+        """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
+        oldest first, said in `where`)."""
+        channel = self.slots.channel(where) if where else 0
+        read = tuple((self.slots.person(author), channel, text)
+                     for author, text in context or ())
+        return Row(seed_text, temperature, self.voice(target, where), read)
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
                  parent: ModelVersion | None = None) -> LoadedModel:
-    """A version ready to serve; with its `parent` (the base it started from) as reference
-    when that still loads and shares its vocabulary."""
+    """A version ready to serve. A dedicated model comes with its `parent` (the shared model it
+    was fine-tuned from) as the reference it is drawn against, when that still loads and
+    shares its vocabulary, and with the workspace's lexicon from whichever of the two has
+    one."""
     folder = version_dir(data_dir, row)
-    model, vocab = load_bundle(folder / WEIGHTS, device)
+    model, vocab, slots = load_model(folder / WEIGHTS, device)
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
-    reference = None
-    if parent is not None:
+    reference, lexicons = None, [folder / LEXICON]
+    if parent is not None and row.target != "base":
         try:
-            base, base_vocab = load_bundle(version_dir(data_dir, parent) / WEIGHTS, device)
-            reference = base if base_vocab == vocab else None
+            shared, shared_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
+                                                      device)
+            reference = shared if shared_vocab == vocab else None
+            lexicons.append(version_dir(data_dir, parent) / LEXICON)
         except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
+    lexicon = next((Lexicon.load(p) for p in lexicons if p.exists()), None)
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
-                       reference)
+                       reference, slots,
+                       WordGuard(lexicon, vocab) if lexicon is not None else None)
 
 
 def parent_of(session: Session, row: ModelVersion) -> ModelVersion | None:
@@ -99,6 +133,57 @@ def parent_of(session: Session, row: ModelVersion) -> ModelVersion | None:
     if parent is not None:
         session.expunge(parent)
     return parent
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Which version imitates a target: `row` (with `parent`, what it is drawn against), and
+    the active shared model's coverage row for the target, if it has one."""
+
+    row: ModelVersion
+    parent: ModelVersion | None
+    coverage: Coverage | None
+
+
+def serving(session: Session, target: Target) -> Serving | None:
+    """The target's dedicated model when one is active and does at least as well on its
+    held-out messages as the shared model, else the shared model if it has a vector for the
+    target; None when neither imitates it. Rows come detached from the session."""
+    dedicated = active_version(session, target.key)
+    shared = active_version(session, BASE.key)
+    cover = session.get(Coverage, (shared.id, target.key)) if shared is not None else None
+    for row in (dedicated, shared, cover):
+        if row is not None:
+            session.expunge(row)
+    if dedicated is not None and (cover is None or cover.val_loss is None
+                                  or dedicated.val_loss <= cover.val_loss):
+        parent = session.get(ModelVersion, dedicated.parent_id) if dedicated.parent_id else None
+        if parent is not None:
+            session.expunge(parent)
+        return Serving(dedicated, parent, cover)
+    if shared is not None and cover is not None:
+        return Serving(shared, None, cover)
+    return None
+
+
+def fallback(session: Session, broken: ModelVersion, target: Target) -> Serving | None:
+    """What serves `target` while version `broken` does not load: the version of the same
+    model that was active before it (one that still imitates the target). Detached rows."""
+    previous = session.scalars(
+        select(ModelVersion).where(ModelVersion.target == broken.target,
+                                   ModelVersion.version < broken.version,
+                                   ModelVersion.status == "retired")
+        .order_by(ModelVersion.version.desc())).first()
+    if previous is None:
+        return None
+    cover = session.get(Coverage, (previous.id, target.key))
+    if previous.target == BASE.key and cover is None:
+        return None
+    parent = session.get(ModelVersion, previous.parent_id) if previous.parent_id else None
+    for row in (previous, parent, cover):
+        if row is not None:
+            session.expunge(row)
+    return Serving(previous, parent if previous.target != BASE.key else None, cover)
 
 
 def active_version(session: Session, target_key: str) -> ModelVersion | None:
@@ -122,6 +207,7 @@ def publish(
     row: dict[str, Any],
     promote: bool,
     allowed: Callable[[Session], bool] = lambda _session: True,
+    coverage: Sequence[dict[str, Any]] = (),
 ) -> ModelVersion:
     """Write a new version's files, check they load, add its row, and make it the active one
     if `promote`; otherwise it is 'kept' (or 'failed' if it would not load: never promoted).
@@ -129,6 +215,8 @@ def publish(
     `write(folder)` fills the folder; `verify(folder)` raises if the model cannot be loaded;
     `allowed(session)` is asked at the last moment, in the transaction that would promote:
     False (the person opted out meanwhile) deletes the version and raises NotAllowed.
+    `coverage`: a shared model's rows of who it imitates (see mimic.core.store.Coverage); the
+    people who opted out meanwhile are left out.
     The version number is reserved (a row) before its folder is moved into place, so two
     trainers never write the same folder, and only a folder no row owns is cleared.
     """
@@ -161,6 +249,9 @@ def publish(
             if refused:  # (opting out may have deleted the row already)
                 session.execute(delete(ModelVersion).where(ModelVersion.id == version_id))
             elif status == "candidate":
+                opted_out = Store.opted_out_ids(session)
+                session.add_all(Coverage(version_id=version_id, **c) for c in coverage
+                                if c["target"].removeprefix("user:") not in opted_out)
                 if promote:  # one statement: two trainers finishing at once leave one active
                     session.execute(update(ModelVersion).where(
                         ModelVersion.target == target.key, ModelVersion.status == "active",

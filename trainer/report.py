@@ -1,9 +1,11 @@
 """`mimic eval`: how well do the served models imitate, measured on held-out data.
 
-For each target: held-out loss of its active model against the base alone; style fidelity (a
-character n-gram author classifier, trained on the people's real training messages, asked who
-wrote groups of five generated messages); leak rate (verbatim ≥ 40-char training spans before
-and after the novelty filter); fluency (share of generated words the workspace really uses);
+For each target, through the model that serves it (the shared workspace model, or a dedicated
+one): held-out loss with its voice and with "anyone"'s (the gap is what its vector knows);
+style fidelity (a character n-gram author classifier, trained on the people's real training
+messages, asked who wrote groups of five generated messages); leak rate (verbatim ≥ 40-char
+training spans before and after the novelty filter); and what a reader sees
+(trainer/reading.py: real first words, capitals, real words and word pairs, variety, length);
 each next to the real held-out messages (the ceiling) and a markovify baseline (the floor).
 
 `evaluate_targets` computes a `Report` (no files); `write_report` turns it into Markdown + PNGs.
@@ -23,17 +25,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy import select
 
 from mimic.core.config import Settings
 from mimic.core.inert import make_inert
-from mimic.core.store import Store
-from mimic.trainer.corpus import BASE, Corpus, Target, load_corpus, targets_with_data
+from mimic.core.store import Coverage, Store
+from mimic.trainer.corpus import (
+    BASE,
+    Corpus,
+    Target,
+    load_corpus,
+    load_workspace,
+    recent,
+    targets_with_data,
+)
 from mimic.trainer.device import pick_device
-from mimic.trainer.fit import evaluate
-from mimic.trainer.model import load_bundle
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
-from mimic.trainer.registry import WEIGHTS, active_version, load_version, parent_of, version_dir
-from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample
+from mimic.trainer.reading import Reading, Vocabulary, read
+from mimic.trainer.registry import (
+    LoadedModel,
+    Serving,
+    active_version,
+    load_version,
+    serving,
+    version_dir,
+)
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample_rows
+from mimic.trainer.shared import loss_on
 
 TEMPERATURE = DEFAULT_TEMPERATURE  # the bot's: evaluate what people actually get
 GROUP = 5  # messages per classification: one short message says little about its author
@@ -41,10 +59,10 @@ MAX_PEOPLE = 10  # the default evaluates the biggest people only: the classifier
 LOSS_CHARS = 200_000  # cap per held-out set, for both models alike (same arguments)
 CLASSIFIER_MESSAGES = 5_000  # newest training messages per person the classifier sees
 MARKOV_MESSAGES = 20_000  # newest training messages per target markovify learns from
+PRIMING = 3  # the target's messages a reply reads first (the bot's: bot/replies.py)
 SHOWN_SAMPLES = 3
-SECTIONS = ("## Summary", "## Held-out loss", "## Style fidelity", "## Leak rate", "## Fluency",
-            "## Samples", "## Loss curves", "## Method")
-_WORD = re.compile(r"\w+(?:'\w+)*")
+SECTIONS = ("## Summary", "## Held-out loss", "## Style fidelity", "## What a reader sees",
+            "## Leak rate", "## Samples", "## Loss curves", "## Method")
 
 
 class EvalError(RuntimeError):
@@ -55,23 +73,20 @@ class EvalError(RuntimeError):
 class TargetRow:
     target: Target
     version: int
+    which: str  # "workspace" (the shared model) or "own" (a dedicated one)
     val_chars: int
-    val_loss: float | None  # the active model on the target's validation set, nats/char
-    base_loss: float | None  # the base model alone on the same set
+    val_loss: float | None  # the serving model on the target's held-out messages, nats/char
+    anyone_loss: float | None  # the same messages in "anyone"'s voice (what it is drawn against)
     generated: int  # messages reply() returned (after the novelty filter)
     fidelity_model: float | None = None  # share of groups attributed to the right person
     fidelity_real: float | None = None
     fidelity_markov: float | None = None
-    leak_raw: float | None = None  # raw sample(): before the novelty filter
+    leak_raw: float | None = None  # the raw draws: before the novelty filter
     leak_filtered: float | None = None  # reply(): after it (must be 0)
     leak_markov: float | None = None
-    fluency_model: float | None = None  # share of words the workspace uses
-    fluency_real: float | None = None
-    fluency_markov: float | None = None
-    # Mean characters a message: longer messages are easier to attribute, so fidelity is
-    # only comparable next to these.
-    length_model: float | None = None
-    length_real: float | None = None
+    model: Reading | None = None  # what a reader sees, in the served messages
+    real: Reading | None = None  # ... in the target's newest real held-out messages
+    markov: Reading | None = None
     samples: list[str] = field(default_factory=list)  # inert
     markov_samples: list[str] = field(default_factory=list)  # inert
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -80,6 +95,14 @@ class TargetRow:
     @property
     def is_person(self) -> bool:
         return self.target.kind == "user"
+
+    def figure(self, name: str) -> float | None:
+        """A figure by name: a field, or "model.length", "real.capitalised", ..."""
+        if "." not in name:
+            return getattr(self, name)
+        part, attr = name.split(".")
+        reading = getattr(self, part)
+        return None if reading is None else getattr(reading, attr)
 
 
 @dataclass
@@ -92,12 +115,14 @@ class Report:
     seconds: float
     notes: list[str] = field(default_factory=list)
 
+    FIGURES = ("val_loss", "anyone_loss", "fidelity_model", "fidelity_real", "fidelity_markov",
+               "leak_raw", "leak_filtered", "leak_markov",
+               *(f"{part}.{name}" for part in ("model", "real", "markov")
+                 for name in Reading.FIELDS))
+
     def overall(self) -> dict[str, float | None]:
         """Means over the rows that have each figure (fidelity: people only)."""
-        names = ("val_loss", "base_loss", "fidelity_model", "fidelity_real", "fidelity_markov",
-                 "leak_raw", "leak_filtered", "leak_markov", "fluency_model", "fluency_real",
-                 "fluency_markov", "length_model", "length_real")
-        return {name: _mean([getattr(r, name) for r in self.rows]) for name in names}
+        return {name: _mean([r.figure(name) for r in self.rows]) for name in self.FIGURES}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -107,16 +132,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def _share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
-
-
-def words(text: str) -> list[str]:
-    """Lowercased words without punctuation (a mention's word joiner splits like a space)."""
-    return _WORD.findall(text.lower())
-
-
-def fluency(texts: Sequence[str], vocabulary: set[str]) -> float | None:
-    found = [w for t in texts for w in words(t)]
-    return _share([w in vocabulary for w in found])
 
 
 def leak_rate(texts: Sequence[str], novelty: NoveltyIndex) -> float | None:
@@ -193,11 +208,29 @@ class Attributor:
 # -- evaluation ----------------------------------------------------------------------------
 
 
-def default_targets(store: Store, settings: Settings, limit: int = MAX_PEOPLE) -> list[Target]:
-    """The `limit` people with the most eligible text that have an active model."""
+def covered_people(store: Store, settings: Settings) -> list[tuple[Target, int]]:
+    """(person, eligible characters) for everyone the active shared model has a vector for,
+    or who has a dedicated model, most text first."""
     with store.session() as session:
+        shared = active_version(session, BASE.key)
+        sizes = dict(session.execute(select(Coverage.target, Coverage.chars).where(
+            Coverage.version_id == shared.id)).all()) if shared is not None else {}
         people = [t for t in targets_with_data(session, settings, 1) if t.kind == "user"]
-        return [t for t in people if active_version(session, t.key) is not None][:limit]
+        own = {t.key for t in people if active_version(session, t.key) is not None}
+    return sorted(((t, sizes.get(t.key, 0)) for t in people if t.key in sizes or t.key in own),
+                  key=lambda pair: -pair[1])
+
+
+def default_targets(store: Store, settings: Settings, limit: int = MAX_PEOPLE) -> list[Target]:
+    """The `limit` people with the most eligible text that some model imitates."""
+    return [t for t, _chars in covered_people(store, settings)[:limit]]
+
+
+def random_targets(store: Store, settings: Settings, count: int, low: int, high: int,
+                   seed: int = 0) -> list[Target]:
+    """`count` people drawn at random (seeded) from those covered with `low`–`high` chars."""
+    pool = [t for t, chars in covered_people(store, settings) if low <= chars <= high]
+    return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
 def _seed_for(seed: int, target: Target) -> int:
@@ -212,6 +245,20 @@ def _history(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _losses(loaded: LoadedModel, target: Target, corpus: Corpus, device: Any
+            ) -> tuple[float | None, float | None]:
+    """(loss in the target's voice, loss in anyone's: the shared model's anyone vector, or
+    the reference a dedicated model is drawn against) on its held-out messages."""
+    messages = corpus.val_said
+    if sum(len(m.text) + 1 for m in messages) < 2:
+        return None, None
+    own = loss_on(loaded.model, loaded.vocab, loaded.slots, target.key, messages, device,
+                  max_chars=LOSS_CHARS)
+    anyone = loss_on(loaded.reference or loaded.model, loaded.vocab, loaded.slots, target.key,
+                     messages, device, max_chars=LOSS_CHARS, anyone=True)
+    return own, anyone
+
+
 def evaluate_targets(
     store: Store,
     settings: Settings,
@@ -220,64 +267,53 @@ def evaluate_targets(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Evaluate each target's active model (see the module docstring). Targets without an
-    active model are left out with a note; if none has one, EvalError."""
+    """Evaluate the model serving each target (see the module docstring). Targets nothing
+    imitates are left out with a note; if none is imitated, EvalError."""
     if samples < 1:
         raise EvalError(f"--samples must be at least 1, got {samples}")
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     device = pick_device(settings.device)
     notes: list[str] = []
-    chosen: list[tuple[Target, Any, Any, Corpus]] = []
+    chosen: list[tuple[Target, Serving, Corpus, list[tuple[str, str]]]] = []
     with store.session() as session:
-        base_row = active_version(session, BASE.key)
-        base_corpus = load_corpus(session, settings, BASE)
+        workspace = load_workspace(session, settings, settings.min_chars)
         for target in dict.fromkeys(targets):  # keep order, drop repeats
             if target == BASE:
-                notes.append("The base model is the reference, not a target: left out.")
+                notes.append("The workspace model is evaluated through the people and "
+                             "channels it imitates, not as a target: left out.")
                 continue
-            row = active_version(session, target.key)
-            if row is None:
-                notes.append(f"{target.label} has no active model: left out.")
+            found = serving(session, target)
+            if found is None:
+                notes.append(f"{target.label} has no model that imitates it: left out.")
                 continue
-            session.expunge(row)
-            chosen.append((target, row, parent_of(session, row),
-                           load_corpus(session, settings, target)))
+            corpus = load_corpus(session, settings, target)
+            # What the bot reads first, as it was before the held-out messages.
+            before = corpus.val_said[0].ts if corpus.val_said else None
+            chosen.append((target, found, corpus,
+                           recent(session, settings, target, PRIMING, before=before)))
     if not chosen:
-        raise EvalError("No target to evaluate has an active model: train first: "
-                        "mimic train --all")
+        raise EvalError("No target to evaluate has a model: train first: mimic train --all")
 
-    # The base's training half: each target's held-out messages are not in it, so real
+    # The workspace's training half: each target's held-out messages are not in it, so real
     # held-out text can score below 1 (it may use words nobody used before).
-    workspace_words = {w for t in base_corpus.train for w in words(t)}
-    base_model = None
-    if base_row is not None:
-        base_model, base_vocab = load_bundle(
-            version_dir(settings.data_dir, base_row) / WEIGHTS, device)
-
+    workspace_vocabulary = Vocabulary.of(m.text for m in workspace.train)
     rows: list[TargetRow] = []
     markov: dict[str, list[str]] = {}
     generated: dict[str, list[str]] = {}
-    for target, row, parent, corpus in chosen:
+    for target, found, corpus, context in chosen:
         say(f"evaluating {target.label}")
-        folder = version_dir(settings.data_dir, row)
-        loaded = load_version(settings.data_dir, row, device, parent)
-        model, vocab, novelty = loaded.model, loaded.vocab, loaded.novelty
-        val_loss = base_loss = None
-        val_chars = sum(len(t) + 1 for t in corpus.val)
-        if val_chars >= 2:
-            val_loss = evaluate(model, vocab.encode_corpus(corpus.val), device,
-                                max_chars=LOSS_CHARS)
-            if base_model is not None:
-                base_loss = evaluate(base_model, base_vocab.encode_corpus(corpus.val), device,
-                                     max_chars=LOSS_CHARS)
+        loaded = load_version(settings.data_dir, found.row, device, found.parent)
+        val_loss, anyone_loss = _losses(loaded, target, corpus, device)
         rng = _seed_for(seed, target)
+        row = loaded.row(target.key, temperature=TEMPERATURE, context=context)
         # The same seed for both: the raw batch is exactly reply()'s first round, unfiltered.
-        raw = sample(model, vocab, n=samples, reference=loaded.reference,
-                     temperature=TEMPERATURE, device=device,
-                     generator=torch.Generator(device).manual_seed(rng))
+        raw = sample_rows(loaded.model, loaded.vocab, [row] * samples,
+                          reference=loaded.reference, guard=loaded.guard, device=device,
+                          generator=torch.Generator(device).manual_seed(rng))
         try:
-            kept = reply(loaded, n=samples, temperature=TEMPERATURE, device=device,
+            kept = reply(loaded, target.key, n=samples, temperature=TEMPERATURE,
+                         context=context, device=device,
                          generator=torch.Generator(device).manual_seed(rng)).texts
         except NoNovelText as exc:
             kept = []
@@ -287,22 +323,24 @@ def evaluate_targets(
         if len(baseline) < samples:
             notes.append(f"{target.label}: markovify made {len(baseline)} of {samples} "
                          "messages.")
-        vocabulary = workspace_words | {w for t in corpus.train for w in words(t)}
+        vocabulary = workspace_vocabulary | Vocabulary.of(corpus.train)
         real = corpus.val[-samples:]  # the newest held-out messages, as many as generated
         rows.append(TargetRow(
-            target=target, version=row.version, val_chars=val_chars, val_loss=val_loss,
-            base_loss=base_loss, generated=len(kept),
-            leak_raw=leak_rate(raw, novelty), leak_filtered=leak_rate(kept, novelty),
-            leak_markov=leak_rate(baseline, novelty),
-            fluency_model=fluency(kept, vocabulary), fluency_real=fluency(real, vocabulary),
-            fluency_markov=fluency(baseline, vocabulary),
-            length_model=_mean([len(t) for t in kept]), length_real=_mean([len(t) for t in real]),
+            target=target, version=found.row.version,
+            which="workspace" if found.row.target == BASE.key else "own",
+            val_chars=sum(len(t) + 1 for t in corpus.val), val_loss=val_loss,
+            anyone_loss=anyone_loss, generated=len(kept),
+            leak_raw=leak_rate(raw, loaded.novelty), leak_filtered=leak_rate(kept,
+                                                                            loaded.novelty),
+            leak_markov=leak_rate(baseline, loaded.novelty),
+            model=read(kept, vocabulary), real=read(real, vocabulary),
+            markov=read(baseline, vocabulary),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
-            history=_history(folder)))
+            history=_history(version_dir(settings.data_dir, found.row))))
         markov[target.key], generated[target.key] = baseline, kept
 
-    people = [(r, c) for r, (_t, _row, _parent, c) in zip(rows, chosen, strict=True) if r.is_person]
+    people = [(r, c) for r, (_t, _f, c, _x) in zip(rows, chosen, strict=True) if r.is_person]
     labels: list[str] = []
     if len(people) < 2:
         notes.append("Style fidelity needs at least two people with models; skipped.")
@@ -315,6 +353,9 @@ def evaluate_targets(
             r.fidelity_model = attributor.accuracy(generated[r.target.key], label)
             r.fidelity_real = attributor.accuracy(c.val[-samples:], label)
             r.fidelity_markov = attributor.accuracy(markov[r.target.key], label)
+            if (r.fidelity_model or 0) > (r.fidelity_real or 0):
+                r.notes.append("more typical than the person: the model's messages are "
+                               "attributed to them more often than their own newer ones")
     return Report(datetime.now(UTC), samples, seed, rows, labels,
                   time.perf_counter() - started, notes)
 
@@ -361,8 +402,8 @@ def _plot_losses(rows: Sequence[TargetRow], path: Path) -> None:
             ax.plot(*zip(*train, strict=True), label="training", alpha=0.6)
         if val:
             ax.plot(*zip(*val, strict=True), "o-", label="validation")
-        if row.base_loss is not None:
-            ax.axhline(row.base_loss, color="grey", ls="--", lw=1, label="base alone")
+        if row.anyone_loss is not None:
+            ax.axhline(row.anyone_loss, color="grey", ls="--", lw=1, label="as anyone")
         ax.set(title=f"{row.target.label} v{row.version}", xlabel="seconds",
                ylabel="nats/char")
         ax.legend(fontsize="small")
@@ -378,35 +419,39 @@ def _plot_comparison(rows: Sequence[TargetRow], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("style fidelity (right author)", "fidelity", [r for r in rows if r.is_person]),
-              ("fluency (known words)", "fluency", list(rows)),
-              ("leak rate (≥40-char copies)", "leak", list(rows))]
-    panels = [p for p in panels if p[2]]
+    people = [r for r in rows if r.is_person]
+    panels = [("style fidelity (right author)", people, [
+                  ("model", "fidelity_model"), ("real held-out", "fidelity_real"),
+                  ("markovify", "fidelity_markov")]),
+              ("first word real", rows, [("model", "model.first_word_real"),
+                                         ("real held-out", "real.first_word_real")]),
+              ("starts with a capital", rows, [("model", "model.capitalised"),
+                                               ("real held-out", "real.capitalised")]),
+              ("distinct word pairs (variety)", rows, [("model", "model.distinct_2"),
+                                                       ("real held-out", "real.distinct_2")])]
+    panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100,
                              squeeze=False)
-    for ax, (title, kind, subset) in zip(axes.flat, panels, strict=True):
-        series = {
-            "fidelity": [("model", "fidelity_model"), ("real held-out", "fidelity_real"),
-                         ("markovify", "fidelity_markov")],
-            "fluency": [("model", "fluency_model"), ("real held-out", "fluency_real"),
-                        ("markovify", "fluency_markov")],
-            "leak": [("model, raw", "leak_raw"), ("model, filtered", "leak_filtered"),
-                     ("markovify", "leak_markov")],
-        }[kind]
+    for ax, (title, subset, series) in zip(axes.flat, panels, strict=True):
         x = np.arange(len(subset))
         width = 0.8 / len(series)
-        for i, (name, attr) in enumerate(series):
-            values = [getattr(r, attr) or 0.0 for r in subset]
+        for i, (name, figure) in enumerate(series):
+            values = [r.figure(figure) or 0.0 for r in subset]
             ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
         ax.set_xticks(x, [r.target.label for r in subset], rotation=30, ha="right")
-        # Leaks are a few percent at most: on a 0..1 axis they would not show.
-        top = 1.05 if kind != "leak" else max(0.05, 1.2 * max(
-            (getattr(r, a) or 0.0 for r in subset for _n, a in series), default=0.0))
-        ax.set(title=title, ylim=(0, top))
+        ax.set(title=title, ylim=(0, 1.05))
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+READER = [("first word real", "first_word_real", percent),
+          ("starts with a capital", "capitalised", percent),
+          ("real words", "real_words", percent),
+          ("real word pairs", "real_pairs", percent),
+          ("distinct word pairs", "distinct_2", lambda v: number(v, 2)),
+          ("characters a message", "length", lambda v: number(v, 0))]
 
 
 def write_report(report: Report, folder: Path) -> Path:
@@ -423,25 +468,28 @@ def write_report(report: Report, folder: Path) -> Path:
     md += _table(["", "model", "real held-out", "markovify"], [
         ["style fidelity", percent(o["fidelity_model"]), percent(o["fidelity_real"]),
          percent(o["fidelity_markov"])],
-        ["fluency", percent(o["fluency_model"]), percent(o["fluency_real"]),
-         percent(o["fluency_markov"])],
+        *([title, fmt(o[f"model.{name}"]), fmt(o[f"real.{name}"]), fmt(o[f"markov.{name}"])]
+          for title, name, fmt in READER),
         ["leak rate", f"{percent(o['leak_raw'])} raw → {percent(o['leak_filtered'])} served", "—",
          percent(o["leak_markov"])],
-        ["characters a message", number(o["length_model"], 0), number(o["length_real"], 0), "—"],
         ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—"],
-        ["base alone (nats/char)", number(o["base_loss"]), "—", "—"]])
-    md += ["![fidelity, fluency and leaks](comparison.png)", ""]
+        ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—"]])
+    if (o["fidelity_model"] or 0) > (o["fidelity_real"] or 1):
+        md += ["Fidelity is above the real ceiling: the messages are **more typical than the "
+               "people** (a caricature as much as a likeness: compare the variety below).", ""]
+    md += ["![fidelity and what a reader sees](comparison.png)", ""]
     for note in report.notes:
         md.append(f"- {note}")
     md += ["", "## Held-out loss", "",
            "Cross-entropy of each target's validation messages (its newest 10% of text), "
-           "under its active model and under the workspace base model alone. Lower is better; "
-           "the gap is what fine-tuning on the target bought.", ""]
-    md += _table(["target", "version", "validation chars", "model", "base alone", "gain"], [
-        [r.target.label, f"v{r.version}", f"{r.val_chars:,}", number(r.val_loss),
-         number(r.base_loss),
-         number(r.base_loss - r.val_loss) if None not in (r.val_loss, r.base_loss) else "—"]
-        for r in rows])
+           "under the model that serves it, in its own voice and in anyone's (the shared "
+           "model's anyone vector, or what a dedicated model is drawn against). Lower is "
+           "better; the gap is what the model knows of this target.", ""]
+    md += _table(["target", "model", "validation chars", "own voice", "as anyone", "gap"], [
+        [r.target.label, f"{r.which} v{r.version}", f"{r.val_chars:,}", number(r.val_loss),
+         number(r.anyone_loss),
+         number(r.anyone_loss - r.val_loss) if None not in (r.val_loss, r.anyone_loss)
+         else "—"] for r in rows])
     md += ["## Style fidelity", "",
            "Share of groups of five messages that a character n-gram classifier, trained on "
            "the real training messages of " + (", ".join(report.people) or "the people") +
@@ -452,25 +500,29 @@ def write_report(report: Report, folder: Path) -> Path:
     people = [r for r in rows if r.is_person]
     if report.people:
         md += _table(["person", "model", "real held-out", "markovify", "chars: model",
-                      "chars: real"], [
+                      "chars: real", ""], [
             [r.target.label, percent(r.fidelity_model), percent(r.fidelity_real),
-             percent(r.fidelity_markov), number(r.length_model, 0), number(r.length_real, 0)]
-            for r in people])
+             percent(r.fidelity_markov), number(r.figure("model.length"), 0),
+             number(r.figure("real.length"), 0), "; ".join(r.notes)] for r in people])
     else:
         md += ["Skipped: it needs at least two people with models.", ""]
+    md += ["## What a reader sees", "",
+           "Each figure for the served messages, then for the same number of the target's "
+           "newest real held-out messages: whether the first word is one the workspace "
+           "uses, whether the first letter is a capital, the share of real words and of "
+           "real pairs of consecutive words, distinct word pairs over all pairs (variety), "
+           "and characters a message.", ""]
+    md += _table(["target", *(title for title, _n, _f in READER)], [
+        [r.target.label, *(f"{fmt(r.figure(f'model.{name}'))} / {fmt(r.figure(f'real.{name}'))}"
+                           for _t, name, fmt in READER)] for r in rows])
     md += ["## Leak rate", "",
            f"Share of generated messages containing a verbatim span of ≥ {WINDOW} characters "
-           "of the target's own messages: the model's raw samples, what the bot serves after "
-           "the novelty filter (must be 0%), and markovify.", ""]
+           "of the workspace's messages (a dedicated model: of the target's own): the raw "
+           "draws, what the bot serves after the novelty filter (must be 0%), and markovify.",
+           ""]
     md += _table(["target", "raw", "served", "markovify", "served messages"], [
         [r.target.label, percent(r.leak_raw), percent(r.leak_filtered), percent(r.leak_markov),
          str(r.generated)] for r in rows])
-    md += ["## Fluency", "",
-           "Share of words (lowercased, punctuation stripped) that the workspace uses: the "
-           "base model's training messages plus the target's own.", ""]
-    md += _table(["target", "model", "real held-out", "markovify"], [
-        [r.target.label, percent(r.fluency_model), percent(r.fluency_real),
-         percent(r.fluency_markov)] for r in rows])
     md += ["## Samples", "", "Generated, and made inert (no mention can ping anyone).", ""]
     for r in rows:
         md += [f"### {r.target.label}", "", "Model:", ""]
@@ -478,15 +530,18 @@ def write_report(report: Report, folder: Path) -> Path:
         md += ["", "markovify:", ""]
         md += [f"> {_md(t)}" + "  " for t in r.markov_samples] or ["(none)"]
         md.append("")
-    md += ["## Loss curves", "", "From each active version's metrics.json; the dashed line is "
-           "the base model alone on the same validation set.", "",
+    md += ["## Loss curves", "", "From each serving version's metrics.json; the dashed line is "
+           "the target's held-out loss as anyone.", "",
            "![loss curves](loss_curves.png)", "",
            "## Method", "",
-           "- Generated with reply() (the bot's path: drawn against the base model, copies "
-           "refused and drawn again, inert) at temperature "
-           f"{TEMPERATURE}; raw leaks from sample() with the same seed, i.e. reply()'s first "
-           "round before filtering.",
+           "- Generated with reply() (the bot's path: after the target's "
+           f"{PRIMING} last messages before its held-out ones, drawn against anyone, real "
+           "words only, copies refused and drawn again, inert) at temperature "
+           f"{TEMPERATURE}; raw leaks from the same rows drawn with the same seed, i.e. "
+           "reply()'s first round before filtering.",
            f"- Held-out loss on at most {LOSS_CHARS:,} validation characters per target.",
+           "- Words and word pairs count as real when the workspace's training messages "
+           "(or the target's own) use them.",
            "- Classifier: TF-IDF of character 1–4-grams (char_wb, sublinear tf, case kept) "
            f"+ linear SVM, trained on groups of {GROUP} consecutive training messages per "
            f"person (newest {CLASSIFIER_MESSAGES:,} messages at most).",

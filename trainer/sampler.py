@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -50,39 +51,78 @@ class DrawResult:
 class _Stepper:
     """One LSTM step for a batch, straight from the weights. nn.LSTM spends ~3 ms per
     single-character call on CPU (oneDNN setup); these few matmuls take ~0.1 ms. Layer 0's
-    input projection is precomputed per vocabulary entry, so it is a row lookup."""
+    input projection is precomputed per vocabulary entry, so it is a row lookup; what a row's
+    context (person and channel) adds is precomputed per row when it joins (`contexts`)."""
 
     def __init__(self, model: CharLSTM) -> None:
-        lstm = model.lstm
-        self.layers, self.hidden = model.config.num_layers, model.config.hidden_size
-        w_ih0 = lstm.weight_ih_l0
-        self.table = model.embed.weight @ w_ih0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+        self.model = model
+        cfg = model.config
+        self.layers, self.hidden, self.embed = cfg.num_layers, cfg.hidden_size, cfg.embed_dim
+        self.adapted = bool(model.adapters)
+        first = model.layers[0]
+        w_ih0 = first.weight_ih_l0
+        e = cfg.embed_dim
+        self.table = model.embed.weight @ w_ih0[:, :e].T + first.bias_ih_l0 + first.bias_hh_l0
         # Transposed copies laid out contiguously: ~1.5x faster small-batch matmuls on CPU.
-        self.w_hh = [getattr(lstm, f"weight_hh_l{i}").T.contiguous() for i in range(self.layers)]
-        self.w_ih = [None] + [
-            getattr(lstm, f"weight_ih_l{i}").T.contiguous() for i in range(1, self.layers)
-        ]
-        self.bias = [None] + [
-            getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")
-            for i in range(1, self.layers)
-        ]
+        self.w_hh = [layer.weight_hh_l0.T.contiguous() for layer in model.layers]
+        width = [e + cfg.context_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
+        self.w_x = [None] + [layer.weight_ih_l0[:, : width[i]].T.contiguous()
+                             for i, layer in enumerate(model.layers) if i]
+        self.bias = [None] + [layer.bias_ih_l0 + layer.bias_hh_l0
+                              for i, layer in enumerate(model.layers) if i]
         self.head_w, self.head_b = model.head.weight.T.contiguous(), model.head.bias
+        if self.adapted:
+            a0 = model.adapters[0].a.weight  # (rank, e + k)
+            self.table_a = model.embed.weight @ a0[:, :e].T  # (V, rank)
+            self.w_u = [layer.weight_ih_l0[:, width[i]:].T.contiguous()
+                        for i, layer in enumerate(model.layers)]
+            self.a = [None] + [ad.a.weight.T.contiguous() for ad in model.adapters[1:]]
+            self.head_a = model.head_adapter.a.weight.T.contiguous()
+            self.head_u = model.head_out.weight.T.contiguous()
 
-    def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """ids (n,) → logits (n, V); h, c (layers, n, H) are updated in place."""
+    def contexts(self, people: torch.Tensor, channels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each row's context adds, for rows with these slots (n,): layer 0's gates
+        ("g"), and with adapters, each layer's and the head's context factor ("b<i>") and
+        layer 0's adapter input from the context ("ca")."""
+        model, cfg = self.model, self.model.config
+        if not cfg.conditioned:
+            return {}
+        k = model.context(people[:, None], channels[:, None], people[:, None])[:, 0]
+        e = cfg.embed_dim
+        out = {"g": k @ model.layers[0].weight_ih_l0[:, e : e + cfg.context_size].T}
+        if self.adapted:
+            out["ca"] = k @ model.adapters[0].a.weight[:, e:].T
+            for i, adapter in enumerate([*model.adapters, model.head_adapter]):
+                out[f"b{i}"] = adapter.b(k)
+        return out
+
+    def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                 ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        """ids (n,) → logits (n, V); h, c (layers, n, H) are updated in place; `ctx` holds
+        the rows' `contexts`."""
         x = None
         for i in range(self.layers):
             if i == 0:
                 gates = torch.addmm(self.table[ids], h[0], self.w_hh[0])
+                if "g" in ctx:
+                    gates += ctx["g"]
+                if self.adapted:
+                    u = (self.table_a[ids] + ctx["ca"]) * ctx["b0"]
+                    gates.addmm_(u, self.w_u[0])
             else:
-                gates = torch.addmm(self.bias[i], x, self.w_ih[i]).addmm_(h[i], self.w_hh[i])
+                gates = torch.addmm(self.bias[i], x, self.w_x[i]).addmm_(h[i], self.w_hh[i])
+                if self.adapted:
+                    gates.addmm_((x @ self.a[i]) * ctx[f"b{i}"], self.w_u[i])
             # PyTorch's gate order is i, f, g, o: one sigmoid over all four (g's quarter is
             # wasted) costs less than three calls at these sizes.
             ig, fg, _, og = torch.sigmoid(gates).chunk(4, dim=1)
             gg = torch.tanh(gates[:, 2 * self.hidden : 3 * self.hidden])
             c[i] = (fg * c[i]).addcmul_(ig, gg)
             h[i] = x = og * torch.tanh(c[i])
-        return torch.addmm(self.head_b, x, self.head_w)
+        logits = torch.addmm(self.head_b, x, self.head_w)
+        if self.adapted:
+            logits.addmm_((x @ self.head_a) * ctx[f"b{self.layers}"], self.head_u)
+        return logits
 
 
 def _check(temperature: float, top_k: int | None) -> None:
@@ -93,16 +133,46 @@ def _check(temperature: float, top_k: int | None) -> None:
 
 
 @dataclass(frozen=True)
+class Voice:
+    """Whose voice, as slots of a conditioned model: the person and channel to write as, and
+    the voice drawn against (see BOOST): "anyone" in the same channel, for a person."""
+
+    person: int = 0
+    channel: int = 0
+    contrast: tuple[int, int] = (0, 0)
+
+
+Context = tuple[tuple[int, int, str], ...]  # messages read first: (person, channel, text)
+
+
+@dataclass(frozen=True)
 class Row:
-    """One message to generate: the text it starts with and its temperature."""
+    """One message to generate: the text it starts with, its temperature, its voice, and the
+    messages before it (a thread to answer, or recent messages, so that it starts where
+    messages start)."""
 
     seed_text: str = ""
     temperature: float = DEFAULT_TEMPERATURE
+    voice: Voice = Voice()
+    context: Context = ()
+
+
+class Guard(Protocol):
+    """What keeps words real while drawing (trainer/lexicon.py: WordGuard)."""
+
+    def start(self, text: str) -> Any: ...
+    def advance(self, state: Any, char_id: int) -> Any: ...
+    def allowed(self, state: Any) -> torch.Tensor | None: ...
+    def masks(self, states: Sequence[Any]) -> torch.Tensor | None: ...
 
 
 def _dim(key: str) -> int:
-    """The batch dimension of a Generation state entry: 1 for LSTM states (layers, n, H)."""
-    return 1 if key[0] in "hc" else 0
+    """The batch dimension of a Generation state entry: 1 for LSTM states (layers, n, H),
+    "h<m>" and "c<m>"; 0 for the rest (logits, contexts "ctx<m>.*", temps)."""
+    return 1 if key[0] in "hc" and key[1:].isdigit() else 0
+
+
+PRIMED_CACHE = 64  # contexts whose primed state a Generation keeps (the bot's is per version)
 
 
 class Generation:
@@ -110,31 +180,42 @@ class Generation:
     (the bot adds requests that arrive while others are being written: continuous batching)
     and leave the batch when they end, so the cost follows the messages' real lengths.
 
-    Each row starts from its seed text (primed on EOM + seed, as if a new message starts)
-    and ends at end of message or at `max_len` characters in all, seed included. UNK is
-    never drawn. With a `reference` (the workspace model `model` was fine-tuned from), the
-    reference reads along and every character is drawn contrasted with it (see BOOST).
+    Each row reads its context messages (if any), then an end of message, then its seed text,
+    with every character conditioned as in training (on its author and channel; the new
+    message on the row's voice), and ends at end of message or at `max_len` characters in
+    all, seed included. UNK is never drawn. Every character is drawn contrasted with the
+    row's contrast voice (see BOOST): read by `reference` when given (the shared model a
+    dedicated one was fine-tuned from, or an older mimic's base), else by the model itself.
+    With a `guard`, no character that would make a word the workspace never used is drawn.
     """
 
     def __init__(self, model: CharLSTM, vocab: Vocab, *, reference: CharLSTM | None = None,
-                 top_k: int | None = None, max_len: int = 280,
+                 guard: Guard | None = None, top_k: int | None = None, max_len: int = 280,
                  generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", stop_at_eom: bool = True,
-                 boost: float = BOOST, end_odds: float = END_ODDS) -> None:
+                 boost: float = BOOST, end_odds: float = END_ODDS,
+                 plausible: float = PLAUSIBLE,
+                 primed: MutableMapping[Any, Any] | None = None) -> None:
         self.model, self.vocab, self.top_k, self.max_len = model, vocab, top_k, max_len
-        self.boost, self.end_odds = boost, end_odds  # others only to compare (bench/drawing.py)
-        self.generator, self.device = generator, torch.device(device)
+        # Others than the defaults only to compare them (bench/drawing.py).
+        self.boost, self.end_odds, self.plausible = boost, end_odds, plausible
+        self.generator, self.device, self.guard = generator, torch.device(device), guard
         self.stop_at_eom = stop_at_eom
         self._draw_device = generator.device if generator is not None else self.device
-        self._nets = [model] + ([] if reference is None else [reference])
-        self._steps = [_Stepper(net) for net in self._nets]
+        contrast = reference if reference is not None else (
+            model if model.config.conditioned else None)
+        self._nets = [model] + ([] if contrast is None else [contrast])
+        self._steps = [_Stepper(model)]
+        if contrast is not None:
+            self._steps.append(self._steps[0] if contrast is model else _Stepper(contrast))
+        self._primed = primed if primed is not None else OrderedDict()
         self._unk, self._eom = (torch.tensor([i], device=self.device)
                                 for i in (vocab.unk, vocab.eom))
         self._alive: list[int] = []  # row ids in batch order
-        # Batch-aligned: logits<m>, h<m>, c<m> for net m (0 the model, 1 the reference),
-        # temps and greedy.
+        # Batch-aligned: logits<m>, h<m>, c<m>, ctx<m>.* for net m (0 the voice, 1 the
+        # contrast), temps and greedy.
         self._state: dict[str, torch.Tensor] = {}
-        self._rows: dict[int, tuple[Row, list[int]]] = {}  # id → (row, ids drawn so far)
+        self._rows: dict[int, tuple[Row, list[int], Any]] = {}  # id → (row, drawn, guard)
         self._done: dict[int, str] = {}
         self._next = 0
 
@@ -146,6 +227,33 @@ class Generation:
         """Rows still being written."""
         return len(self._alive)
 
+    def _read(self, m: int, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """Net m's (h, c), each (layers, H), after reading `context` up to (not including) the
+        end mark of its last message, in one nn.LSTM pass, cached per context."""
+        net = self._nets[m]
+        key = (id(net), context)
+        if key in self._primed:
+            self._primed.move_to_end(key)  # type: ignore[attr-defined]
+            return self._primed[key]
+        size = (net.config.num_layers, net.config.hidden_size)
+        h, c = torch.zeros(size, device=self.device), torch.zeros(size, device=self.device)
+        if context:
+            ids, people, channels = [], [], []
+            for person, channel, text in context:
+                encoded = [self.vocab.eom, *self.vocab.encode(text)]
+                ids += encoded
+                # Position t is conditioned on the author of the character it predicts.
+                people += [person] * len(encoded)
+                channels += [channel] * len(encoded)
+            def tensor(values: list[int]) -> torch.Tensor:
+                return torch.tensor([values], device=self.device)
+            _logits, (h, c) = net(tensor(ids), None, tensor(people), tensor(channels))
+            h, c = h[:, 0], c[:, 0]
+        self._primed[key] = (h, c)
+        while len(self._primed) > PRIMED_CACHE:
+            self._primed.popitem(last=False)  # type: ignore[call-arg]
+        return h, c
+
     @torch.inference_mode()
     def add(self, rows: Sequence[Row]) -> list[int]:
         """Start generating `rows`; returns their ids for `take`."""
@@ -156,43 +264,60 @@ class Generation:
                                  f"max_len {self.max_len}")
         if not rows:
             return []
-        primed: dict[str, dict[str, torch.Tensor]] = {}
-        for seed in dict.fromkeys(r.seed_text for r in rows):
-            # Step by step, not nn.LSTM: its ~3 ms per call was a third of the bot's sampling
-            # thread when twenty requests came at once (seeds are short, most are empty).
-            ids = torch.tensor([self.vocab.eom, *self.vocab.encode(seed)], device=self.device)
-            primed[seed] = {}
-            for m, (net, step) in enumerate(zip(self._nets, self._steps, strict=True)):
-                size = (net.config.num_layers, 1, net.config.hidden_size)
-                h, c = (torch.zeros(size, device=self.device) for _ in "hc")
-                for i in range(len(ids)):
-                    logits = step(ids[i : i + 1], h, c)
-                primed[seed] |= {f"logits{m}": logits[0].float(), f"h{m}": h[:, 0],
-                                 f"c{m}": c[:, 0]}
+        new: dict[str, torch.Tensor] = {}
+        for m, step in enumerate(self._steps):
+            voices = [r.voice.person if m == 0 else r.voice.contrast[0] for r in rows], \
+                [r.voice.channel if m == 0 else r.voice.contrast[1] for r in rows]
+            ctx = step.contexts(*(torch.tensor(v, device=self.device) for v in voices))
+            read = [self._read(m, r.context) for r in rows]
+            h = torch.stack([hc[0] for hc in read], 1).contiguous()
+            c = torch.stack([hc[1] for hc in read], 1).contiguous()
+            # The end mark that starts the new message, then its seed, in the row's voice:
+            # step by step (seeds are short, most are empty), all rows at once.
+            seeds = [[self.vocab.eom, *self.vocab.encode(r.seed_text)] for r in rows]
+            logits = torch.zeros(len(rows), len(self.vocab), device=self.device)
+            for i in range(max(map(len, seeds))):
+                going = [j for j, s in enumerate(seeds) if i < len(s)]
+                index = torch.tensor(going, device=self.device)
+                ids = torch.tensor([seeds[j][i] for j in going], device=self.device)
+                hs, cs = h[:, index], c[:, index]
+                out = step(ids, hs, cs, {k: v[index] for k, v in ctx.items()})
+                h[:, index], c[:, index], logits[index] = hs, cs, out.float()
+            new |= {f"logits{m}": logits, f"h{m}": h, f"c{m}": c}
+            new |= {f"ctx{m}.{k}": v for k, v in ctx.items()}
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
-        new = {key: torch.stack([primed[r.seed_text][key] for r in rows], dim=_dim(key))
-               for key in primed[rows[0].seed_text]}
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
         for key, value in new.items():
             old = self._state.get(key)
             self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
                                 ).contiguous()
-        ids = list(range(self._next, self._next + len(rows)))
+        ids_ = list(range(self._next, self._next + len(rows)))
         self._next += len(rows)
-        self._alive += ids
-        for i, row in zip(ids, rows, strict=True):
-            self._rows[i] = (row, [])
+        self._alive += ids_
+        for i, row in zip(ids_, rows, strict=True):
+            self._rows[i] = (row, [], self.guard.start(row.seed_text) if self.guard else None)
             if len(row.seed_text) == self.max_len:  # nothing left to write
                 self._finish(i)
         self._compact()
-        return ids
+        return ids_
+
+    def _allowed(self) -> torch.Tensor | None:
+        """(n, V): what the guard lets each row draw next (None: all of it, for every row)."""
+        if self.guard is None:
+            return None
+        masks = self.guard.masks([self._rows[i][2] for i in self._alive])
+        return None if masks is None else masks.to(self.device)
 
     @torch.inference_mode()
     def step(self) -> None:
         """Draw one character for every row still going."""
         st = self._state
         eom = self.vocab.eom
-        logp = st["logits0"].index_fill(1, self._unk, -torch.inf).log_softmax(-1)
+        logits = st["logits0"].index_fill(1, self._unk, -torch.inf)
+        allowed = self._allowed()
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, -torch.inf)
+        logp = logits.log_softmax(-1)
         # Temperature shapes the wording, not the length: whether the message ends here is
         # drawn at the model's own odds (x END_ODDS). Tempering the end mark too made
         # messages at 0.6 2.5x as long as the person's (it is rarely the likeliest symbol).
@@ -202,20 +327,25 @@ class Generation:
         if len(self._nets) > 1 and self.boost:
             contrast = logp - st["logits1"].log_softmax(-1)
             likeliest = words.max(-1, keepdim=True).values
-            words = torch.where(words >= likeliest + math.log(PLAUSIBLE),
+            words = torch.where(words >= likeliest + math.log(self.plausible),
                                 words + self.boost * contrast, -torch.inf)
         scaled = words / st["temps"]
         if self.top_k is not None and self.top_k < scaled.shape[-1]:
             kth = torch.topk(scaled, self.top_k, dim=-1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, -torch.inf)
-        probs = torch.softmax(scaled, dim=-1) * (1 - end)
+        # A row whose only allowed next mark is the end (a finished word at max length, say).
+        only_end = torch.isinf(scaled).all(-1, keepdim=True)
+        end = torch.where(only_end, torch.ones_like(end), end)
+        probs = torch.softmax(scaled.masked_fill(only_end, 0), dim=-1) * (1 - end)
         probs[:, eom] = end[:, 0]
         nxt = torch.multinomial(probs.to(self._draw_device), 1,
                                 generator=self.generator)[:, 0].to(self.device)
         nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
         for i, token in zip(self._alive, nxt.tolist(), strict=True):
-            row, drawn = self._rows[i]
+            row, drawn, guard = self._rows[i]
             drawn.append(token)
+            if self.guard is not None:
+                self._rows[i] = (row, drawn, self.guard.advance(guard, token))
             if (self.stop_at_eom and token == self.vocab.eom) or \
                     len(row.seed_text) + len(drawn) >= self.max_len:
                 self._finish(i)
@@ -225,7 +355,8 @@ class Generation:
         if self._alive:
             st = self._state  # compaction made a new one
             for m, step in enumerate(self._steps):
-                st[f"logits{m}"] = step(nxt, st[f"h{m}"], st[f"c{m}"]).float()
+                ctx = {k.split(".", 1)[1]: v for k, v in st.items() if k.startswith(f"ctx{m}.")}
+                st[f"logits{m}"] = step(nxt, st[f"h{m}"], st[f"c{m}"], ctx).float()
 
     def take(self, ids: Sequence[int]) -> list[str] | None:
         """The finished texts of `ids` (forgotten here), or None while any is still going."""
@@ -234,7 +365,7 @@ class Generation:
         return [self._done.pop(i) for i in ids]
 
     def _finish(self, i: int) -> None:
-        row, drawn = self._rows.pop(i)
+        row, drawn, _guard = self._rows.pop(i)
         if self.stop_at_eom and self.vocab.eom in drawn:
             drawn = drawn[: drawn.index(self.vocab.eom)]
         self._done[i] = row.seed_text + self.vocab.decode(drawn)
@@ -257,6 +388,7 @@ def sample_rows(
     rows: Sequence[Row],
     *,
     reference: CharLSTM | None = None,
+    guard: Guard | None = None,
     top_k: int | None = None,
     max_len: int = 280,
     generator: torch.Generator | None = None,
@@ -271,8 +403,9 @@ def sample_rows(
     for net in nets:
         net.eval()
     try:
-        batch = Generation(model, vocab, reference=reference, top_k=top_k, max_len=max_len,
-                           generator=generator, device=device, stop_at_eom=stop_at_eom)
+        batch = Generation(model, vocab, reference=reference, guard=guard, top_k=top_k,
+                           max_len=max_len, generator=generator, device=device,
+                           stop_at_eom=stop_at_eom)
         ids = batch.add(rows)
         while batch.active:
             batch.step()
@@ -290,21 +423,24 @@ def sample(
     *,
     n: int = 1,
     reference: CharLSTM | None = None,
+    guard: Guard | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
+    voice: Voice = Voice(),
+    context: Context = (),
     max_len: int = 280,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     stop_at_eom: bool = True,
 ) -> list[str]:
-    """Draw `n` messages in one batch, all from the same seed text and temperature."""
+    """Draw `n` messages in one batch, all from the same seed text, temperature and voice."""
     _check(temperature, top_k)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return sample_rows(model, vocab, [Row(seed_text, temperature)] * n, reference=reference,
-                       top_k=top_k, max_len=max_len, generator=generator, device=device,
-                       stop_at_eom=stop_at_eom)
+    return sample_rows(model, vocab, [Row(seed_text, temperature, voice, context)] * n,
+                       reference=reference, guard=guard, top_k=top_k, max_len=max_len,
+                       generator=generator, device=device, stop_at_eom=stop_at_eom)
 
 
 def draw(
@@ -314,9 +450,12 @@ def draw(
     *,
     n: int = 1,
     reference: CharLSTM | None = None,
+    guard: Guard | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed_text: str = "",
+    voice: Voice = Voice(),
+    context: Context = (),
     max_len: int = 280,
     tries: int = 5,
     generator: torch.Generator | None = None,
@@ -332,9 +471,10 @@ def draw(
         raise NoNovelText(f"the seed text itself quotes {WINDOW}+ characters of the training data")
     if sampler is None:
         def sampler(k: int) -> list[str]:
-            return sample(model, vocab, n=k, reference=reference, temperature=temperature,
-                          top_k=top_k, seed_text=seed_text, max_len=max_len,
-                          generator=generator, device=device)
+            return sample(model, vocab, n=k, reference=reference, guard=guard,
+                          temperature=temperature, top_k=top_k, seed_text=seed_text,
+                          voice=voice, context=context, max_len=max_len, generator=generator,
+                          device=device)
     chosen: list[str] = []
     rejected = blank = 0
     for _ in range(max(1, tries)):
@@ -355,13 +495,21 @@ def draw(
     return DrawResult([make_inert(t) for t in chosen], rejected, blank)
 
 
-def reply(loaded: LoadedModel, *, n: int = 1, temperature: float = DEFAULT_TEMPERATURE,
-          seed_text: str = "", top_k: int | None = None,
-          generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-          sampler: Callable[[int], list[str]] | None = None) -> DrawResult:
-    """`n` messages the way mimic serves them, from a published version: contrasted with the
-    base it was fine-tuned from (see BOOST); `sampler(k)` replaces the drawing done here (the
-    bot's shared batch, which does the same)."""
+def reply(loaded: LoadedModel, target: str, *, n: int = 1,
+          temperature: float = DEFAULT_TEMPERATURE, seed_text: str = "",
+          where: str | None = None, context: Sequence[tuple[str, str]] | None = None,
+          top_k: int | None = None, generator: torch.Generator | None = None,
+          device: torch.device | str = "cpu",
+          sampler: Callable[[Row, int], list[str]] | None = None) -> DrawResult:
+    """`n` messages the way mimic serves them, in the voice of `target` ("user:U1" or
+    "channel:C1") from a published version: as an answer to `context` ((author id, text)
+    pairs, oldest first, said in channel `where`), or, without one, after the target's own
+    recent messages; drawn against "anyone" (see BOOST), with real words only.
+    `sampler(row, k)` replaces the drawing done here (the bot's shared batch)."""
+    row = loaded.row(target, seed_text=seed_text, temperature=temperature, where=where,
+                     context=context)
     return draw(loaded.model, loaded.vocab, loaded.novelty, n=n, reference=loaded.reference,
-                temperature=temperature, top_k=top_k, seed_text=seed_text,
-                generator=generator, device=device, sampler=sampler)
+                guard=loaded.guard, temperature=temperature, top_k=top_k,
+                seed_text=seed_text, voice=row.voice, context=row.context,
+                generator=generator, device=device,
+                sampler=None if sampler is None else (lambda k: sampler(row, k)))

@@ -1,49 +1,57 @@
-"""Training jobs: the workspace base model, per-target fine-tunes, and `retrain_changed`, the
-one function the nightly scheduler and the admin `retrain` command call.
+"""Training jobs: the shared workspace model (one char-LSTM for everyone, conditioned on who
+writes and where), dedicated fine-tunes of it for one person or channel, and
+`retrain_changed`, the one function the nightly scheduler and the admin `retrain` command call.
 
-A version folder holds: model.pt (weights + config + vocabulary, loaded with
-weights_only=True), config.json, metrics.json, loss.png and, for every model that can be
-served, novelty.npy (the index the sampler uses to refuse verbatim copies of the target's
-messages).
+A version folder holds: model.pt (weights + config + vocabulary + the ids that have vectors,
+loaded with weights_only=True), config.json, metrics.json, loss.png, novelty.npy (the index the
+sampler uses to refuse verbatim copies: of every public message for the shared model, of the
+target's own for a dedicated one) and, for the shared model, the workspace's lexicon (the
+words drawing may use).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
 
 from mimic.core.config import Settings
-from mimic.core.store import ModelVersion, Store
+from mimic.core.store import ModelVersion, Store, User
 from mimic.trainer.corpus import (
     BASE,
-    Corpus,
+    Said,
     Target,
+    Workspace,
     load_corpus,
+    load_workspace,
     may_have_model,
     targets_with_data,
 )
 from mimic.trainer.device import pick_device
-from mimic.trainer.fit import FitResult, TrainConfig, evaluate, fit, throughput
+from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, fit, throughput
+from mimic.trainer.lexicon import Lexicon
 from mimic.trainer.model import (
     CharLSTM,
     ModelConfig,
+    Slots,
     flops_per_char,
-    load_bundle,
+    load_model,
     param_count,
     save_checkpoint,
     size_for,
 )
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import (
+    LEXICON,
     NOVELTY,
     WEIGHTS,
     NotAllowed,
@@ -51,10 +59,24 @@ from mimic.trainer.registry import (
     publish,
     version_dir,
 )
+from mimic.trainer.shared import (
+    carry_over,
+    encode,
+    loss_on,
+    score,
+    slots_of,
+    target_stream,
+    validation_sample,
+)
 from mimic.trainer.vocab import Vocab
 
+# How the shared model is conditioned (bench/conditioning.py compares the choices).
+CONDITIONING = {"context_dim": 32, "rank": 16}
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
-FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10}
+FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10, "anyone_share": 0.0}
+# The nightly warm start: the new messages (after WARMUP_CHARS of their channel before them,
+# for context) and REPLAY times as many characters of older ones, so nothing is forgotten.
+REPLAY, WARMUP_CHARS, REPLAY_SPAN = 4, 2_000, 4_000
 # A net must see this many characters per parameter within its time budget, or a smaller one
 # ends lower in the same minutes. 5 keeps the issue's measured case (2 x 256 on a 1.1M-char
 # person, 2 minutes on 2 CPU cores at ~36k chars/s: 1.48 nats/char) and stops the data-sized
@@ -116,26 +138,43 @@ def _plot(history: list[dict[str, Any]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, corpus: Corpus,
-                   result: FitResult, train_cfg: TrainConfig, meta: dict[str, Any]) -> None:
-    save_checkpoint(model, model.config, folder / WEIGHTS, vocab)
+def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | None,
+                   label: str, result: FitResult, train_cfg: TrainConfig,
+                   novelty_texts: Sequence[str], lexicon_texts: Sequence[str] | None,
+                   meta: dict[str, Any]) -> None:
+    save_checkpoint(model, model.config, folder / WEIGHTS, vocab, slots)
     (folder / "config.json").write_text(json.dumps({
-        "target": corpus.target.key, "label": corpus.target.label,
-        "model": asdict(model.config), "train": asdict(train_cfg),
+        "label": label, "model": asdict(model.config), "train": asdict(train_cfg),
         "vocab": vocab.to_json(), **meta}, indent=2, ensure_ascii=False))
     (folder / "metrics.json").write_text(json.dumps({
         "best_val_loss": result.best_val_loss, "steps": result.steps,
         "chars_trained": result.chars_trained, "stopped": result.stopped_reason,
         "history": result.history}, indent=2))
-    if corpus.target != BASE:  # the base is never served, and its index would be huge
-        NoveltyIndex.build(corpus.train + corpus.val).save(folder / NOVELTY)
-    _plot(result.history, f"{corpus.target.label}", folder / "loss.png")
+    NoveltyIndex.build(novelty_texts).save(folder / NOVELTY)
+    if lexicon_texts is not None:
+        Lexicon.build(lexicon_texts).save(folder / LEXICON)
+    _plot(result.history, label, folder / "loss.png")
 
 
 def _verify(folder: Path) -> None:
-    load_bundle(folder / WEIGHTS)
-    if (folder / NOVELTY).exists() or folder.parent.name != BASE.dirname:
-        NoveltyIndex.load(folder / NOVELTY)
+    load_model(folder / WEIGHTS)
+    NoveltyIndex.load(folder / NOVELTY)
+    if (folder / LEXICON).exists():
+        Lexicon.load(folder / LEXICON)
+
+
+def _show_progress(console: Console | None, label: str, cfg: TrainConfig
+                   ) -> tuple[Progress, Callable[[dict[str, Any]], None]]:
+    bar = _progress_bar(console)
+    task = bar.add_task(f"training {label}", total=cfg.max_seconds or None, step=0, loss="…",
+                        speed="…")
+
+    def show(row: dict[str, Any]) -> None:
+        loss = row["val_loss"] or row["train_loss"]
+        bar.update(task, completed=row["seconds"], step=row["step"],
+                   loss=f"{loss:.3f}" if loss else "…", speed=f"{row['chars_per_s']:,.0f}")
+
+    return bar, show
 
 
 def train(
@@ -147,58 +186,240 @@ def train(
     console: Console | None = None,
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> Outcome:
-    """Train one target (the base from scratch, anything else fine-tuned from the active base)
-    and publish it; the new version is promoted only if it is no worse on the current
-    validation set than the active one."""
+    """Train and publish one model: the shared one (BASE) or a dedicated one for a person or
+    channel. A new version is promoted only if it is no worse on the current validation set
+    than the active one."""
+    if target == BASE:
+        return train_shared(store, settings, minutes=minutes, console=console,
+                            model_overrides=model_overrides, train_overrides=train_overrides,
+                            fresh=fresh)
+    return train_dedicated(store, settings, target, minutes=minutes, console=console,
+                           train_overrides=train_overrides)
+
+
+# -- the shared model ------------------------------------------------------------------------
+
+
+@dataclass
+class _WarmStart:
+    model: CharLSTM
+    vocab: Vocab
+    slots: Slots
+
+
+def _warm_start(session: Any, settings: Settings, previous: ModelVersion | None,
+                workspace: Workspace) -> _WarmStart | None:
+    """The active shared model to continue from, or None for a fresh start: there is none,
+    it is not conditioned (an older mimic's), or someone it covered has since opted out
+    (their text must leave the weights, not only their vector)."""
+    if previous is None:
+        return None
+    try:
+        model, vocab, slots = load_model(version_dir(settings.data_dir, previous) / WEIGHTS)
+    except Exception:  # noqa: BLE001 - a broken model is no place to start from
+        log.warning("the active shared model does not load: training from scratch")
+        return None
+    if not model.config.conditioned or vocab is None:
+        return None
+    gone = set(slots.people) - set(workspace.people)
+    if gone and session.scalars(select(User.id).where(User.id.in_(gone),
+                                                      User.opted_out)).first():
+        return None
+    return _WarmStart(model, vocab, slots)
+
+
+def _incremental(workspace: Workspace, watermark: str | None, seed: int = 0) -> list[Said]:
+    """What a warm start trains on: each channel's messages newer than `watermark`, after
+    WARMUP_CHARS of what came before them, plus REPLAY times as many characters of older
+    messages in spans of REPLAY_SPAN (so that the model does not forget the rest)."""
+    by_channel: dict[str, list[Said]] = {}
+    for m in workspace.train:
+        by_channel.setdefault(m.channel, []).append(m)
+    picked: list[Said] = []
+    old_spans: list[list[Said]] = []
+    new_chars = 0
+    for messages in by_channel.values():
+        first_new = next((i for i, m in enumerate(messages)
+                          if watermark is None or float(m.ts) > float(watermark)), len(messages))
+        start, chars = first_new, 0
+        while start > 0 and chars < WARMUP_CHARS:
+            start -= 1
+            chars += len(messages[start].text) + 1
+        picked += messages[start:]
+        new_chars += sum(len(m.text) + 1 for m in messages[first_new:])
+        span: list[Said] = []
+        span_chars = 0
+        for m in messages[:start]:
+            span.append(m)
+            span_chars += len(m.text) + 1
+            if span_chars >= REPLAY_SPAN:
+                old_spans.append(span)
+                span, span_chars = [], 0
+    random.Random(seed).shuffle(old_spans)
+    replayed = 0
+    for span in old_spans:
+        if replayed >= REPLAY * new_chars:
+            break
+        picked += span
+        replayed += sum(len(m.text) + 1 for m in span)
+    return picked
+
+
+def _loss_of_shared(settings: Settings, version: ModelVersion | None, messages: list[Said],
+                    device: Any) -> float | None:
+    """The active shared model's loss on `messages` (conditioned with its own vectors, or
+    none for an older unconditioned base); inf if it no longer loads, so a working one wins."""
+    if version is None:
+        return None
+    try:
+        model, vocab, slots = load_model(version_dir(settings.data_dir, version) / WEIGHTS,
+                                         device)
+        assert vocab is not None
+        stream = (encode(vocab, slots, messages) if model.config.conditioned
+                  else Stream(vocab.encode_corpus(m.text for m in messages)))
+        return evaluate(model, stream, device)
+    except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
+        return float("inf")
+
+
+def train_shared(
+    store: Store,
+    settings: Settings,
+    *,
+    minutes: float | None = None,
+    console: Console | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    fresh: bool = False,
+) -> Outcome:
+    """Train the shared model on every public channel: from scratch, or (nightly) warm-started
+    from the active one on what is new plus a replay of the rest. Everyone with at least
+    MIMIC_MIN_CHARS gets a vector of their own; the version's coverage rows say how well each
+    is imitated."""
+    device = pick_device(settings.device)
+    with store.session() as session:
+        workspace = load_workspace(session, settings, settings.min_chars)
+        previous = active_version(session, BASE.key)
+        warm = None if fresh else _warm_start(session, settings, previous, workspace)
+        if previous is not None:
+            session.expunge(previous)
+    if not workspace.chars or not workspace.val:
+        raise TrainError("Nobody has written enough to learn from yet: a person or public "
+                         f"channel needs at least {settings.min_chars:,} characters of messages "
+                         "mimic may use (MIMIC_MIN_CHARS). Import or export first.")
+    slots = slots_of(workspace)
+    budget = TrainConfig(max_seconds=60 * (minutes or settings.base_minutes))
+    if warm is not None:
+        model, vocab = carry_over(warm.model, warm.slots, slots), warm.vocab
+        messages = _incremental(workspace, previous.data_watermark if previous else None)
+        cfg = replace(budget, **{**FINE_TUNE, "anyone_share": budget.anyone_share,
+                                 **(train_overrides or {})})
+        # One pass over what is new and its replay, unless the budget ends first.
+        passes = max(1, sum(len(m.text) + 1 for m in messages) // (cfg.batch_size
+                                                                    * cfg.seq_len))
+        cfg = replace(cfg, max_steps=cfg.max_steps or passes)
+    else:
+        vocab = Vocab.build(m.text for m in workspace.train)
+        messages = workspace.train
+        cfg = replace(budget, **(train_overrides or {}))
+        model = CharLSTM(affordable_size(
+            workspace.train_chars, len(vocab), cfg, device, people=len(slots.people) + 1,
+            channels=len(slots.channels) + 1, **{**CONDITIONING, **(model_overrides or {})}))
+    held = validation_sample(workspace, 2 * cfg.val_max_chars)
+
+    started = time.perf_counter()
+    bar, show = _show_progress(console, "the shared model", cfg)
+    with bar:
+        result = fit(model, encode(vocab, slots, messages), encode(vocab, slots, held), cfg,
+                     device, on_progress=show)
+    new_loss = evaluate(model, encode(vocab, slots, held), device)
+    old_loss = _loss_of_shared(settings, previous, held, device)
+    scores = score(model, vocab, slots, workspace, list(workspace.chars), device)
+    seconds = time.perf_counter() - started
+    coverage = [{"target": key, "slot": (slots.person if key.startswith("user:")
+                                         else slots.channel)(key.split(":", 1)[1]),
+                 "chars": workspace.chars[key], "val_chars": chars, "val_loss": own,
+                 "val_loss_anyone": anyone} for key, (chars, own, anyone) in scores.items()]
+    every = list(dict.fromkeys([*(m.text for m in workspace.train),
+                                *(m.text for v in workspace.val.values() for m in v)]))
+    version = publish(
+        store, settings.data_dir, BASE,
+        write=lambda folder: _write_version(
+            folder, model.cpu(), vocab, slots, BASE.label, result, cfg, every, every,
+            {"device": str(device), "warm_start": warm is not None,
+             "people": len(slots.people), "channels": len(slots.channels)}),
+        verify=_verify,
+        row={"parent_id": previous.id if warm is not None and previous else None,
+             "data_watermark": workspace.watermark, "data_digest": workspace.digest,
+             "chars_trained": result.chars_trained, "val_loss": new_loss,
+             "device": str(device), "seconds": seconds},
+        promote=old_loss is None or new_loss <= old_loss,
+        coverage=coverage,
+    )
+    how = "warm start" if warm is not None else "from scratch"
+    return Outcome(BASE, version.status, version.version, old_loss, new_loss,
+                   note=f"{how}, {len(slots.people)} people and {len(slots.channels)} "
+                        f"channels covered; stopped: {result.stopped_reason}")
+
+
+# -- dedicated models -------------------------------------------------------------------------
+
+
+def train_dedicated(
+    store: Store,
+    settings: Settings,
+    target: Target,
+    *,
+    minutes: float | None = None,
+    console: Console | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> Outcome:
+    """Fine-tune a copy of the shared model on one person's or channel's text alone, starting
+    from their vector (a private channel, which the shared model never reads, from "anyone")."""
     device = pick_device(settings.device)
     with store.session() as session:
         corpus = load_corpus(session, settings, target)
-        base = active_version(session, BASE.key) if target != BASE else None
+        shared = active_version(session, BASE.key)
         previous = active_version(session, target.key)
-    if target != BASE and base is None:
-        raise TrainError("There is no workspace base model yet: run `mimic train --base` "
+        for row in (shared, previous):
+            if row is not None:
+                session.expunge(row)
+    if shared is None:
+        raise TrainError("There is no shared workspace model yet: run `mimic train --base` "
                          "first (or `mimic train --all`, which does it).")
-    if corpus.chars < settings.min_chars or not corpus.val:
+    if corpus.chars < settings.min_chars or not corpus.val_said:
         raise TrainError(f"{target.label} has {corpus.chars:,} characters of messages mimic "
                          f"may learn from; a model needs at least {settings.min_chars:,} "
                          "(MIMIC_MIN_CHARS).")
+    model, vocab, slots = load_model(version_dir(settings.data_dir, shared) / WEIGHTS)
+    if vocab is None or not model.config.conditioned:
+        raise TrainError("The shared model was made by an older mimic: retrain it first "
+                         "(`mimic train --base --fresh`).")
+    cfg = replace(TrainConfig(max_seconds=60 * (minutes or settings.target_minutes),
+                              **FINE_TUNE), **(train_overrides or {}))
 
-    if base is None:
-        vocab = Vocab.build(corpus.train)
-        cfg = replace(TrainConfig(max_seconds=60 * (minutes or settings.base_minutes)),
-                      **(train_overrides or {}))
-        model = CharLSTM(affordable_size(corpus.chars, len(vocab), cfg, device,
-                                         **(model_overrides or {})))
-    else:
-        model, vocab = load_bundle(version_dir(settings.data_dir, base) / WEIGHTS)
-        assert vocab is not None
-        cfg = replace(TrainConfig(max_seconds=60 * (minutes or settings.target_minutes),
-                                  **FINE_TUNE), **(train_overrides or {}))
-    train_ids, val_ids = vocab.encode_corpus(corpus.train), vocab.encode_corpus(corpus.val)
+    def stream(messages: list[Said]) -> Stream:
+        return target_stream(vocab, slots, target.key, messages)
 
     started = time.perf_counter()
-    with _progress_bar(console) as bar:
-        task = bar.add_task(f"training {target.label}", total=cfg.max_seconds or None,
-                            step=0, loss="…", speed="…")
-
-        def show(row: dict[str, Any]) -> None:
-            loss = row["val_loss"] or row["train_loss"]
-            bar.update(task, completed=row["seconds"], step=row["step"],
-                       loss=f"{loss:.3f}" if loss else "…", speed=f"{row['chars_per_s']:,.0f}")
-
-        result = fit(model, train_ids, val_ids, cfg, device, on_progress=show)
+    bar, show = _show_progress(console, target.label, cfg)
+    with bar:
+        result = fit(model, stream(corpus.train_said), stream(corpus.val_said), cfg, device,
+                     on_progress=show)
     seconds = time.perf_counter() - started
-    new_loss = evaluate(model, val_ids, device)
-    old_loss = _loss_of(settings.data_dir, previous, val_ids, device)
-
+    new_loss = evaluate(model, stream(corpus.val_said), device)
+    old_loss = _loss_of_dedicated(settings, previous, target, corpus.val_said, device)
+    shared_loss = _loss_of_dedicated(settings, shared, target, corpus.val_said, device)
     try:
         version = publish(
             store, settings.data_dir, target,
-            write=lambda folder: _write_version(folder, model.cpu(), vocab, corpus, result,
-                                                cfg, {"device": str(device)}),
+            write=lambda folder: _write_version(
+                folder, model.cpu(), vocab, slots, target.label, result, cfg,
+                corpus.train + corpus.val, None, {"device": str(device)}),
             verify=_verify,
-            row={"parent_id": base.id if base else None, "data_watermark": corpus.watermark,
+            row={"parent_id": shared.id, "data_watermark": corpus.watermark,
                  "data_digest": corpus.digest, "chars_trained": result.chars_trained,
                  "val_loss": new_loss, "device": str(device), "seconds": seconds},
             promote=old_loss is None or new_loss <= old_loss,
@@ -207,7 +428,26 @@ def train(
     except NotAllowed as exc:
         raise TrainError(str(exc)) from None
     return Outcome(target, version.status, version.version, old_loss, new_loss,
-                   note=f"stopped: {result.stopped_reason}")
+                   note=f"the shared model scores {shared_loss:.3f}; stopped: "
+                        f"{result.stopped_reason}")
+
+
+def _loss_of_dedicated(settings: Settings, version: ModelVersion | None, target: Target,
+                       messages: list[Said], device: Any) -> float | None:
+    """A version's loss on a target's messages, in the target's voice; inf if it does not load
+    (or cannot read them), so a working one replaces it."""
+    if version is None:
+        return None
+    try:
+        model, vocab, slots = load_model(version_dir(settings.data_dir, version) / WEIGHTS,
+                                         device)
+        assert vocab is not None
+        return loss_on(model, vocab, slots, target.key, messages, device)
+    except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
+        return float("inf")
+
+
+# -- sizing, and what to retrain ----------------------------------------------------------------
 
 
 def affordable_size(train_chars: int, vocab_size: int, cfg: TrainConfig, device: Any,
@@ -233,29 +473,29 @@ def affordable_size(train_chars: int, vocab_size: int, cfg: TrainConfig, device:
         config = smaller
 
 
-def _loss_of(data_dir: Path, version: ModelVersion | None, val_ids: np.ndarray,
-             device: Any) -> float | None:
-    """The active model's loss on today's validation set; a model that no longer loads (or
-    whose vocabulary changed) counts as infinitely bad, so a working one replaces it."""
-    if version is None:
-        return None
-    try:
-        model, _ = load_bundle(version_dir(data_dir, version) / WEIGHTS, device)
-        return evaluate(model, val_ids, device)
-    except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
-        return float("inf")
-
-
 def needs_training(store: Store, settings: Settings, target: Target) -> bool:
-    """True when the target has no active model, or its data changed since that model."""
+    """True when the target has no active model, or its data changed since that model (for a
+    dedicated model: or a newer shared model came since)."""
     with store.session() as session:
         active = active_version(session, target.key)
         if active is None:
             return True
-        base = active_version(session, BASE.key)
-        if target != BASE and base is not None and active.parent_id != base.id:
-            return True  # a newer base: fine-tune from it
+        if target == BASE:
+            return load_workspace(session, settings, settings.min_chars).digest != \
+                active.data_digest
+        shared = active_version(session, BASE.key)
+        if shared is not None and active.parent_id != shared.id:
+            return True
         return load_corpus(session, settings, target).digest != active.data_digest
+
+
+def dedicated_targets(store: Store, settings: Settings) -> list[Target]:
+    """What gets a dedicated model in a full run: every private channel with enough text (the
+    shared model never reads them) and the MIMIC_DEDICATED people with the most text."""
+    with store.session() as session:
+        every = targets_with_data(session, settings, settings.min_chars)
+    people = [t for t in every if t.kind == "user"][: settings.dedicated]
+    return [t for t in every if t.kind == "channel" and t.private] + people
 
 
 def retrain_changed(
@@ -267,11 +507,12 @@ def retrain_changed(
     console: Console | None = None,
     report: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Retrain the base when its data changed, then every target whose data (or base) changed.
+    """Retrain the shared model when its data changed, then the dedicated models whose data
+    (or shared model) changed.
 
-    `targets` limits the run (default: everyone above MIMIC_MIN_CHARS); `force` retrains them
-    even when unchanged (the base only when its data changed). A target that cannot be
-    trained is reported as skipped, not fatal.
+    `targets` limits the dedicated ones (default: `dedicated_targets`); `force` retrains them
+    even when unchanged (the shared model only when its data changed). A target that cannot
+    be trained is reported as skipped, not fatal.
     """
     outcomes: list[Outcome] = []
 
@@ -294,9 +535,6 @@ def retrain_changed(
             report(outcome)
 
     run(BASE, force=False)
-    if targets is None:
-        with store.session() as session:
-            targets = targets_with_data(session, settings, settings.min_chars)
-    for target in targets:
+    for target in dedicated_targets(store, settings) if targets is None else targets:
         run(target, force)
     return outcomes

@@ -57,11 +57,25 @@ class Vocab:
 
     def encode_corpus(self, messages: Iterable[str]) -> np.ndarray:
         """All messages as one stream, each followed by EOM (the model learns where to stop)."""
-        out: list[int] = []
-        for message in messages:
-            out.extend(self.encode(message))
-            out.append(self.eom)
-        return np.asarray(out, dtype=np.int64)
+        texts = list(messages)
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        # One table lookup over the code points of the whole corpus (millions of characters):
+        # NUL separates the messages and becomes EOM, unless NUL is itself a character here.
+        if "\x00" in self.stoi or any("\x00" in t for t in texts):
+            out: list[int] = []
+            for text in texts:
+                out.extend(self.encode(text))
+                out.append(self.eom)
+            return np.asarray(out, dtype=np.int64)
+        codes = np.frombuffer(("\x00".join(texts) + "\x00").encode("utf-32-le"),
+                              dtype=np.uint32)
+        table = np.full(int(codes.max()) + 1, self.unk, dtype=np.int64)
+        for char, index in self.stoi.items():
+            if ord(char) < len(table):
+                table[ord(char)] = index
+        table[0] = self.eom
+        return table[codes]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids back to text; EOM becomes a newline and UNK the replacement character U+FFFD."""

@@ -5,6 +5,7 @@ nightly run whose targets fail in ways that are not TrainError."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from mimic.bot.models import ModelCache
 from mimic.bot.replies import Responder
 from mimic.core.config import Settings
 from mimic.core.lock import retrain_lock
-from mimic.core.store import ModelVersion, Store
+from mimic.core.store import Coverage, ModelVersion, Store
 from mimic.trainer.corpus import Target, may_have_model, resolve
 from mimic.trainer.privacy import opt_out
 from mimic.trainer.registry import (
@@ -80,12 +81,12 @@ def test_two_trainers_publishing_one_target_never_share_a_folder(
         world: tuple[Store, Settings]) -> None:
     store, settings = world
     with store.session() as s:
-        alice = resolve(s, "@alice")
+        secret = resolve(s, "#secret")  # it has a dedicated v1
     both_written = threading.Barrier(2, timeout=30)
     results: list[ModelVersion] = []
 
     def trainer() -> None:
-        results.append(publish(store, settings.data_dir, alice, files(lambda _f:
+        results.append(publish(store, settings.data_dir, secret, files(lambda _f:
                                both_written.wait()), lambda _f: None, ROW, promote=True))
 
     threads = [threading.Thread(target=trainer) for _ in range(2)]
@@ -95,12 +96,12 @@ def test_two_trainers_publishing_one_target_never_share_a_folder(
         thread.join(60)
     assert sorted(v.version for v in results) == [2, 3]
     with store.session() as s:
-        rows = {v.version: v for v in versions(s, alice.key)}
+        rows = {v.version: v for v in versions(s, secret.key)}
     assert [rows[n].status for n in (1, 2, 3)] == ["retired", "retired", "active"]
     written = {n: (version_dir(settings.data_dir, rows[n]) / "model.pt").read_text()
                for n in (2, 3)}
     assert len(set(written.values())) == 2, "each version keeps the files its trainer wrote"
-    leftovers = [p.name for p in (settings.data_dir / "models" / "user-U1").iterdir()]
+    leftovers = [p.name for p in (settings.data_dir / "models" / "channel-G1").iterdir()]
     assert sorted(leftovers) == ["1", "2", "3"]
 
 
@@ -124,7 +125,7 @@ def test_opting_out_while_the_model_trains_publishes_nothing(
     store, settings = world
     with store.session() as s:
         bob = resolve(s, "@bob")
-        assert len(versions(s, bob.key)) == 1
+        assert versions(s, bob.key) == []  # the workspace model covers bob; nothing of his own
     asked: list[int] = []
 
     def opt_out_now(_folder: Path | None = None) -> None:
@@ -143,6 +144,7 @@ def test_opting_out_while_the_model_trains_publishes_nothing(
                 allowed=allowed)
     with store.session() as s:
         assert versions(s, bob.key) == []
+        assert s.scalars(select(Coverage).where(Coverage.target == bob.key)).all() == []
     folder = settings.data_dir / "models" / "user-U2"
     assert not folder.exists() or not any(folder.iterdir())
 
@@ -153,9 +155,7 @@ def test_a_failing_target_does_not_stop_the_nightly_run(world: tuple[Store, Sett
         alice, bob = resolve(s, "@alice"), resolve(s, "@bob")
     # A full disk or a broken mount for one target: its folder cannot be written.
     blocked = settings.data_dir / "models" / "user-U1"
-    for path in sorted(blocked.rglob("*"), reverse=True):
-        path.unlink() if path.is_file() else path.rmdir()
-    blocked.rmdir()
+    shutil.rmtree(blocked, ignore_errors=True)
     blocked.write_text("not a folder")
     quick = settings.model_copy(update={"target_minutes": 0.02})
     outcomes = retrain_changed(store, quick, targets=[alice, bob], force=True)

@@ -1,0 +1,235 @@
+"""The shared workspace model: one conditioned char-LSTM for everyone. Its streams, its voices,
+the nightly warm start, how it is served, and the edge cases around it (real torch, tiny
+models)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select, update
+
+from mimic.bot.models import ModelCache
+from mimic.bot.replies import Responder
+from mimic.core.config import Settings
+from mimic.core.store import Coverage, Message, ModelVersion, Store, User, make_engine, upgrade
+from mimic.exporter.importer import import_export
+from mimic.trainer.corpus import BASE, Said, Workspace, load_workspace, resolve
+from mimic.trainer.fit import TrainConfig, evaluate, fit
+from mimic.trainer.lexicon import words
+from mimic.trainer.model import (
+    CharLSTM,
+    ModelConfig,
+    Slots,
+    load_model,
+)
+from mimic.trainer.privacy import opt_out
+from mimic.trainer.registry import WEIGHTS, active_version, load_version, version_dir
+from mimic.trainer.sampler import Voice, sample
+from mimic.trainer.shared import carry_over, encode, target_stream
+from mimic.trainer.train import TrainError, _incremental, _warm_start, train
+from mimic.trainer.vocab import Vocab
+from tests import trained, workspace
+from tests.slack_export import write_export
+
+SHOUTS = ["CATS ARE GREAT!!", "I LOVE MY CAT!!", "WHO WANTS CAT PICS!!"]
+WHISPERS = ["the boat is slow", "i think the sea is calm", "my boat needs paint"]
+
+
+@pytest.fixture(scope="module")
+def two_voices() -> tuple[CharLSTM, Vocab, Slots]:
+    """Alice shouts and bob whispers, taking turns in one channel: only who writes tells
+    them apart, so the model must learn it from their vectors."""
+    rng = random.Random(0)
+    chat = [Said(str(1000 + i), who, "C1", rng.choice(lines))
+            for i, (who, lines) in enumerate(itertools.islice(itertools.cycle(
+                [("U1", SHOUTS), ("U2", WHISPERS)]), 400))]
+    vocab = Vocab.build([m.text for m in chat], min_count=1)
+    slots = Slots(("U1", "U2"), ("C1",))
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=16, hidden_size=48, num_layers=1,
+                                 people=3, channels=2, context_dim=8, rank=8))
+    cfg = TrainConfig(batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5, max_seconds=0,
+                      max_steps=250, eval_every_s=0, eval_every_steps=250, anyone_share=0.2)
+    fit(model, encode(vocab, slots, chat[:360]), encode(vocab, slots, chat[360:]), cfg,
+        torch.device("cpu"))
+    return model, vocab, slots
+
+
+def test_each_voice_is_its_vector(two_voices: tuple[CharLSTM, Vocab, Slots]) -> None:
+    model, vocab, slots = two_voices
+    alice = [Said("1", "U1", "C1", t) for t in SHOUTS * 3]
+    own = evaluate(model, target_stream(vocab, slots, "user:U1", alice))
+    anyone = evaluate(model, target_stream(vocab, slots, "user:U1", alice, anyone=True))
+    assert own < anyone - 0.1  # her vector knows she shouts
+    for person, upper in ((1, True), (2, False)):
+        texts = sample(model, vocab, n=20, temperature=0.5, voice=Voice(person, 1),
+                       generator=torch.Generator().manual_seed(person))
+        letters = [ch for t in texts for ch in t if ch.isalpha()]
+        share = sum(ch.isupper() for ch in letters) / len(letters)
+        assert share > 0.9 if upper else share < 0.1, (person, texts[:3])
+
+
+def test_a_carried_over_model_keeps_who_it_knew(two_voices: tuple[CharLSTM, Vocab, Slots]
+                                                ) -> None:
+    model, vocab, slots = two_voices
+    # Bob left (opted out, say), carol arrived; alice keeps her vector, carol starts as anyone.
+    new = Slots(("W3", "U1"), ("C1",))
+    carried = carry_over(model, slots, new).eval()
+    x = torch.tensor([vocab.encode("CATS ARE")])
+
+    def logits(net: CharLSTM, person: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(x, None, torch.full_like(x, person), torch.ones_like(x))[0]
+
+    assert carried.config.people == 3
+    assert torch.allclose(logits(model, slots.person("U1")), logits(carried, new.person("U1")))
+    assert torch.allclose(logits(carried, new.person("W3")), logits(carried, 0))
+    assert not torch.allclose(logits(model, slots.person("U2")), logits(carried, 0))
+
+
+def test_an_older_mimics_checkpoint_still_loads(tmp_path: Path) -> None:
+    """Format 1 (one nn.LSTM for every layer, no conditioning) is read into today's layers."""
+    vocab = Vocab(list("abc "))
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=8, hidden_size=16, num_layers=2))
+    legacy = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("layers."):
+            layer, name = key[len("layers."):].split(".", 1)
+            key = f"lstm.{name[:-len('_l0')]}_l{layer}"
+        legacy[key] = value
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1, "config": vars(model.config) | {}, "state_dict": legacy,
+                "vocab": vocab.to_json()}, path)
+    loaded, loaded_vocab, slots = load_model(path)
+    x = torch.tensor([[2, 3, 4, 5]])
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x)[0], model.eval()(x)[0])
+    assert loaded_vocab == vocab and slots == Slots()
+
+
+def test_the_nightly_run_trains_on_what_is_new_and_a_replay() -> None:
+    old = [Said(str(i), "U1", "C1", "x" * 99) for i in range(200)]  # 100 chars each
+    new = [Said(str(200 + i), "U2", "C1", "y" * 99) for i in range(10)]
+    picked = _incremental(Workspace(["U1", "U2"], ["C1"], old + new, {}, {}, None, ""), "199")
+    assert set(new) <= set(picked)
+    warmup = [m for m in picked if m in old[-20:]]
+    assert 20 <= len(warmup) <= 21  # the 2,000 characters before them, for context
+    replayed = len(picked) - len(new) - len(warmup)
+    assert 35 <= replayed <= 50  # 4 x the new characters, in spans of old messages
+
+
+def test_warm_start_unless_someone_covered_opted_out(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    with store.session() as s:
+        previous = active_version(s, BASE.key)
+        shared = load_workspace(s, settings, settings.min_chars)
+        assert _warm_start(s, settings, previous, shared) is not None
+    opt_out(store, settings.data_dir, "U2")
+    with store.session() as s:
+        shared = load_workspace(s, settings, settings.min_chars)
+        assert "U2" not in shared.people
+        # bob's text must leave the weights, not only his vector: from scratch.
+        assert _warm_start(s, settings, previous, shared) is None
+
+
+def test_a_warm_started_model_is_published_with_its_coverage(
+        world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    outcome = train(store, settings, BASE, train_overrides={**trained.QUICK, "max_steps": 20})
+    assert outcome.version == 2 and "warm start" in outcome.note
+    with store.session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.target == BASE.key,
+                                                   ModelVersion.version == 2)).one()
+        covered = {c.target for c in s.scalars(select(Coverage).where(
+            Coverage.version_id == row.id))}
+        folder = version_dir(settings.data_dir, row)
+    assert covered == {"user:U1", "user:U2", "channel:C1", "channel:C2"}
+    assert {"model.pt", "novelty.npy", "lexicon.txt"} <= {p.name for p in folder.iterdir()}
+
+
+def test_an_empty_workspace_is_a_clear_error(tmp_path: Path) -> None:
+    settings = trained.settings_for(tmp_path)
+    upgrade(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url))
+    with pytest.raises(TrainError, match="Nobody has written enough"):
+        train(store, settings, BASE)
+    import_export(store, write_export(tmp_path / "export"))  # a few lines each: too little
+    with pytest.raises(TrainError, match="at least 500 characters"):
+        train(store, settings, BASE)
+
+
+def test_replies_start_with_real_words(world: tuple[Store, Settings]) -> None:
+    """Read the person's last messages first and keep to the lexicon: no reply starts in
+    the middle of a word, and every word is one the workspace used."""
+    store, settings = world
+    with store.session() as s:
+        row = active_version(s, BASE.key)
+        shared = load_workspace(s, settings, settings.min_chars)
+    loaded = load_version(settings.data_dir, row, "cpu")  # type: ignore[arg-type]
+    known = {w for m in shared.train for w in words(m.text)}
+    for key, lines in (("user:U1", workspace.ALICE), ("user:U2", workspace.BOB)):
+        context = [(key.split(":")[1], line) for line in lines[:3]]
+        r = loaded.row(key, temperature=1.0, context=context)
+        texts = sample(loaded.model, loaded.vocab, n=30, guard=loaded.guard, voice=r.voice,
+                       context=r.context, temperature=1.0,
+                       generator=torch.Generator().manual_seed(3))
+        found = [words(t) for t in texts if words(t)]
+        assert found and all(w in known for ws in found for w in ws), texts
+
+
+def test_serving_edge_cases(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    r = Responder(settings, store, ModelCache(settings.data_dir))
+    try:
+        # Someone who wrote enough after the model was trained: not learned yet.
+        with store.session() as s:
+            s.add(User(id="U7", name="dave"))
+            s.flush()
+            s.add_all(Message(channel_id="C1", ts=f"1700000{i:03d}.000100", user_id="U7",
+                              text_raw="hello there friends", text="hello there friends")
+                      for i in range(40))
+        assert "haven't learned @dave yet" in r.handle("U2", "C1", "@dave").text
+        # Opted out after training: refused at once, though the vector is still in the model.
+        opt_out(store, settings.data_dir, "U1")
+        assert "opted out" in r.handle("U2", "C1", "@alice").text
+        # A seed with characters the model never saw: kept as typed.
+        reply = r.handle("U9", "C1", '@bob "ship it 🚀"')
+        assert reply.public and "\n>ship it 🚀" in reply.text
+    finally:
+        r.close()
+
+
+def test_a_damaged_model_falls_back_to_the_one_before(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    outcome = train(store, settings, BASE, train_overrides={**trained.QUICK, "max_steps": 20})
+    with store.session() as s:  # make v2 the active one whatever its loss, then damage it
+        s.execute(update(ModelVersion).where(ModelVersion.target == BASE.key)
+                  .values(status="retired"))
+        s.execute(update(ModelVersion).where(ModelVersion.target == BASE.key,
+                                             ModelVersion.version == outcome.version)
+                  .values(status="active"))
+        v2 = active_version(s, BASE.key)
+        (version_dir(settings.data_dir, v2) / WEIGHTS).write_bytes(b"garbage")  # type: ignore[arg-type]
+    r = Responder(settings, store, ModelCache(settings.data_dir))
+    try:
+        reply = r.handle("U2", "C1", "@bob")
+        assert reply.public and "the workspace model v1" in reply.text
+    finally:
+        r.close()
+
+
+def test_dedicated_models_start_from_the_shared_one(world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    with store.session() as s:
+        bob = resolve(s, "@bob")
+    outcome = train(store, settings, bob, train_overrides=trained.QUICK)
+    assert outcome.status == "active" and "the shared model scores" in outcome.note
+    with store.session() as s:
+        row = active_version(s, bob.key)
+        assert row is not None and row.parent_id == active_version(s, BASE.key).id  # type: ignore[union-attr]
+    model, _vocab, slots = load_model(version_dir(settings.data_dir, row) / WEIGHTS)
+    assert model.config.conditioned and slots.person("U2") > 0

@@ -1,0 +1,374 @@
+"""No invented words, by construction: the workspace's word list, and a guard for the sampler.
+
+A char-LSTM spells words one character at a time, so now and then it writes a word nobody in
+the workspace ever used ("swond"). `WordGuard` tells the sampler, before each character is drawn,
+which characters keep the current word on the way to a real one (a `Lexicon` word), and lets a
+word end only where a real word ends: no draft is wasted, and no filter runs afterwards.
+Numbers, URLs, @mentions, #channels and :emoji_codes: are not words to check and pass freely
+(the rules are on `WordGuard`).
+
+Words are what `words()` finds (lowercased `\\w+(?:'\\w+)*`), the one definition `mimic eval`
+uses too (trainer/reading.py): built from the same messages, the lexicon holds every word the
+evaluation calls real, and the guard lets through no other (numbers, URLs, mentions and emoji
+codes aside).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimic.trainer.vocab import Vocab
+
+_WORD = re.compile(r"\w+(?:'\w+)*")
+_WORD_CHARS = re.compile(r"\w+")
+_MAGIC = "mimic-lexicon 1"  # first line of a saved lexicon; the sorted words follow, one a line
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words ("don't", "mp3"): what the lexicon holds and `mimic eval` counts."""
+    return _WORD.findall(text.lower())
+
+
+class Lexicon:
+    """The words a workspace has used. Kept as one sorted list: a prefix's words are a
+    contiguous run found by bisection, which serves as a trie without a node per character
+    (a million small dicts for 200k words) and loads as fast as the file reads."""
+
+    def __init__(self, words: Iterable[str] = ()) -> None:
+        self._words: list[str] = sorted(set(words))
+        self._set = frozenset(self._words)
+        if "" in self._set or any("\n" in w for w in self._words):  # the file's separator
+            raise ValueError("lexicon words must be non-empty and hold no line break")
+
+    @classmethod
+    def _sorted(cls, words: list[str]) -> Lexicon:
+        """From words already sorted and distinct (no re-sorting: the load path)."""
+        lexicon = cls.__new__(cls)
+        lexicon._words, lexicon._set = words, frozenset(words)
+        return lexicon
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_count: int = 1) -> Lexicon:
+        """Every word used at least `min_count` times in `texts`."""
+        # One regex pass over all the text: a newline is no word character, so joining the
+        # messages cannot merge words (or split them: lower() treats it like the text's end).
+        counts = Counter(words("\n".join(texts)))
+        return cls(w for w, n in counts.items() if n >= min_count)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self._set
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._words)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lexicon) and self._words == other._words
+
+    def is_prefix(self, prefix: str) -> bool:
+        """Whether some word starts with `prefix` (a word is a prefix of itself)."""
+        i = bisect_left(self._words, prefix)
+        return i < len(self._words) and self._words[i].startswith(prefix)
+
+    def continuations(self, prefix: str) -> set[str]:
+        """The characters that follow `prefix` in some word: one bisection per character
+        found, jumping over all the words that share it."""
+        found: set[str] = set()
+        words, n, k = self._words, len(self._words), len(prefix)
+        i = bisect_left(words, prefix)
+        while i < n and words[i].startswith(prefix):
+            if len(words[i]) == k:  # the prefix itself is a word
+                i += 1
+                continue
+            char = words[i][k]
+            found.add(char)
+            if ord(char) == 0x10FFFF:  # nothing sorts after it
+                break
+            i = bisect_left(words, prefix + chr(ord(char) + 1), i)
+        return found
+
+    def spellable(self, alphabet: set[str]) -> Lexicon:
+        """The words made only of `alphabet`'s characters (those a model can write)."""
+        if not alphabet:
+            return Lexicon._sorted([])
+        outside = re.compile("[^" + "".join(re.escape(c) for c in sorted(alphabet)) + "]")
+        kept = [w for w in self._words if not outside.search(w)]
+        return self if len(kept) == len(self._words) else Lexicon._sorted(kept)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """UTF-8 text: a header line, then the sorted words one a line (no word holds a line
+        break). Written to a temporary file and renamed, so a reader never sees half of it."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join([_MAGIC, *self._words]), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Lexicon:
+        header, _, body = Path(path).read_text(encoding="utf-8").partition("\n")
+        if header != _MAGIC:
+            raise ValueError(f"{path} is not a mimic lexicon (header {header[:40]!r})")
+        found = body.split("\n") if body else []
+        # Bisection needs strict order; checking it is linear, sorting again would not be.
+        if "" in found or any(a >= b for a, b in zip(found, found[1:], strict=False)):
+            raise ValueError(f"{path}: the words are not sorted, distinct and non-empty")
+        return cls._sorted(found)
+
+
+# What a character does to the current token.
+_SPACE, _LETTER, _DIGIT, _APOS, _SIGIL, _OTHER = range(6)  # _LETTER: any non-digit word char
+# Where a message stands. Outside a word: at a token's start (message start or after
+# whitespace), after punctuation, right after an emoji code's closing colon.
+_START, _PUNCT, _CLOSED, _WORD_MODE, _FREE, _FREE_APOS, _SIGIL_MODE, _URL, _CODE, _BROKEN = \
+    range(10)
+_OUTSIDE = (_START, _PUNCT, _CLOSED)
+
+State = tuple[Any, ...]
+START: State = (_START,)
+PUNCT: State = (_PUNCT,)
+CLOSED: State = (_CLOSED,)
+FREE: State = (_FREE,)
+FREE_APOS: State = (_FREE_APOS,)
+SIGIL: State = (_SIGIL_MODE,)
+URL: State = (_URL,)
+CODE_OPEN: State = (_CODE, False, PUNCT)
+BROKEN: State = (_BROKEN,)  # an emoji code's plain reading once it broke the rules: allows nothing
+
+# URL schemes are typed letter by letter, and a workspace's lexicon may lack "http" (or have
+# it only as a whole word): these letters may always begin a word, and the character after the
+# scheme opens the URL.
+_SCHEMES = ("http:", "https:", "www.")
+_SCHEME_NEXT = {  # "" -> {"h", "w"}, "htt" -> {"p"}, "http" -> {"s"}
+    s[:k]: {t[k] for t in _SCHEMES if t.startswith(s[:k]) and k < len(t) - 1}
+    for s in _SCHEMES for k in range(len(s) - 1)
+}
+_URL_OPENER = {s[:-1]: s[-1] for s in _SCHEMES}  # "http" -> ":", "www" -> "."
+_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_+-")
+_CACHE_LIMIT = 100_000  # masks kept; cleared past this (seed texts can bring endless words)
+
+
+def _classify(char: str) -> tuple[int, str, str]:
+    """(kind, lowercase form, the character): what the character does to a token."""
+    low = char.lower()
+    if char == "'":
+        return _APOS, low, char
+    if char.isspace():
+        return _SPACE, low, char
+    if _WORD_CHARS.fullmatch(low):
+        return (_DIGIT if char.isdigit() else _LETTER), low, char
+    if char in "@#":
+        return _SIGIL, low, char
+    return _OTHER, low, char
+
+
+class WordGuard:
+    """Which characters may come next so that every word written is a lexicon word.
+
+    Per message a state, an immutable tuple: `start(seed_text)`, then `advance(state, id)`
+    after each drawn character; `allowed(state)` is the bool mask over the vocabulary, or None
+    when anything goes. The rules:
+
+    - Inside a word that began with a letter (any word character but a digit, so "_italic_"
+      too): characters that keep the lowercased word a prefix of a lexicon word, in either
+      case; an apostrophe only where a lexicon word continues with one; and any character
+      that ends a word (space, punctuation, emoji, EOM...) only if the word is complete.
+      A complete word may be followed by an apostrophe as a closing quote ("the students'"):
+      like the regex, the word is then what came before it, and only enders may follow.
+      The typographic apostrophe (U+2019) is punctuation, as it is to the regex.
+      The words considered are those the vocabulary can spell (others could trap a word).
+    - Outside a word: anything, but a letter may only begin a word some lexicon word begins
+      with (or a URL scheme: h, w).
+    - Free until the word ends: numbers (a word starting with a digit, "3rd", "90's"), and
+      @mentions / #channels (from a sigil not straight after a word character: "@bob",
+      "(#general)", but "bob@example" is two words).
+    - URLs: "http", "https" and "www" may always be spelled at a word's start; the ":" (or
+      ".") after them opens a URL, free until whitespace. "httpx" is checked as a word.
+      (A token must start with "http:", "https:" or "www.", not merely "http".)
+    - Emoji codes: a ":" at a token's start or right after a closing ":" opens a code; the
+      characters [a-z0-9_+-] are free and the next ":" closes it. Any other character means
+      it was not a code after all: it must be allowed by the plain rules run alongside (so
+      ":p " needs "p" in the lexicon, ":swondy " cannot happen).
+    - A word nothing can continue and that may not end (only a seed text's unknown word,
+      "I said swo"): it may end at once (the user's word, not an invention).
+    - Should a state ever allow nothing (a vocabulary without the needed characters), it is
+      unconstrained (None), never an all-False mask.
+
+    Masks are cached per state and shared: callers must not modify them in place.
+    """
+
+    def __init__(self, lexicon: Lexicon, vocab: Vocab) -> None:
+        self.vocab = vocab
+        self._n = len(vocab)
+        # Id 0 (EOM) ends the message like whitespace; UNK decodes to U+FFFD, punctuation.
+        self._chars = [(_SPACE, "\n", "\n"), _classify("\ufffd"),
+                       *(_classify(c) for c in vocab.chars)]
+        self._by_low: dict[str, list[int]] = {}  # one-character lowercase form -> ids
+        self._multi: list[tuple[int, str]] = []  # ids whose lowercase is longer ("İ")
+        alphabet = {"'"}
+        for i, (kind, low, _) in enumerate(self._chars):
+            if kind in (_LETTER, _DIGIT, _APOS):
+                alphabet.update(low)
+                if len(low) == 1:
+                    self._by_low.setdefault(low, []).append(i)
+                else:
+                    self._multi.append((i, low))
+        self.lexicon = lexicon.spellable(alphabet)
+        # Masks are worked out as sets of ids (cheap unions, ~20 us for a new state) and turned
+        # into one tensor each, shared by every state with the same set.
+        self._letters = frozenset(i for i, c in enumerate(self._chars) if c[0] == _LETTER)
+        self._enders = frozenset(i for i, c in enumerate(self._chars)
+                                 if c[0] not in (_LETTER, _DIGIT))
+        self._code = frozenset(i for i, c in enumerate(self._chars)
+                               if c[2] in _CODE_CHARS or c[2] == ":")
+        self._everything = frozenset(range(self._n))
+        self._strict_cache: dict[State, frozenset[int]] = {}
+        self._allowed_cache: dict[State, torch.Tensor | None] = {}
+        self._tensors: dict[frozenset[int], torch.Tensor] = {}
+        self._all = torch.ones(self._n, dtype=torch.bool)
+        self._seen: dict[str, tuple[int, str, str]] = {}
+
+    # -- states -------------------------------------------------------------------------
+
+    def start(self, seed_text: str = "") -> State:
+        """The state after the text a message begins with (which may end mid-word)."""
+        state = START
+        for char in seed_text:
+            info = self._seen.get(char)
+            if info is None:
+                info = self._seen[char] = _classify(char)
+            state = self._next(state, info)
+        return state
+
+    def advance(self, state: State, char_id: int) -> State:
+        return self._next(state, self._chars[char_id], char_id)
+
+    def _next(self, state: State, char: tuple[int, str, str], char_id: int | None = None) -> State:
+        """The state after `char`; `char_id` is None for a seed's characters (all taken)."""
+        kind, low, raw = char
+        mode = state[0]
+        if kind == _SPACE:  # whitespace (and EOM) ends every token
+            return START
+        if mode == _URL:
+            return state
+        wordy = kind in (_LETTER, _DIGIT)
+        if mode == _WORD_MODE:
+            word: str = state[1]
+            if wordy:
+                return (_WORD_MODE, word + low)
+            if word.endswith("'"):  # "don'" + "?": the word was "don", the "'" punctuation
+                return self._next(PUNCT, char)
+            if kind == _APOS:
+                return (_WORD_MODE, word + "'")
+            return URL if _URL_OPENER.get(word) == low else PUNCT
+        if mode == _FREE:
+            return FREE if wordy else FREE_APOS if kind == _APOS else PUNCT
+        if mode in (_FREE_APOS, _SIGIL_MODE):
+            return FREE if wordy else self._next(PUNCT, char)
+        if mode == _CODE:
+            _, written, shadow = state
+            if raw == ":":
+                return CLOSED if written else state
+            if raw in _CODE_CHARS:
+                # The plain reading goes along while the rules allow it ("+" may not end
+                # ":swond+"); once broken, the code can only go on or close.
+                ok = char_id is None or char_id in self._strict(shadow)
+                return (_CODE, True, self._next(shadow, char) if ok else BROKEN)
+            return self._next(shadow, char)  # not a code after all: the plain reading goes on
+        # Outside a word.
+        if kind == _LETTER:
+            return (_WORD_MODE, low)
+        if kind == _DIGIT:
+            return FREE
+        if kind == _SIGIL:
+            return SIGIL
+        if raw == ":" and mode != _PUNCT:
+            return CODE_OPEN
+        return PUNCT
+
+    # -- masks --------------------------------------------------------------------------
+
+    def allowed(self, state: State) -> torch.Tensor | None:
+        """Bool mask of shape (len(vocab),), True where the id may come next; None when
+        every id may (or, defensively, when none could)."""
+        try:
+            return self._allowed_cache[state]
+        except KeyError:
+            pass
+        ids = self._strict(state)
+        if state[0] == _WORD_MODE and not ids:
+            ids = self._enders  # a word nothing continues (a seed's) ends here
+        mask = None if not ids or len(ids) == self._n else self._tensor(ids)
+        if len(self._allowed_cache) >= _CACHE_LIMIT:
+            self._allowed_cache.clear()
+        self._allowed_cache[state] = mask
+        return mask
+
+    def masks(self, states: Sequence[State]) -> torch.Tensor | None:
+        """`allowed` for a batch as one (len(states), len(vocab)) mask; None if all are."""
+        rows = [self.allowed(s) for s in states]
+        if all(r is None for r in rows):
+            return None
+        return torch.stack([self._all if r is None else r for r in rows])
+
+    def _strict(self, state: State) -> frozenset[int]:
+        """The ids the rules allow, without fallbacks (may be none), cached."""
+        ids = self._strict_cache.get(state)
+        if ids is not None:
+            return ids
+        mode = state[0]
+        if mode in _OUTSIDE:
+            starts = self._extending("", self.lexicon.continuations("") | _SCHEME_NEXT[""])
+            ids = starts | (self._everything - self._letters)
+        elif mode == _WORD_MODE:
+            ids = self._word(state[1])
+        elif mode == _CODE:
+            ids = self._code | self._strict(state[2])
+        elif mode == _BROKEN:
+            ids = frozenset()
+        else:
+            ids = self._everything
+        if len(self._strict_cache) >= _CACHE_LIMIT:
+            self._strict_cache.clear()
+        self._strict_cache[state] = ids
+        return ids
+
+    def _word(self, word: str) -> frozenset[int]:
+        lexicon = self.lexicon
+        if word.endswith("'"):  # only word characters can join, and the word was word[:-1]
+            ids = self._extending(word, lexicon.continuations(word))
+            return ids | self._enders if word[:-1] in lexicon else ids
+        ids = self._extending(word, lexicon.continuations(word) | _SCHEME_NEXT.get(word, set()))
+        if word in lexicon:
+            ids |= self._enders
+        opener = _URL_OPENER.get(word)
+        if opener is not None:
+            ids |= frozenset(i for i, c in enumerate(self._chars) if c[2] == opener)
+        return ids
+
+    def _extending(self, word: str, nexts: set[str]) -> frozenset[int]:
+        """The ids whose lowercase form, appended to `word`, stays a prefix of a word."""
+        ids = [i for low in nexts for i in self._by_low.get(low, ())]
+        ids += [i for i, low in self._multi if self.lexicon.is_prefix(word + low)]
+        return frozenset(ids)
+
+    def _tensor(self, ids: frozenset[int]) -> torch.Tensor:
+        mask = self._tensors.get(ids)
+        if mask is None:
+            row = bytearray(self._n)
+            for i in ids:
+                row[i] = 1
+            mask = torch.frombuffer(row, dtype=torch.bool)
+            if len(self._tensors) >= _CACHE_LIMIT:
+                self._tensors.clear()
+            self._tensors[ids] = mask
+        return mask
