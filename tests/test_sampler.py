@@ -230,3 +230,26 @@ def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Voc
         assert served[: len(first_round)] == first_round
     assert reply(with_reference, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts != \
         reply(plain, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts
+
+
+def test_one_step_at_a_time_is_the_model_itself() -> None:
+    """The sampler's hand-written LSTM step (contexts, adapters and habits precomputed per
+    row) gives the logits the model's own forward pass gives, for every voice."""
+    from mimic.trainer.sampler import _Stepper
+
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
+                                 channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():  # away from the zeros the offsets, habits and adapters start at
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randint(30, (4, 7))
+    people, channels = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0])
+    with torch.inference_mode():
+        expected, _ = model(x, None, people[:, None].expand(4, 7), channels[:, None].expand(4, 7))
+        step = _Stepper(model)
+        ctx = step.contexts(people, channels)
+        h, c = torch.zeros(2, 4, 16), torch.zeros(2, 4, 16)
+        for t in range(7):
+            logits = step(x[:, t], h, c, ctx)
+            assert torch.allclose(logits, expected[:, t], atol=1e-5)

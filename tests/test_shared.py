@@ -170,7 +170,9 @@ def test_replies_start_with_real_words(world: tuple[Store, Settings]) -> None:
         row = active_version(s, BASE.key)
         shared = load_workspace(s, settings, settings.min_chars)
     loaded = load_version(settings.data_dir, row, "cpu")  # type: ignore[arg-type]
-    known = {w for m in shared.train for w in words(m.text)}
+    # The lexicon holds every eligible word, the newest tenth (validation) included.
+    known = {w for m in [*shared.train, *(m for v in shared.val.values() for m in v)]
+             for w in words(m.text)}
     for key, lines in (("user:U1", workspace.ALICE), ("user:U2", workspace.BOB)):
         context = [(key.split(":")[1], line) for line in lines[:3]]
         r = loaded.row(key, temperature=1.0, context=context)

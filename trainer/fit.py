@@ -235,11 +235,11 @@ def _anyone(stream: Stream, share: float, rng: np.random.Generator) -> Stream:
 
 
 def _param_groups(model: CharLSTM, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The person and channel vectors learn `context_lr_scale` times faster than the rest."""
-    vectors = [p for name, p in model.named_parameters()
-               if name.startswith(("people.", "channels."))]
-    rest = [p for name, p in model.named_parameters()
-            if not name.startswith(("people.", "channels."))]
+    """What is each person's or channel's own (vectors, habits) learns `context_lr_scale` times
+    faster than the rest."""
+    own = ("people.", "channels.", "habit_out.")
+    vectors = [p for name, p in model.named_parameters() if name.startswith(own)]
+    rest = [p for name, p in model.named_parameters() if not name.startswith(own)]
     groups = [{"params": rest, "scale": 1.0}]
     if vectors:
         groups.append({"params": vectors, "scale": cfg.context_lr_scale})

@@ -36,6 +36,9 @@ class ModelConfig:
     # 0: the context is concatenated to the input only. > 0: it also makes a rank-`rank`
     # change to every layer's input weights and to the output layer (see Adapter).
     rank: int = 0
+    # > 0: each person also has habits of their own at the output, a correction of the logits
+    # of rank `habits` (plus a bias) read from the last layer (see CharLSTM).
+    habits: int = 0
 
     @property
     def conditioned(self) -> bool:
@@ -98,6 +101,16 @@ class CharLSTM(nn.Module):
         if self.adapters:
             self.head_adapter = Adapter(h, k, r)
             self.head_out = nn.Linear(r, config.vocab_size, bias=False)
+        if config.conditioned and config.habits:
+            # A person's habits: their own small output layer on top of the shared one, fed
+            # by a shared projection of the last layer. Their vector alone (a few numbers,
+            # learned through the whole network) told people apart too little to draw a
+            # likeness (bench/conditioning.py); these rows learn straight from each
+            # character they wrote. Zero to start, and nothing for anyone (slot 0).
+            q, v = config.habits, config.vocab_size
+            self.habit_in = nn.Linear(h, q, bias=False)
+            self.habit_out = nn.Embedding(max(1, config.people), (q + 1) * v, padding_idx=0)
+            nn.init.zeros_(self.habit_out.weight)
 
     def context(self, people: torch.Tensor | None, channels: torch.Tensor | None,
                 like: torch.Tensor) -> torch.Tensor | None:
@@ -108,6 +121,13 @@ class CharLSTM(nn.Module):
         offsets = torch.cat([self.people(zeros if people is None else people),
                              self.channels(zeros if channels is None else channels)], -1)
         return offsets + self.anyone
+
+    def habits_of(self, out: torch.Tensor, people: torch.Tensor) -> torch.Tensor:
+        """The people's own corrections of the logits, for last-layer outputs `out`."""
+        q, v = self.config.habits, self.config.vocab_size
+        table = self.habit_out(people)  # (..., (q + 1) * v)
+        weights, bias = table[..., : q * v].unflatten(-1, (q, v)), table[..., q * v :]
+        return (self.habit_in(out).unsqueeze(-2) @ weights).squeeze(-2) + bias
 
     def forward(
         self, x: torch.Tensor, state: LSTMState | None = None,
@@ -132,6 +152,9 @@ class CharLSTM(nn.Module):
         logits = self.head(out)
         if self.adapters:
             logits = logits + self.head_out(self.head_adapter(out, context))
+        if self.config.habits and self.config.conditioned:
+            logits = logits + self.habits_of(out, torch.zeros_like(x) if people is None
+                                             else people)
         return logits, (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
 
 
@@ -148,7 +171,9 @@ def param_count(config: ModelConfig) -> int:
     context = ((max(1, config.people) + max(1, config.channels)) * config.context_dim + k
                if k else 0)
     adapters = sum(w * r + k * r + r for w in [*widths, h]) + r * v if r else 0
-    return v * e + lstm + h * v + v + context + adapters
+    q = config.habits if k else 0
+    habits = h * q + max(1, config.people) * (q + 1) * v if q else 0
+    return v * e + lstm + h * v + v + context + adapters + habits
 
 
 def flops_per_char(config: ModelConfig) -> int:
@@ -160,6 +185,8 @@ def flops_per_char(config: ModelConfig) -> int:
     macs = sum(4 * h * (w + r + h) for w in widths) + h * v
     if r:
         macs += sum(w * r + k * r for w in [*widths, h]) + r * v
+    if config.habits and k:
+        macs += h * config.habits + config.habits * v
     return 2 * macs
 
 

@@ -79,6 +79,9 @@ class _Stepper:
             self.a = [None] + [ad.a.weight.T.contiguous() for ad in model.adapters[1:]]
             self.head_a = model.head_adapter.a.weight.T.contiguous()
             self.head_u = model.head_out.weight.T.contiguous()
+        self.habits = cfg.habits if cfg.conditioned else 0
+        if self.habits:
+            self.habit_in = model.habit_in.weight.T.contiguous()
 
     def contexts(self, people: torch.Tensor, channels: torch.Tensor) -> dict[str, torch.Tensor]:
         """What each row's context adds, for rows with these slots (n,): layer 0's gates
@@ -94,6 +97,11 @@ class _Stepper:
             out["ca"] = k @ model.adapters[0].a.weight[:, e:].T
             for i, adapter in enumerate([*model.adapters, model.head_adapter]):
                 out[f"b{i}"] = adapter.b(k)
+        if self.habits:
+            q, v = self.habits, cfg.vocab_size
+            table = model.habit_out(people)
+            out["hw"] = table[:, : q * v].unflatten(-1, (q, v)).contiguous()
+            out["hb"] = table[:, q * v :].contiguous()
         return out
 
     def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
@@ -122,6 +130,9 @@ class _Stepper:
         logits = torch.addmm(self.head_b, x, self.head_w)
         if self.adapted:
             logits.addmm_((x @ self.head_a) * ctx[f"b{self.layers}"], self.head_u)
+        if self.habits:
+            logits += torch.bmm((x @ self.habit_in).unsqueeze(1), ctx["hw"]).squeeze(1)
+            logits += ctx["hb"]
         return logits
 
 

@@ -97,12 +97,14 @@ def carry_over(model: CharLSTM, old: Slots, new: Slots) -> CharLSTM:
     theirs, newcomers start from "anyone", those gone (opted out, say) are dropped."""
     config = replace(model.config, people=len(new.people) + 1, channels=len(new.channels) + 1)
     carried = CharLSTM(config)
+    tables = [("people", new.people, old.person), ("channels", new.channels, old.channel)]
+    if config.habits:
+        tables.append(("habit_out", new.people, old.person))
     state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith(("people.", "channels."))}
+             if not k.startswith(tuple(f"{table}." for table, _, _ in tables))}
     carried.load_state_dict(state, strict=False)
     with torch.no_grad():
-        for table, idents, slot_of in (("people", new.people, old.person),
-                                       ("channels", new.channels, old.channel)):
+        for table, idents, slot_of in tables:
             rows = [0] + [slot_of(ident) for ident in idents]  # 0 (anyone) for newcomers
             getattr(carried, table).weight.copy_(getattr(model, table).weight[torch.tensor(rows)])
     return carried.to(next(model.parameters()).device)

@@ -72,6 +72,7 @@ from mimic.trainer.vocab import Vocab
 
 # How the shared model is conditioned (bench/conditioning.py compares the choices).
 CONDITIONING = {"context_dim": 32, "rank": 16}
+VALIDATIONS = 40  # per run of the shared model (fewer for short ones: every 15 s at most)
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
 FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10, "anyone_share": 0.0}
 # The nightly warm start: the new messages (after WARMUP_CHARS of their channel before them,
@@ -327,6 +328,10 @@ def train_shared(
         model = CharLSTM(affordable_size(
             workspace.train_chars, len(vocab), cfg, device, people=len(slots.people) + 1,
             channels=len(slots.channels) + 1, **{**CONDITIONING, **(model_overrides or {})}))
+    # About VALIDATIONS checks per run: every 15 s, a long run spent a fifth of its time
+    # validating.
+    if cfg.eval_every_s:
+        cfg = replace(cfg, eval_every_s=max(cfg.eval_every_s, cfg.max_seconds / VALIDATIONS))
     held = validation_sample(workspace, 2 * cfg.val_max_chars)
 
     started = time.perf_counter()
