@@ -121,7 +121,7 @@ def walk(guard: WordGuard, rng: random.Random, seed: str, steps: int) -> tuple[s
 
 def test_the_lexicon_holds_every_word(lexicon: Lexicon) -> None:
     assert set(lexicon) == {w for line in LINES for w in words(line)}
-    assert {"don't", "mp3", "90's", "students", "_really_", "i'm"} <= set(lexicon)
+    assert {"don't", "mp3", "students", "_really_", "i'm"} <= set(lexicon)
     assert "don" not in lexicon and "Don't" not in lexicon
 
 
@@ -131,7 +131,7 @@ def test_lexicon_queries(lexicon: Lexicon) -> None:
     assert lexicon.is_prefix("tac") and lexicon.is_prefix("tacos") and lexicon.is_prefix("")
     assert not lexicon.is_prefix("swo") and not lexicon.is_prefix("tacosx")
     assert lexicon.continuations("don") == {"'"}
-    assert lexicon.continuations("s") >= {"a", "e", "k", "o", "t", "u"}
+    assert lexicon.continuations("s") >= {"a", "e", "o", "t", "u"}
     assert lexicon.continuations("tacos") == set()
     twice = Lexicon.build(LINES, min_count=2)
     assert "tacos" in twice and "lunch" not in twice
@@ -179,7 +179,7 @@ def test_the_guard_spells_exactly_the_lexicon(guard: WordGuard) -> None:
         stack += [(guard.advance(state, i), word + vocab.itos[i].lower()) for i in inner
                   if mask[i] and not (word.endswith("'") and vocab.itos[i] == "'")]
     assert found == {w for w in guard.lexicon if not w[0].isdigit()}
-    assert len(found) > 130
+    assert len(found) > 120
 
 
 @pytest.mark.parametrize("seed", ["", "see ", "https:", "@", ":", ":thumbsup:", "don'",
@@ -246,7 +246,17 @@ def test_urls(guard: WordGuard) -> None:
     assert refuses(bare, "http", " \n.")  # "http" is not a word of this workspace
     assert bare.allowed(bare.start("(https:")) is None  # any word may start a URL
     assert refuses(guard, "http", "xX") and refuses(bare, "http", "xX")
-    assert allows(guard, "www", ". \n")  # this workspace also says "www" on its own
+    # "www.example.org" is a URL, not the word "www": the word may not end there either.
+    assert allows(guard, "www", ".") and refuses(guard, "www", " \n")
+
+
+def test_no_scheme_without_its_opener() -> None:
+    """A vocabulary without ":" and "." cannot open a URL: "https" is then an unknown word
+    like any other, not a start that could only end as one."""
+    vocab = Vocab.build(["hello there, what's up", "HTTPS PTW"], min_count=1)
+    guard = WordGuard(Lexicon(["there", "up"]), vocab)
+    assert refuses(guard, "", "hHwW") and refuses(guard, "", "pP")
+    assert refuses(guard, "h", "tT")
 
 
 def test_mentions_and_channels(guard: WordGuard) -> None:

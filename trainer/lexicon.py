@@ -7,10 +7,10 @@ word end only where a real word ends: no draft is wasted, and no filter runs aft
 Numbers, URLs, @mentions, #channels and :emoji_codes: are not words to check and pass freely
 (the rules are on `WordGuard`).
 
-Words are what `words()` finds (lowercased `\\w+(?:'\\w+)*`), the one definition `mimic eval`
-uses too (trainer/reading.py): built from the same messages, the lexicon holds every word the
-evaluation calls real, and the guard lets through no other (numbers, URLs, mentions and emoji
-codes aside).
+Words are what `words()` finds (lowercased `\\w+(?:'\\w+)*`, numbers, URLs, mentions and emoji
+codes left out), the one definition `mimic eval` uses too (trainer/reading.py): built from the
+same messages, the lexicon holds every word the evaluation calls real, and the guard lets
+through no other.
 """
 
 from __future__ import annotations
@@ -29,12 +29,18 @@ from mimic.trainer.vocab import Vocab
 
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _WORD_CHARS = re.compile(r"\w+")
+# The tokens WordGuard leaves unchecked (its rules): a URL up to whitespace, a name after a
+# sigil that does not follow a word character, and a run of closed emoji codes.
+_EXEMPT = re.compile(r"(?<!\w)(?i:https?:|www\.)\S*|(?<!\w)[@#]\w+(?:'\w+)*"
+                     r"|(?<!\S)(?::+[a-z0-9_+\-]+:)+")
 _MAGIC = "mimic-lexicon 1"  # first line of a saved lexicon; the sorted words follow, one a line
 
 
 def words(text: str) -> list[str]:
-    """Lowercased words ("don't", "mp3"): what the lexicon holds and `mimic eval` counts."""
-    return _WORD.findall(text.lower())
+    """Lowercased words ("don't", "mp3"): what the lexicon holds and `mimic eval` counts.
+    What the guard lets pass freely is not a word: numbers ("3rd"), URLs, @mentions,
+    #channels and closed :emoji_codes:."""
+    return [w for w in _WORD.findall(_EXEMPT.sub(" ", text).lower()) if not w[0].isdigit()]
 
 
 class Lexicon:
@@ -148,10 +154,14 @@ BROKEN: State = (_BROKEN,)  # an emoji code's plain reading once it broke the ru
 # it only as a whole word): these letters may always begin a word, and the character after the
 # scheme opens the URL.
 _SCHEMES = ("http:", "https:", "www.")
-_SCHEME_NEXT = {  # "" -> {"h", "w"}, "htt" -> {"p"}, "http" -> {"s"}
-    s[:k]: {t[k] for t in _SCHEMES if t.startswith(s[:k]) and k < len(t) - 1}
-    for s in _SCHEMES for k in range(len(s) - 1)
-}
+
+
+def _scheme_next(schemes: Sequence[str]) -> dict[str, set[str]]:
+    """"" -> {"h", "w"}, "htt" -> {"p"}, "http" -> {"s"}: how a scheme's name goes on."""
+    return {s[:k]: {t[k] for t in schemes if t.startswith(s[:k]) and k < len(t) - 1}
+            for s in schemes for k in range(len(s) - 1)}
+
+
 _URL_OPENER = {s[:-1]: s[-1] for s in _SCHEMES}  # "http" -> ":", "www" -> "."
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_+-")
 _CACHE_LIMIT = 100_000  # masks kept; cleared past this (seed texts can bring endless words)
@@ -223,6 +233,11 @@ class WordGuard:
                 else:
                     self._multi.append((i, low))
         self.lexicon = lexicon.spellable(alphabet)
+        # Only schemes whose URL the vocabulary can open ("https" then ":"): else a scheme's
+        # name would be a word that may not end.
+        raws = {c[2] for c in self._chars}
+        self._schemes = _scheme_next([s for s in _SCHEMES
+                                      if all(c in raws or c.upper() in raws for c in s)])
         # Masks are worked out as sets of ids (cheap unions, ~20 us for a new state) and turned
         # into one tensor each, shared by every state with the same set.
         self._letters = frozenset(i for i, c in enumerate(self._chars) if c[0] == _LETTER)
@@ -327,7 +342,8 @@ class WordGuard:
             return ids
         mode = state[0]
         if mode in _OUTSIDE:
-            starts = self._extending("", self.lexicon.continuations("") | _SCHEME_NEXT[""])
+            nexts = self.lexicon.continuations("") | self._schemes.get("", set())
+            starts = self._extending("", nexts)
             ids = starts | (self._everything - self._letters)
         elif mode == _WORD_MODE:
             ids = self._word(state[1])
@@ -347,7 +363,7 @@ class WordGuard:
         if word.endswith("'"):  # only word characters can join, and the word was word[:-1]
             ids = self._extending(word, lexicon.continuations(word))
             return ids | self._enders if word[:-1] in lexicon else ids
-        ids = self._extending(word, lexicon.continuations(word) | _SCHEME_NEXT.get(word, set()))
+        ids = self._extending(word, lexicon.continuations(word) | self._schemes.get(word, set()))
         if word in lexicon:
             ids |= self._enders
         opener = _URL_OPENER.get(word)

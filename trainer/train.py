@@ -71,7 +71,7 @@ from mimic.trainer.shared import (
 from mimic.trainer.vocab import Vocab
 
 # How the shared model is conditioned (bench/conditioning.py compares the choices).
-CONDITIONING = {"context_dim": 32, "rank": 16}
+CONDITIONING = {"context_dim": 32, "rank": 16, "habits": 8}
 VALIDATIONS = 40  # per run of the shared model (fewer for short ones: every 15 s at most)
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
 FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10, "anyone_share": 0.0}
