@@ -23,7 +23,7 @@ from mimic.trainer.corpus import BASE, Target
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
-from mimic.trainer.sampler import Row, Voice
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, Row, Voice
 from mimic.trainer.vocab import Vocab
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
@@ -92,7 +92,7 @@ class LoadedModel:
             return Voice(0, self.slots.channel(ident), (0, 0))
         return Voice()
 
-    def row(self, target: str, *, seed_text: str = "", temperature: float = 0.6,
+    def row(self, target: str, *, seed_text: str = "", temperature: float = DEFAULT_TEMPERATURE,
             where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
         """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
         oldest first, said in `where`)."""
