@@ -119,7 +119,8 @@ def main() -> None:
                                    seed * 1_000_003 + zlib.crc32(person.key.encode()))
                 stepped, served = stepped + rows, served + len(texts)
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
-                readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train)))
+                readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
+                                     min(len(texts), len(corpus.val[-SAMPLES:])) or None))
         mark = "  (default)" if setting == DEFAULTS else ""
         print(line(setting, statistics.mean(fidelity), readings,
                    f" {stepped / max(1, served):>9.0f} {time.perf_counter() - start:>8.0f}"

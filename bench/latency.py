@@ -30,6 +30,7 @@ from mimic.trainer.corpus import BASE
 from mimic.trainer.device import pick_device
 from mimic.trainer.registry import active_version
 from mimic.trainer.report import covered_people
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE
 from mimic.trainer.train import train
 from tests.fake_slack import TOKEN, FakeSlack
 from tests.slack_client import SIGNING_SECRET, Catcher, slash
@@ -67,7 +68,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20,
                    help="rounds of concurrent requests (20 x 20: p99 is not just the worst two)")
     p.add_argument("--concurrency", type=int, default=20, help="requests per round")
-    p.add_argument("--temp", type=float, default=0.6, help="temperature asked for")
+    p.add_argument("--temp", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"temperature asked for (default {DEFAULT_TEMPERATURE:g}, /mimic's)")
     args = p.parse_args()
 
     print(f"machine: {machine()}")

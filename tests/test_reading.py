@@ -16,6 +16,9 @@ def test_reading_counts_what_a_reader_notices() -> None:
     assert reading.real_pairs == pytest.approx(4 / 6)  # not "jy cat", not "cat dog"
     assert reading.distinct_2 == pytest.approx(4 / 6)  # "the cat", "cat sat" twice
     assert reading.length == pytest.approx((12 + 10 + 2 + 11) / 4)
+    # Variety at equal numbers: the first three messages repeat no pair.
+    assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
+                variety=3).distinct_2 == pytest.approx(1.0)
 
 
 def test_edges() -> None:

@@ -253,3 +253,25 @@ def test_one_step_at_a_time_is_the_model_itself() -> None:
         for t in range(7):
             logits = step(x[:, t], h, c, ctx)
             assert torch.allclose(logits, expected[:, t], atol=1e-5)
+
+
+def test_reading_many_contexts_at_once_is_reading_each() -> None:
+    """What a reply reads first: rows of different lengths read in one packed call end in
+    the state each reaches read alone, whoever wrote each character."""
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
+                                 channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    lengths = [9, 3, 6]
+    x = torch.randint(1, 30, (3, 9))
+    people = torch.randint(0, 4, (3, 9))
+    channels = torch.randint(0, 3, (3, 9))
+    with torch.inference_mode():
+        h, c = model.read(x, torch.tensor(lengths), people, channels)
+        for j, n in enumerate(lengths):
+            _, (h1, c1) = model(x[j : j + 1, :n], None, people[j : j + 1, :n],
+                                channels[j : j + 1, :n])
+            assert torch.allclose(h[:, j], h1[:, 0], atol=1e-6)
+            assert torch.allclose(c[:, j], c1[:, 0], atol=1e-6)

@@ -235,3 +235,28 @@ def test_dedicated_models_start_from_the_shared_one(world: tuple[Store, Settings
         assert row is not None and row.parent_id == active_version(s, BASE.key).id  # type: ignore[union-attr]
     model, _vocab, slots = load_model(version_dir(settings.data_dir, row) / WEIGHTS)
     assert model.config.conditioned and slots.person("U2") > 0
+
+
+def test_own_decay_pulls_the_unseen_back_to_anyone() -> None:
+    """With own_decay, a person absent from every batch drifts back towards "anyone" (their
+    offset and habits shrink); without it, they stay where they were."""
+    rng = random.Random(0)
+    chat = [Said(str(1000 + i), "U1", "C1", rng.choice(WHISPERS)) for i in range(200)]
+    vocab = Vocab.build([m.text for m in chat], min_count=1)
+    slots = Slots(("U1", "U2"), ("C1",))
+    sizes = {}
+    for decay in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = CharLSTM(ModelConfig(len(vocab), embed_dim=8, hidden_size=16, num_layers=1,
+                                     people=3, channels=2, context_dim=4, rank=2, habits=2))
+        with torch.no_grad():  # U2 (slot 2) starts away from anyone, and never writes
+            model.people.weight[2].fill_(1.0)
+            model.habit_out.weight[2].fill_(1.0)
+        cfg = TrainConfig(batch_size=4, seq_len=16, max_seconds=0, max_steps=40,
+                          eval_every_s=0, eval_every_steps=40, own_decay=decay)
+        fit(model, encode(vocab, slots, chat[:180]), encode(vocab, slots, chat[180:]), cfg,
+            torch.device("cpu"))
+        sizes[decay] = (model.people.weight[2].abs().mean().item(),
+                        model.habit_out.weight[2].abs().mean().item())
+    assert sizes[0.0] == pytest.approx((1.0, 1.0))
+    assert sizes[0.5][0] < 0.9 and sizes[0.5][1] < 0.9

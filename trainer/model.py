@@ -137,6 +137,24 @@ class CharLSTM(nn.Module):
         (h, c), each (layers, batch, hidden). Position t's context is the person and channel
         of the character to predict there."""
         context = self.context(people, channels, x)
+        out, final = self._layers(x, context, state)
+        logits = self.head(out)
+        if self.adapters:
+            logits = logits + self.head_out(self.head_adapter(out, context))
+        if self.config.habits and self.config.conditioned:
+            logits = logits + self.habits_of(out, torch.zeros_like(x) if people is None
+                                             else people)
+        return logits, final
+
+    def read(self, x: torch.Tensor, lengths: torch.Tensor, people: torch.Tensor | None = None,
+             channels: torch.Tensor | None = None) -> LSTMState:
+        """The (h, c) after reading each row of x (batch, time) from a zero state up to its
+        length (the rest is padding): many rows of different lengths in one call, and no
+        output layer. What a reply reads before it starts (trainer/sampler.py)."""
+        return self._layers(x, self.context(people, channels, x), None, lengths)[1]
+
+    def _layers(self, x: torch.Tensor, context: torch.Tensor | None, state: LSTMState | None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMState]:
         out = self.embed(x)
         if context is not None:
             out = torch.cat([out, context], -1)
@@ -147,15 +165,16 @@ class CharLSTM(nn.Module):
             if self.adapters:
                 out = torch.cat([out, self.adapters[i](out, context)], -1)
             layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
-            out, (h, c) = lstm(out, layer_state)
+            if lengths is None:
+                out, (h, c) = lstm(out, layer_state)
+            else:  # packed: each row's final state is the one at its own length
+                packed = nn.utils.rnn.pack_padded_sequence(out, lengths.cpu(), batch_first=True,
+                                                           enforce_sorted=False)
+                packed, (h, c) = lstm(packed, layer_state)
+                out = nn.utils.rnn.pad_packed_sequence(packed, batch_first=True,
+                                                       total_length=x.shape[1])[0]
             states.append((h, c))
-        logits = self.head(out)
-        if self.adapters:
-            logits = logits + self.head_out(self.head_adapter(out, context))
-        if self.config.habits and self.config.conditioned:
-            logits = logits + self.habits_of(out, torch.zeros_like(x) if people is None
-                                             else people)
-        return logits, (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
+        return out, (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
 
 
 # ---------------------------------------------------------------------------------------

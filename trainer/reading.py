@@ -4,8 +4,8 @@ each beside the same figure for the people's real held-out messages.
 - first word real: the message starts with a word the workspace uses (not "jy it see");
 - capitalised: the message's first letter is a capital (people differ, and stick to it);
 - real words / real word pairs: words, and pairs of consecutive words, the workspace uses;
-- distinct-2: distinct word pairs over all word pairs, a measure of variety (compare it only
-  at equal numbers of messages);
+- distinct-2: distinct word pairs over all word pairs, a measure of variety (compared at equal
+  numbers of messages: `read(..., variety=n)`);
 - length: characters a message.
 """
 
@@ -67,11 +67,13 @@ def first_letter_capital(text: str) -> bool | None:
     return None if letter is None else letter.isupper()
 
 
-def read(texts: Sequence[str], vocabulary: Vocabulary) -> Reading:
+def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = None) -> Reading:
+    """What a reader sees in `texts`; distinct-2 over the first `variety` of them (all by
+    default): pass the same number for the texts compared, as the share falls with more."""
     firsts = [found[0] in vocabulary.words for t in texts if (found := words(t))]
     capitals = [c for t in texts if (c := first_letter_capital(t)) is not None]
     every_word = [w for t in texts for w in words(t)]
-    every_pair = [p for t in texts for p in pairs(t)]
+    every_pair = [p for t in texts[:variety] for p in pairs(t)]
     return Reading(
         first_word_real=_share(firsts),
         capitalised=_share(capitals),

@@ -325,6 +325,7 @@ def evaluate_targets(
                          "messages.")
         vocabulary = workspace_vocabulary | Vocabulary.of(corpus.train)
         real = corpus.val[-samples:]  # the newest held-out messages, as many as generated
+        equal = min(len(kept), len(real)) or None  # variety at equal numbers (a few real ones)
         rows.append(TargetRow(
             target=target, version=found.row.version,
             which="workspace" if found.row.target == BASE.key else "own",
@@ -333,8 +334,8 @@ def evaluate_targets(
             leak_raw=leak_rate(raw, loaded.novelty), leak_filtered=leak_rate(kept,
                                                                             loaded.novelty),
             leak_markov=leak_rate(baseline, loaded.novelty),
-            model=read(kept, vocabulary), real=read(real, vocabulary),
-            markov=read(baseline, vocabulary),
+            model=read(kept, vocabulary, equal), real=read(real, vocabulary, equal),
+            markov=read(baseline, vocabulary, equal),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
             history=_history(version_dir(settings.data_dir, found.row))))
