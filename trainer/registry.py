@@ -166,14 +166,20 @@ def serving(session: Session, target: Target) -> Serving | None:
     return None
 
 
+def _retired_before(session: Session, target_key: str, version: int) -> ModelVersion | None:
+    """The newest retired version of `target_key` older than `version`: what was active
+    before it."""
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.target == target_key,
+                                   ModelVersion.version < version,
+                                   ModelVersion.status == "retired")
+        .order_by(ModelVersion.version.desc())).first()
+
+
 def fallback(session: Session, broken: ModelVersion, target: Target) -> Serving | None:
     """What serves `target` while version `broken` does not load: the version of the same
     model that was active before it (one that still imitates the target). Detached rows."""
-    previous = session.scalars(
-        select(ModelVersion).where(ModelVersion.target == broken.target,
-                                   ModelVersion.version < broken.version,
-                                   ModelVersion.status == "retired")
-        .order_by(ModelVersion.version.desc())).first()
+    previous = _retired_before(session, broken.target, broken.version)
     if previous is None:
         return None
     cover = session.get(Coverage, (previous.id, target.key))
@@ -300,11 +306,7 @@ def rollback(store: Store, target: Target) -> tuple[ModelVersion, ModelVersion]:
         active = active_version(session, target.key)
         if active is None:
             raise RegistryError(f"{target.label} has no active model to roll back from.")
-        previous = session.scalars(
-            select(ModelVersion).where(ModelVersion.target == target.key,
-                                       ModelVersion.version < active.version,
-                                       ModelVersion.status == "retired")
-            .order_by(ModelVersion.version.desc())).first()
+        previous = _retired_before(session, target.key, active.version)
         if previous is None:
             raise RegistryError(f"{target.label} has no earlier working version than "
                                 f"v{active.version}.")
