@@ -128,7 +128,7 @@ class SampleBatcher:
             key = job.loaded.version_id
             batch = batches.get(key) or _Batch(Generation(
                 job.loaded.model, job.loaded.vocab, reference=job.loaded.reference,
-                guard=job.loaded.guard, primed=job.loaded.primed, device=self.device))
+                guard=job.loaded.guard, primer=job.loaded.primer, device=self.device))
             if len(batch.generation) and len(batch.generation) + len(job.rows) > MAX_ROWS:
                 later.append(job)
                 continue

@@ -275,3 +275,47 @@ def test_reading_many_contexts_at_once_is_reading_each() -> None:
                                 channels[j : j + 1, :n])
             assert torch.allclose(h[:, j], h1[:, 0], atol=1e-6)
             assert torch.allclose(c[:, j], c1[:, 0], atol=1e-6)
+
+
+def test_primer_reads_for_many_threads_in_few_passes() -> None:
+    """Requests read their contexts on their own threads: contexts that pile up while a read
+    runs are read together in the next pass, and every thread gets the state its context
+    reaches read alone."""
+    import threading
+
+    from mimic.trainer.sampler import Primer
+
+    class Counting(CharLSTM):
+        passes = 0
+
+        def read(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            Counting.passes += 1
+            return super().read(*args, **kwargs)
+
+    torch.manual_seed(0)
+    vocab = Vocab.build(["abcdefgh ijk"], min_count=1)
+    model = Counting(ModelConfig(len(vocab), embed_dim=8, hidden_size=16, num_layers=2,
+                                 people=4, channels=3, rank=4, habits=3)).eval()
+    contexts = [((i % 4, i % 3, "abc" * (i + 1)), (1, 0, "hij" * i)) for i in range(24)]
+    primer = Primer(vocab)
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    start = threading.Barrier(len(contexts))
+
+    def read(i: int) -> None:
+        start.wait()
+        results[i] = primer.read(model, [contexts[i]])
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(contexts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counting.passes < len(contexts)
+    assert len(primer) == len(contexts)
+    for i, context in enumerate(contexts):
+        h, c = Primer(vocab).read(model, [context])  # alone, in a fresh primer
+        assert torch.allclose(results[i][0], h, atol=1e-6)
+        assert torch.allclose(results[i][1], c, atol=1e-6)
+    passes = Counting.passes
+    primer.read(model, [contexts[0], (), contexts[5]])  # cached (and a zero state): no pass
+    assert Counting.passes == passes

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from mimic.trainer.corpus import BASE, Target
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
-from mimic.trainer.sampler import DEFAULT_TEMPERATURE, Row, Voice
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, Primer, Row, Voice, contrast_net
 from mimic.trainer.vocab import Vocab
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
@@ -77,8 +76,19 @@ class LoadedModel:
     reference: CharLSTM | None = None  # what a dedicated model is drawn against
     slots: Slots = Slots()
     guard: WordGuard | None = None
-    # The LSTM states after reading recent contexts (the sampling thread's, bounded).
-    primed: OrderedDict[Any, Any] = field(default_factory=OrderedDict, compare=False)
+    # The LSTM states after reading recent contexts (bounded; shared by the bot's threads).
+    primer: Primer = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primer", Primer(self.vocab))  # frozen: set once, here
+
+    def prime(self, row: Row) -> None:
+        """Read `row`'s context into the primer now, on the calling thread, for every net a
+        draw steps (the model and what it is drawn against)."""
+        if row.context:
+            for net in {id(n): n for n in (self.model, contrast_net(self.model,
+                                                                    self.reference)) if n}.values():
+                self.primer.read(net, [row.context])
 
     def voice(self, target: str, where: str | None = None) -> Voice:
         """The slots to write as `target` ("user:U1", "channel:C1"), said in channel `where`:
