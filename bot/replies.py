@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,11 +54,24 @@ from mimic.trainer.registry import (
     fallback,
     serving,
 )
-from mimic.trainer.sampler import NoNovelText, reply
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
 log = logging.getLogger(__name__)
 PRIMING_MESSAGES = 3  # of the target's own, read before a reply (bench/drawing.py)
 LIST_BEST, LIST_MATCHES = 10, 20
+
+
+class Refused(Exception):
+    """A request mimic turns down; the message says why and what to do (shown as is)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """A generated message, inert, and what wrote it."""
+
+    target: Target
+    text: str
+    model: str  # "the workspace model v3", "their own model v2"
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,7 @@ class Responder:
                 return self.list(channel_id, command.query)
             return {"help": lambda: Reply(HELP), "status": self.status,
                     "optin": lambda: self.optin(user_id)}[command.verb]()
-        except ParseError as exc:
+        except (ParseError, Refused) as exc:
             return Reply(str(exc))
         except Closed:
             return Reply("mimic is restarting; please try again in a minute.")
@@ -171,11 +184,27 @@ class Responder:
     # -- commands --------------------------------------------------------------------------
 
     def mimic(self, user_id: str, channel_id: str, command: Mimic) -> Reply:
+        self.check_rate(user_id)
+        target = self._target(command.target, channel_id)
+        written = self.write(target, channel_id, temperature=command.temperature,
+                             seed=command.seed)
+        header = (f"_mimicking {target.label} · temp {command.temperature:g} · "
+                  f"{written.model} · generated text, not a real message_")
+        return Reply(f"{make_inert(header)}\n{quoted(written.text)}", public=True)
+
+    def check_rate(self, user_id: str) -> None:
+        """Refused if `user_id` asked for more than the rate limit allows this minute."""
         wait = self.limiter.allow(user_id)
         if wait:
-            return Reply(f"Easy there: mimic answers {self.settings.rate_limit} requests a "
-                         f"minute per person. Try again in {wait:.0f} s.")
-        target = self._target(command.target, channel_id)
+            raise Refused(f"Easy there: mimic answers {self.settings.rate_limit} requests a "
+                          f"minute per person. Try again in {wait:.0f} s.")
+
+    def write(self, target: Target, channel_id: str, *,
+              temperature: float = DEFAULT_TEMPERATURE, seed: str = "",
+              context: Sequence[tuple[str, str]] | None = None) -> Written:
+        """A new message in `target`'s voice, said in `channel_id`: as an answer to `context`
+        ((author id, text), oldest first), or after the target's own latest messages.
+        Refused (with what to do) when the target may not or cannot be imitated."""
         with self.store.session() as session:
             if target.kind == "user":
                 person = session.get(User, target.ident)
@@ -183,26 +212,24 @@ class Responder:
                     why = ("has opted out of mimic" if person.opted_out else
                            "hasn't opted in to mimic (this workspace asks people first: "
                            "`/mimic optin`)")
-                    return Reply(f"{target.label} {why}, so I won't imitate them.")
+                    raise Refused(f"{target.label} {why}, so I won't imitate them.")
             chosen = serving(session, target)
             if chosen is None:
-                return Reply(self._no_model(session, target))
-            # Read their latest messages first, so the reply starts where messages start.
-            context = recent(session, self.settings, target, PRIMING_MESSAGES)
+                raise Refused(self._no_model(session, target))
+            if context is None:  # their latest messages, so the reply starts where they start
+                context = recent(session, self.settings, target, PRIMING_MESSAGES)
         try:
             loaded = self._load(chosen, target)
-            result = reply(loaded, target.key, temperature=command.temperature,
-                           seed_text=command.seed, where=channel_id, context=context,
+            result = reply(loaded, target.key, temperature=temperature, seed_text=seed,
+                           where=channel_id, context=context,
                            sampler=lambda row, k: self.batcher.sample(loaded, [row] * k))
         except NoNovelText:
-            return Reply(f"Every message I drew for {target.label} repeated their own words "
-                         "too closely, so I won't post it. Try a higher temperature, e.g. "
-                         f"`/mimic {target.label} temp=1.1`.")
+            raise Refused(f"Every message I drew for {target.label} repeated their own words "
+                          "too closely, so I won't post it. Try a higher temperature, e.g. "
+                          f"`/mimic {target.label} temp=1.1`.") from None
         model = ("the workspace model" if chosen.row.target == BASE.key
                  else "their own model") + f" v{loaded.version}"
-        header = (f"_mimicking {target.label} · temp {command.temperature:g} · {model} · "
-                  "generated text, not a real message_")
-        return Reply(f"{make_inert(header)}\n{quoted(result.texts[0])}", public=True)
+        return Written(target, result.texts[0], model)
 
     def _load(self, chosen: Serving, target: Target) -> LoadedModel:
         """The chosen version, or, if its files are damaged, the one active before it."""
