@@ -3,6 +3,7 @@ the plain functions in bot/replies.py (or exporter/live.py), send what they retu
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -16,10 +17,20 @@ from slack_sdk.errors import SlackApiError
 from mimic.bot.models import ModelCache
 from mimic.bot.replies import Reply, Responder
 from mimic.bot.retrain import Event, RetrainRunner, summary
+from mimic.bot.threads import (
+    PICK_PERSON,
+    pick_person_view,
+    picked_person,
+    post_reply,
+    read_before,
+    thread_of,
+)
 from mimic.core.config import Settings
+from mimic.core.ids import is_slack_id
 from mimic.core.inert import make_inert
 from mimic.core.store import Store
 from mimic.exporter.live import EventSpool
+from mimic.exporter.messages import is_ts
 from mimic.exporter.webapi import make_client
 from mimic.trainer.corpus import Target
 from mimic.trainer.device import pick_device
@@ -150,5 +161,105 @@ def build_app(
             store, event, allow=settings.channel_allowed,
             channel_info=lambda cid: client.conversations_info(channel=cid)["channel"])
         log.debug("message event in %s: %s", event.get("channel"), result)
+
+    # -- conversations: mentions and the "Mimic a reply" shortcuts ----------------------------
+
+    @functools.cache
+    def bot_user_id() -> str | None:
+        try:
+            return client.auth_test().get("user_id")
+        except SlackApiError as exc:  # the mention parser then takes the first mention
+            log.warning("auth.test failed: %s", exc.response.get("error"))
+            return None
+
+    def context_reader(channel: str, until: str, thread_ts: str | None,
+                       inclusive: bool) -> Callable[[], list[tuple[str, str]]]:
+        def read() -> list[tuple[str, str]]:
+            try:
+                return read_before(client, store, channel, until=until, thread_ts=thread_ts,
+                                   inclusive=inclusive)
+            except SlackApiError as exc:  # answer all the same, after their own messages
+                log.warning("reading %s before %s failed: %s", channel, until,
+                            exc.response.get("error"))
+                return []
+        return read
+
+    def deliver(reply: Reply, channel: str, thread_ts: str, user: str) -> None:
+        """A public reply into the thread; anything else to the asker only."""
+        try:
+            if reply.public:
+                post_reply(client, settings, channel, thread_ts, reply.text, reply.voice)
+            else:
+                client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts,
+                                          text=make_inert(reply.text))
+        except SlackApiError as exc:
+            log.warning("posting to %s failed: %s", channel, exc.response.get("error"))
+
+    @app.event("app_mention")
+    def on_mention(event: dict[str, Any]) -> None:
+        channel, user, ts = event.get("channel"), event.get("user"), event.get("ts")
+        if not (is_slack_id(channel) and is_slack_id(user) and is_ts(ts)):
+            log.warning("an app_mention without a valid channel, user or ts: ignored")
+            return
+        thread = thread_of(event)
+        reply = responder.mention(
+            user, channel, str(event.get("text") or ""), bot_user_id(),
+            context_reader(channel, ts, event.get("thread_ts") if thread != ts else None,
+                           inclusive=False))
+        deliver(reply, channel, thread, user)
+
+    def message_of(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+        """(clicker, channel, message) of a shortcut or modal payload, if well formed."""
+        user = (body.get("user") or {}).get("id")
+        channel = (body.get("channel") or {}).get("id")
+        message = body.get("message") or {}
+        if not (is_slack_id(user) and is_slack_id(channel) and isinstance(message, dict)
+                and is_ts(message.get("ts"))):
+            return None
+        return user, channel, message
+
+    def answer_message(user: str, channel: str, message: dict[str, Any], person: str,
+                       refuse: Callable[[str], None]) -> None:
+        thread = thread_of(message)
+        reply = responder.reply_to(user, channel, person, context_reader(
+            channel, message["ts"], thread if thread != message["ts"] else None,
+            inclusive=True))
+        if reply.public:
+            deliver(reply, channel, thread, user)
+        else:
+            refuse(reply.text)
+
+    @app.shortcut("mimic_reply")
+    def on_reply_shortcut(ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+        ack()
+        found = message_of(shortcut)
+        if found is None:
+            respond(text="This shortcut did not come with a message I can read.",
+                    response_type="ephemeral")
+            return
+        user, channel, message = found
+        answer_message(user, channel, message, str(message.get("user") or ""),
+                       lambda text: respond(text=make_inert(text), response_type="ephemeral"))
+
+    @app.shortcut("mimic_reply_as")
+    def on_reply_as_shortcut(ack: Any, shortcut: dict[str, Any]) -> None:
+        ack()
+        found = message_of(shortcut)
+        if found is None or not isinstance(shortcut.get("trigger_id"), str):
+            return
+        _user, channel, message = found
+        client.views_open(trigger_id=shortcut["trigger_id"],
+                          view=pick_person_view(channel, message))
+
+    @app.view(PICK_PERSON)
+    def on_person_picked(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        ack()
+        picked = picked_person(body, view)
+        if picked is None:
+            log.warning("a %s submission that is not ours: ignored", PICK_PERSON)
+            return
+        user, channel, message, person = picked
+        answer_message(user, channel, message, person, lambda text: deliver(
+            Reply(text), channel, thread_of(message), user))
 
     return SlackApp(app, responder, runner, listeners)

@@ -165,3 +165,46 @@ def parse(text: str) -> Command:
     if len(seed) > MAX_SEED:
         raise ParseError(f"The seed text is {len(seed)} characters; keep it under {MAX_SEED}.")
     return Mimic(target, temperature, seed)
+
+
+# -- mentions: `@mimic alice`, `@mimic be @alice`, `@mimic #random temp=1.0` -----------------
+
+MENTION_USAGE = (
+    "Mention me with whose voice to answer in: `@mimic alice`, `@mimic be @alice`, "
+    "`@mimic #random temp=1.0`. I reply in the thread, as their answer to what was said. "
+    "On any message, the ⋯ menu's *Mimic a reply* answers as its author would."
+)
+_ANY_USER_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class Mention:
+    """An app_mention asking for a reply in `target`'s voice."""
+
+    target: TargetRef
+    temperature: float = DEFAULT_TEMPERATURE
+
+
+def parse_mention(text: str, bot_user_id: str | None) -> Mention | Simple:
+    """The words of an app_mention, the bot's own mention taken out; Simple("help") for
+    a bare mention or `help`. A bare name is a person (`@mimic alice`)."""
+    # The bot's id unknown: its mention is the first one, as Slack shows it.
+    text = (re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text) if bot_user_id
+            else _ANY_USER_MENTION.sub(" ", text, count=1))
+    tokens = [token for token, _quoted in _tokens(text.strip())]
+    if tokens and tokens[0].lower() in ("be", "as"):
+        tokens = tokens[1:]
+    if not tokens or (len(tokens) == 1 and tokens[0].lower() == "help"):
+        return Simple("help")
+    first = tokens[0]
+    target = _target(first) or (TargetRef("@", name=first)
+                                if re.fullmatch(r"[\w.\-]{1,80}", first) else None)
+    if target is None:
+        raise ParseError(f"I don't know `{first[:40]}`. {MENTION_USAGE}")
+    temperature = DEFAULT_TEMPERATURE
+    for token in tokens[1:]:
+        option = _OPTION.match(token)
+        if option is None:
+            raise ParseError(f"I didn't understand `{token[:40]}`. {MENTION_USAGE}")
+        temperature = _temperature(option.group(2))
+    return Mention(target, temperature)

@@ -21,14 +21,17 @@ from sqlalchemy.orm import Session
 
 from mimic.bot.batching import Closed, SampleBatcher
 from mimic.bot.commands import (
+    MENTION_USAGE,
     USAGE,
     ListTargets,
     Mimic,
     OptOut,
     ParseError,
     Retrain,
+    Simple,
     TargetRef,
     parse,
+    parse_mention,
 )
 from mimic.bot.models import ModelCache
 from mimic.core.config import Settings
@@ -78,6 +81,7 @@ class Written:
 class Reply:
     text: str
     public: bool = False  # in_channel for everyone, else ephemeral to the caller
+    voice: str | None = None  # the person written as (MIMIC_POST_AS borrows their look)
 
 
 class RateLimiter:
@@ -99,6 +103,12 @@ class RateLimiter:
                 return 60 - (now - seen[0])
             seen.append(now)
             return 0.0
+
+
+def _label(written: Written, temperature: float) -> str:
+    """The line above every generated message: whose voice, how, and that it is generated."""
+    return make_inert(f"_mimicking {written.target.label} · temp {temperature:g} · "
+                      f"{written.model} · generated text, not a real message_")
 
 
 def quoted(text: str) -> str:
@@ -149,21 +159,66 @@ class Responder:
 
     def handle(self, user_id: str, channel_id: str, text: str,
                followup: Callable[[Reply], None] = lambda _reply: None) -> Reply:
+        """The answer to `/mimic text`."""
+        return self._safely(user_id, channel_id, text,
+                            lambda: self._command(user_id, channel_id, text, followup))
+
+    def _command(self, user_id: str, channel_id: str, text: str,
+                 followup: Callable[[Reply], None]) -> Reply:
+        command = parse(text)
+        if isinstance(command, Mimic):
+            return self.mimic(user_id, channel_id, command)
+        if isinstance(command, OptOut):
+            return self.optout(user_id, command.forget)
+        if isinstance(command, Retrain):
+            return self.retrain(user_id, channel_id, command.target, followup)
+        if isinstance(command, ListTargets):
+            return self.list(channel_id, command.query)
+        return {"help": lambda: Reply(HELP), "status": self.status,
+                "optin": lambda: self.optin(user_id)}[command.verb]()
+
+    def mention(self, user_id: str, channel_id: str, text: str, bot_user_id: str | None,
+                read_context: Callable[[], list[tuple[str, str]]]) -> Reply:
+        """The answer to `@mimic alice` said in a conversation: a public Reply is posted in
+        the thread, as the target's answer to what `read_context` returns."""
+        def answer() -> Reply:
+            command = parse_mention(text, bot_user_id)
+            if isinstance(command, Simple):
+                return Reply(MENTION_USAGE)
+            return self.in_thread(user_id, channel_id, command.target, command.temperature,
+                                  read_context)
+        return self._safely(user_id, channel_id, text, answer)
+
+    def reply_to(self, user_id: str, channel_id: str, author_id: str,
+                 read_context: Callable[[], list[tuple[str, str]]]) -> Reply:
+        """The "Mimic a reply" shortcut: `author_id`'s answer to a message (what
+        `read_context` returns ends with it), asked for by `user_id`."""
+        if not is_slack_id(author_id):
+            return Reply("That message has no person as its author (a bot or an app wrote "
+                         "it), so there is nobody to imitate.")
+        return self._safely(user_id, channel_id, author_id, lambda: self.in_thread(
+            user_id, channel_id, TargetRef("@", id=author_id), DEFAULT_TEMPERATURE,
+            read_context))
+
+    def in_thread(self, user_id: str, channel_id: str, ref: TargetRef, temperature: float,
+                  read_context: Callable[[], list[tuple[str, str]]]) -> Reply:
+        """A public reply in `ref`'s voice to the conversation `read_context` returns (read
+        only once the request is allowed; an empty one falls back to their own messages)."""
+        self.check_rate(user_id)
+        target = self._target(ref, channel_id)
+        written = self.write(target, channel_id, temperature=temperature,
+                             context=read_context() or None)
+        return Reply(f"{_label(written, temperature)}\n{quoted(written.text)}", public=True,
+                     voice=target.ident if target.kind == "user" else None)
+
+    def _safely(self, user_id: str, channel_id: str, what: str,
+                answer: Callable[[], Reply]) -> Reply:
+        """`answer()`, or a message that says what went wrong: never an exception."""
         if not is_slack_id(user_id) or not (channel_id == "" or is_slack_id(channel_id)):
             return Reply("This request did not come with Slack's user and channel ids, so I "
                          "can't answer it.")
         try:
-            command = parse(text)
-            if isinstance(command, Mimic):
-                return self.mimic(user_id, channel_id, command)
-            if isinstance(command, OptOut):
-                return self.optout(user_id, command.forget)
-            if isinstance(command, Retrain):
-                return self.retrain(user_id, channel_id, command.target, followup)
-            if isinstance(command, ListTargets):
-                return self.list(channel_id, command.query)
-            return {"help": lambda: Reply(HELP), "status": self.status,
-                    "optin": lambda: self.optin(user_id)}[command.verb]()
+            return answer()
         except (ParseError, Refused) as exc:
             return Reply(str(exc))
         except Closed:
@@ -171,7 +226,7 @@ class Responder:
         except TargetError as exc:
             return Reply(f"{exc} {USAGE}")
         except Exception:
-            log.exception("/mimic %r failed", text[:100])
+            log.exception("mimic's answer to %r failed", what[:100])
             return Reply("Something went wrong on mimic's side; the admins can find the "
                          "details in its log. Please try again in a minute.")
 
@@ -188,9 +243,8 @@ class Responder:
         target = self._target(command.target, channel_id)
         written = self.write(target, channel_id, temperature=command.temperature,
                              seed=command.seed)
-        header = (f"_mimicking {target.label} · temp {command.temperature:g} · "
-                  f"{written.model} · generated text, not a real message_")
-        return Reply(f"{make_inert(header)}\n{quoted(written.text)}", public=True)
+        return Reply(f"{_label(written, command.temperature)}\n{quoted(written.text)}",
+                     public=True)
 
     def check_rate(self, user_id: str) -> None:
         """Refused if `user_id` asked for more than the rate limit allows this minute."""

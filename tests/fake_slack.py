@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 TOKEN = "xoxb-test-token"
 ALL_SCOPES = frozenset({"users:read", "channels:read", "groups:read", "channels:history",
-                        "groups:history"})
+                        "groups:history", "chat:write", "chat:write.customize"})
+# What the app writes, recorded in `sent` (method, arguments, time it arrived).
+WRITES = frozenset({"chat.postMessage", "chat.postEphemeral", "views.open"})
 
 
 class SlackError(Exception):
@@ -38,11 +40,13 @@ class FakeSlack:
         self.channels: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, dict[str, dict[str, Any]]] = {}  # channel → ts → message
         self.calls: Counter[str] = Counter()
+        self.sent: list[tuple[str, dict[str, str], float]] = []
+        self._sent_changed = threading.Condition()
         self.ratelimit: Counter[str] = Counter()  # method → how many next calls answer 429
         self.retry_after = "1"
         self.delay: dict[str, float] = {}  # method → seconds to sleep before answering
         self.fail_after: dict[str, int] = {}  # method → answer internal_error after N calls
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the API's writes post messages under it
         self._clock = 1_700_000_000
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -85,7 +89,9 @@ class FakeSlack:
             message = {"type": "message", "user": user, "text": text, "ts": ts, **extra}
             if thread_ts:
                 message["thread_ts"] = thread_ts
-                message["parent_user_id"] = self.messages[channel][thread_ts]["user"]
+                parent = self.messages[channel].get(thread_ts)
+                if parent is not None:
+                    message["parent_user_id"] = parent["user"]
             self.messages[channel][ts] = message
         return ts
 
@@ -108,6 +114,16 @@ class FakeSlack:
                                               "text": "This message was deleted."}
             else:
                 del self.messages[channel][ts]
+
+    def wait_sent(self, method: str, count: int = 1, timeout: float = 30
+                  ) -> list[dict[str, str]]:
+        """The arguments of the first `count` calls of write `method`, once they came."""
+        def found() -> list[dict[str, str]]:
+            return [args for m, args, _at in self.sent if m == method]
+        with self._sent_changed:
+            if not self._sent_changed.wait_for(lambda: len(found()) >= count, timeout):
+                raise AssertionError(f"{method}: {found()}, wanted {count}")
+            return found()[:count]
 
     # -- the API --
 
@@ -194,6 +210,17 @@ class FakeSlack:
             if not thread:
                 raise SlackError("thread_not_found")
             return self._page(thread, args, "messages")
+        if method in WRITES:
+            if method.startswith("chat."):
+                self._need("chat:write")
+                self._channel(args, history=False)
+            ts = self.post(args["channel"], args.get("text", ""), "UBOT", bot_id="BBOT",
+                           thread_ts=args.get("thread_ts")) if method == "chat.postMessage" \
+                else None
+            with self._sent_changed:
+                self.sent.append((method, args, time.perf_counter()))
+                self._sent_changed.notify_all()
+            return {"ok": True, **({"ts": ts, "channel": args["channel"]} if ts else {})}
         raise SlackError("unknown_method")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -216,7 +243,8 @@ class FakeSlack:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if body:
                     if "json" in (self.headers.get("Content-Type") or ""):
-                        args |= {k: str(v) for k, v in json.loads(body).items()}
+                        args |= {k: v if isinstance(v, str) else json.dumps(v)
+                                 for k, v in json.loads(body).items()}
                     else:
                         args |= dict(parse_qsl(body.decode()))
                 auth = self.headers.get("Authorization", "")

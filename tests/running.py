@@ -30,12 +30,16 @@ class Running:
 
 
 @pytest.fixture
-def running(world: tuple[Store, Settings], fake_slack: FakeSlack) -> Iterator[Running]:
+def running(world: tuple[Store, Settings], fake_slack: FakeSlack,
+            request: pytest.FixtureRequest) -> Iterator[Running]:
+    """Settings may be changed with `@pytest.mark.parametrize("running", [{...}],
+    indirect=True)`."""
     store, settings = world
     settings = settings.model_copy(update={
         "slack_api_url": fake_slack.url, "admins": ["U9"],
         "slack_signing_secret": SecretStr(slack_client.SIGNING_SECRET),
-        "slack_bot_token": SecretStr(TOKEN), "target_minutes": 0.05})
+        "slack_bot_token": SecretStr(TOKEN), "target_minutes": 0.05,
+        **getattr(request, "param", {})})
     fake_slack.add_user("U1", "alice")
     fake_slack.add_user("U2", "bob")
     fake_slack.add_user("U8", "olga", is_admin=True)

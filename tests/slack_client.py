@@ -100,3 +100,10 @@ def event(app_url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
                 "event_id": f"Ev{time.perf_counter_ns()}", "event_time": int(time.time()),
                 "event": payload}
     return signed_post(app_url, json.dumps(envelope).encode(), "application/json")
+
+
+def interaction(app_url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+    """A signed interactivity request (shortcut, button, modal submission): Slack sends the
+    payload as JSON in the form field `payload`."""
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    return signed_post(app_url, body, "application/x-www-form-urlencoded")
