@@ -18,6 +18,10 @@ from mimic.exporter.importer import import_export
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # the model, not just "x86_64": figures differ a lot between them
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")

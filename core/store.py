@@ -192,9 +192,7 @@ def make_engine(database_url: str, *, busy_timeout_s: float = 30) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        # As many pooled connections as the bot has listener threads: past the pool, each
-        # request opened (and set up) a connection of its own and closed it again.
-        engine = create_engine(url, pool_size=32, max_overflow=32)
+        engine = create_engine(url)
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas,
                                                          busy_timeout_s=busy_timeout_s))
         return engine

@@ -125,6 +125,16 @@ class FakeSlack:
                 raise AssertionError(f"{method}: {found()}, wanted {count}")
             return found()[:count]
 
+    def wait_posted(self, thread_ts: str, timeout: float = 30) -> float:
+        """When (perf_counter) the first chat.postMessage into thread `thread_ts` came."""
+        def at() -> float | None:
+            return next((when for m, args, when in self.sent if m == "chat.postMessage"
+                         and args.get("thread_ts") == thread_ts), None)
+        with self._sent_changed:
+            if not self._sent_changed.wait_for(lambda: at() is not None, timeout):
+                raise AssertionError(f"nothing was posted in thread {thread_ts}")
+            return at()  # type: ignore[return-value]
+
     # -- the API --
 
     def _top_level(self, channel: str) -> list[dict[str, Any]]:
