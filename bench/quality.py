@@ -51,6 +51,7 @@ from mimic.trainer.device import pick_device
 from mimic.trainer.fit import TrainConfig, evaluate, fit
 from mimic.trainer.model import CharLSTM, Slots, load_model
 from mimic.trainer.registry import WEIGHTS, active_version, delete_target, version_dir
+from mimic.trainer.sampler import CONTEXT_MESSAGES
 from mimic.trainer.shared import loss_on
 from mimic.trainer.train import FINE_TUNE, affordable_size, train
 from mimic.trainer.vocab import Vocab
@@ -60,7 +61,6 @@ GOALS = {"big": 1.30, "small": 1.33, "every": 1.45}
 BASE_SHARE = 0.47  # arm (b): of its budget; the fine-tunes share 0.45, the rest is overhead
 TARGETS_SHARE = 0.45
 SHARED_SHARE = 0.88  # arm (c): of its budget for fitting; scoring and publishing take the rest
-CONTEXT_MESSAGES = 5  # what a held-out message reads first, in arm (c)'s context figure
 
 
 def pick_targets(store: Store, settings: Settings) -> dict[str, list[Target]]:

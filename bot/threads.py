@@ -24,12 +24,10 @@ from mimic.core.ids import is_slack_id
 from mimic.core.inert import make_inert
 from mimic.core.store import Channel, Store, User
 from mimic.exporter.messages import drop_reason, is_ts, malformed, normalise
+from mimic.trainer.sampler import CONTEXT_MESSAGES
 
 log = logging.getLogger(__name__)
 
-# A reply reads the last few messages before it: with the 5 channel messages before each
-# held-out message, the workspace model's loss on them fell 1.300 -> 1.267 (bench.quality).
-CONTEXT_MESSAGES = 5
 # A thread is read oldest first, a page at a time; past this many messages only the newest
 # pages would matter, and a runaway thread must not cost a request many API calls.
 MAX_THREAD_PAGES, PAGE = 5, 200

@@ -371,6 +371,10 @@ def eval_(
         "--chars", metavar="MIN-MAX", help="Draw the --people at random (by --seed) from those "
         "with MIN to MAX characters, e.g. --chars 1000-20000, instead of the biggest.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the samples, for reproducible runs.")] = 0,
+    context: Annotated[str, typer.Option(
+        "--context", help="What each message reads first: 'own' (the target's last "
+        "messages, as /mimic does) or 'conversation' (the channel's messages before one of "
+        "their held-out messages, answered as a mention in a thread is).")] = "own",
 ) -> None:
     """Measure the models: held-out loss, style fidelity, what a reader sees, and leaks.
 
@@ -389,6 +393,8 @@ def eval_(
         write_report,
     )
 
+    if context not in ("own", "conversation"):
+        raise _fail(f"--context {context}: use 'own' or 'conversation'.")
     store, settings = _store(), get_settings()
     chosen = _resolve(store, targets or [])
     if not any(t.kind == "user" for t in chosen):
@@ -407,7 +413,8 @@ def eval_(
     try:
         with console.status("evaluating…") as status:
             report = evaluate_targets(store, settings, chosen, samples=samples, seed=seed,
-                                      progress=lambda msg: status.update(msg))
+                                      progress=lambda msg: status.update(msg),
+                                      context=context)  # type: ignore[arg-type]
     except EvalError as exc:
         raise _fail(str(exc)) from None
     path = write_report(report, settings.data_dir / "reports" / date.today().isoformat())

@@ -70,6 +70,22 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_answers_in_conversation_are_measured_too(world: tuple[Store, Settings],
+                                                 tmp_path: Path) -> None:
+    """--context conversation: each message answers the channel's messages before one of the
+    person's held-out ones; the same yardstick, and the report says which it was."""
+    store, settings = world
+    report = evaluate_targets(store, settings, targets(store, "@alice", "@bob"), samples=10,
+                              seed=1, context="conversation")
+    assert report.context == "conversation"
+    for row in report.rows:
+        assert 0 < row.generated <= 10 and row.leak_filtered == 0
+        assert row.figure("model.real_words") == 1.0
+        assert row.fidelity_model is not None
+    text = write_report(report, tmp_path / "report").read_text()
+    assert "channel messages before each held-out one" in text
+
+
 def test_one_person_skips_fidelity_and_no_model_is_an_error(
         world: tuple[Store, Settings]) -> None:
     store, settings = world

@@ -13,6 +13,7 @@ each next to the real held-out messages (the ceiling) and a markovify baseline (
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from sqlalchemy import select
@@ -50,7 +51,14 @@ from mimic.trainer.registry import (
     serving,
     version_dir,
 )
-from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply, sample_rows
+from mimic.trainer.sampler import (
+    CONTEXT_MESSAGES,
+    DEFAULT_TEMPERATURE,
+    NoNovelText,
+    Row,
+    draw,
+    sample_rows,
+)
 from mimic.trainer.shared import loss_on
 
 TEMPERATURE = DEFAULT_TEMPERATURE  # the bot's: evaluate what people actually get
@@ -114,6 +122,7 @@ class Report:
     people: list[str]  # the classifier's classes (labels); empty when fidelity was skipped
     seconds: float
     notes: list[str] = field(default_factory=list)
+    context: str = "own"  # what each message read first: "own" or "conversation"
 
     FIGURES = ("val_loss", "anyone_loss", "fidelity_model", "fidelity_real", "fidelity_markov",
                "leak_raw", "leak_filtered", "leak_markov",
@@ -259,6 +268,13 @@ def _losses(loaded: LoadedModel, target: Target, corpus: Corpus, device: Any
     return own, anyone
 
 
+def _drawn(loaded: LoadedModel, rows: Sequence[Row], k: int, generator: torch.Generator,
+           device: Any) -> list[str]:
+    """Raw messages for the first k rows."""
+    return sample_rows(loaded.model, loaded.vocab, rows[:k], reference=loaded.reference,
+                       guard=loaded.guard, device=device, generator=generator)
+
+
 def evaluate_targets(
     store: Store,
     settings: Settings,
@@ -266,16 +282,23 @@ def evaluate_targets(
     samples: int = 100,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    context: Literal["own", "conversation"] = "own",
 ) -> Report:
-    """Evaluate the model serving each target (see the module docstring). Targets nothing
-    imitates are left out with a note; if none is imitated, EvalError."""
+    """Evaluate the model serving each target (see the module docstring). Each message is
+    written after the target's own PRIMING last messages before the held-out ones (what
+    `/mimic` reads), or with `context="conversation"`, as the answer to the CONTEXT_MESSAGES
+    messages before one of their held-out messages in its channel (what a mention in a
+    thread reads). Targets nothing imitates are left out with a note; if none is imitated,
+    EvalError."""
     if samples < 1:
         raise EvalError(f"--samples must be at least 1, got {samples}")
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     device = pick_device(settings.device)
     notes: list[str] = []
-    chosen: list[tuple[Target, Serving, Corpus, list[tuple[str, str]]]] = []
+    # Per target, what its messages read first: (context, channel said in) pairs, used in turn.
+    chosen: list[tuple[Target, Serving, Corpus, list[tuple[list[tuple[str, str]], str | None]]]]
+    chosen = []
     with store.session() as session:
         workspace = load_workspace(session, settings, settings.min_chars)
         for target in dict.fromkeys(targets):  # keep order, drop repeats
@@ -288,10 +311,14 @@ def evaluate_targets(
                 notes.append(f"{target.label} has no model that imitates it: left out.")
                 continue
             corpus = load_corpus(session, settings, target)
-            # What the bot reads first, as it was before the held-out messages.
-            before = corpus.val_said[0].ts if corpus.val_said else None
-            chosen.append((target, found, corpus,
-                           recent(session, settings, target, PRIMING, before=before)))
+            if context == "conversation":
+                primings = [(recent(session, settings, Target(f"channel:{m.channel}", ""),
+                                CONTEXT_MESSAGES, before=m.ts), m.channel)
+                        for m in corpus.val_said[-samples:]]
+            else:  # what the bot reads first, as it was before the held-out messages
+                before = corpus.val_said[0].ts if corpus.val_said else None
+                primings = [(recent(session, settings, target, PRIMING, before=before), None)]
+            chosen.append((target, found, corpus, primings))
     if not chosen:
         raise EvalError("No target to evaluate has a model: train first: mimic train --all")
 
@@ -301,20 +328,22 @@ def evaluate_targets(
     rows: list[TargetRow] = []
     markov: dict[str, list[str]] = {}
     generated: dict[str, list[str]] = {}
-    for target, found, corpus, context in chosen:
+    for target, found, corpus, primings in chosen:
         say(f"evaluating {target.label}")
         loaded = load_version(settings.data_dir, found.row, device, found.parent)
         val_loss, anyone_loss = _losses(loaded, target, corpus, device)
         rng = _seed_for(seed, target)
-        row = loaded.row(target.key, temperature=TEMPERATURE, context=context)
-        # The same seed for both: the raw batch is exactly reply()'s first round, unfiltered.
-        raw = sample_rows(loaded.model, loaded.vocab, [row] * samples,
-                          reference=loaded.reference, guard=loaded.guard, device=device,
-                          generator=torch.Generator(device).manual_seed(rng))
-        try:
-            kept = reply(loaded, target.key, n=samples, temperature=TEMPERATURE,
-                         context=context, device=device,
-                         generator=torch.Generator(device).manual_seed(rng)).texts
+        asked = [loaded.row(target.key, temperature=TEMPERATURE, context=before, where=where)
+                 for before, where in primings]
+        asked = [asked[i % len(asked)] for i in range(samples)]
+
+        # The same seed for both: the raw batch is exactly the first round drawn, unfiltered.
+        raw = _drawn(loaded, asked, samples, torch.Generator(device).manual_seed(rng), device)
+        again = torch.Generator(device).manual_seed(rng)
+        try:  # as reply() draws: refused copies and blanks are drawn again
+            kept = draw(loaded.model, loaded.vocab, loaded.novelty, n=samples,
+                        temperature=TEMPERATURE, sampler=functools.partial(
+                            _drawn, loaded, asked, generator=again, device=device)).texts
         except NoNovelText as exc:
             kept = []
             notes.append(f"{target.label}: no novel message could be drawn ({exc}).")
@@ -358,7 +387,7 @@ def evaluate_targets(
                 r.notes.append("more typical than the person: the model's messages are "
                                "attributed to them more often than their own newer ones")
     return Report(datetime.now(UTC), samples, seed, rows, labels,
-                  time.perf_counter() - started, notes)
+                  time.perf_counter() - started, notes, context)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -535,11 +564,14 @@ def write_report(report: Report, folder: Path) -> Path:
            "the target's held-out loss as anyone.", "",
            "![loss curves](loss_curves.png)", "",
            "## Method", "",
-           "- Generated with reply() (the bot's path: after the target's "
-           f"{PRIMING} last messages before its held-out ones, drawn against anyone, real "
+           "- Generated as the bot does (after "
+           + (f"the {CONTEXT_MESSAGES} channel messages before each held-out one, as the "
+              "answer to them" if report.context == "conversation" else
+              f"the target's {PRIMING} last messages before its held-out ones")
+           + ", drawn against anyone, real "
            "words only, copies refused and drawn again, inert) at temperature "
            f"{TEMPERATURE}; raw leaks from the same rows drawn with the same seed, i.e. "
-           "reply()'s first round before filtering.",
+           "the first round drawn, before filtering.",
            f"- Held-out loss on at most {LOSS_CHARS:,} validation characters per target.",
            "- Words and word pairs count as real when the workspace's training messages "
            "(or the target's own) use them.",
