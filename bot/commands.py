@@ -3,6 +3,7 @@
     /mimic @alice                       /mimic <@U123|alice>    /mimic <@U123>
     /mimic #random temp=1.0             /mimic <#C123|random>   t=0.5  temperature=1.2
     /mimic @alice "I think we should"   (seed text, in straight or curly quotes)
+    /mimic @alice @bob turns=4 "cats?"  (a conversation: 2-4 people or channels, 2-8 turns)
     /mimic help | list [name] | status | optout [--forget] | optin | retrain [@x|#y|all]
 """
 
@@ -15,16 +16,18 @@ from mimic.trainer.sampler import DEFAULT_TEMPERATURE
 
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0  # exclusive, inclusive
 MAX_SEED = 200
+MAX_VOICES, MAX_TURNS, DEFAULT_TURNS = 4, 8, 4
 
 USAGE = (
-    "Try `/mimic @alice`, `/mimic #random temp=1.0` or `/mimic @alice \"I think we should\"`. "
+    "Try `/mimic @alice`, `/mimic #random temp=1.0`, `/mimic @alice \"I think we should\"` "
+    "or `/mimic @alice @bob turns=4`. "
     "Also: `/mimic list`, `/mimic status`, `/mimic optout`, `/mimic optin`, `/mimic help`."
 )
 
 _TOKEN = re.compile(r'"([^"]*)"|“([^”]*)”|\'([^\']*)\'|(<[^<>]*>|\S+)')
 _USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
 _CHANNEL = re.compile(r"^<#([CG][A-Z0-9]+)(?:\|([^>]*))?>$")
-_OPTION = re.compile(r"^(temp|temperature|t)=(.*)$", re.IGNORECASE)
+_OPTION = re.compile(r"^(temp|temperature|t|turns)=(.*)$", re.IGNORECASE)
 
 
 class ParseError(ValueError):
@@ -42,10 +45,37 @@ class TargetRef:
     def __str__(self) -> str:
         return f"{self.sigil}{self.name or self.id}"
 
+    def same(self, other: TargetRef) -> bool:
+        """Whether both name one person or channel, as far as the text tells: by id when both
+        came escaped, else by name (an escaped mention carries its name too)."""
+        if self.sigil != other.sigil:
+            return False
+        if self.id and other.id:
+            return self.id == other.id
+        return bool(self.name) and self.name.casefold() == other.name.casefold()
+
+
+def named_twice(label: str) -> ParseError:
+    """The error for a conversation that names one voice twice (also found after resolving:
+    `@alice` and `@U123` can be the same person)."""
+    return ParseError(f"{label} is named twice: a conversation takes different people or "
+                      "channels, e.g. `/mimic @alice @bob`.")
+
 
 @dataclass(frozen=True)
 class Mimic:
     target: TargetRef
+    temperature: float = DEFAULT_TEMPERATURE
+    seed: str = ""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """2 to MAX_VOICES distinct voices taking `turns` turns in the order named, the first
+    turn starting from `seed`."""
+
+    targets: tuple[TargetRef, ...]
+    turns: int = DEFAULT_TURNS
     temperature: float = DEFAULT_TEMPERATURE
     seed: str = ""
 
@@ -74,7 +104,7 @@ class Retrain:
     target: TargetRef | None = None  # None: everything that changed
 
 
-Command = Mimic | Simple | ListTargets | OptOut | Retrain
+Command = Mimic | Conversation | Simple | ListTargets | OptOut | Retrain
 SIMPLE_VERBS = ("help", "status", "optin")
 MAX_QUERY = 40
 
@@ -142,29 +172,72 @@ def parse(text: str) -> Command:
             raise ParseError("Use `/mimic retrain`, `/mimic retrain all`, "
                              "`/mimic retrain @person` or `/mimic retrain #channel`.")
         return Retrain(target)
-    target = None if quoted else _target(first)
-    if target is None:
+    targets = []  # the leading run of people and channels
+    for token, was_quoted in tokens:
+        target = None if was_quoted else _target(token)
+        if target is None:
+            break
+        targets.append(target)
+    if not targets:
         raise ParseError(f"I don't know `{first[:40]}`: start with a person (@alice) or a "
                          f"channel (#random). {USAGE}")
-    temperature, seed = DEFAULT_TEMPERATURE, None
+    example = " ".join(map(str, targets))
+    temperature, turns, seed = _options(tokens[len(targets):], example)
+    if len(targets) == 1:
+        if turns is not None:
+            raise ParseError("`turns=` is for a conversation: name two or more people, e.g. "
+                             f"`/mimic {example} @bob turns={DEFAULT_TURNS}`.")
+        return Mimic(targets[0], temperature, seed)
+    if len(targets) > MAX_VOICES:
+        raise ParseError(f"A conversation takes at most {MAX_VOICES} people or channels; you "
+                         f"named {len(targets)}.")
+    for i, target in enumerate(targets):
+        if any(target.same(earlier) for earlier in targets[:i]):
+            raise named_twice(str(target))
+    return Conversation(tuple(targets), _turns(turns, len(targets)), temperature, seed)
+
+
+def _options(rest: list[tuple[str, bool]], example: str) -> tuple[float, str | None, str]:
+    """(temperature, turns as typed or None, seed) from what follows the targets."""
+    temperature, turns, seed = DEFAULT_TEMPERATURE, None, None
     for token, was_quoted in rest:
         option = None if was_quoted else _OPTION.match(token)
-        if option:
+        if option and option.group(1).lower() == "turns":
+            turns = option.group(2)
+        elif option:
             temperature = _temperature(option.group(2))
         elif was_quoted and seed is None:
             seed = token
         else:
-            hint = ("Put the seed text in quotes" if not was_quoted
-                    else "Give only one seed text")
+            hint = ("Give only one seed text" if was_quoted
+                    else "Name everyone first, then the options" if _target(token)
+                    else "Put the seed text in quotes")
             raise ParseError(f"I didn't understand `{token[:40]}`. {hint}: "
-                             f'`/mimic {target} "I think we should" temp=0.8`.')
+                             f'`/mimic {example} "I think we should" temp=0.8`.')
     seed = (seed or "").strip()
     if "\n" in seed or "\r" in seed:
         raise ParseError("Keep the seed text on one line: a reply is one message, and its "
-                         f'seed is how it starts, e.g. `/mimic {target} "I think we should"`.')
+                         f'seed is how it starts, e.g. `/mimic {example} "I think we should"`.')
     if len(seed) > MAX_SEED:
         raise ParseError(f"The seed text is {len(seed)} characters; keep it under {MAX_SEED}.")
-    return Mimic(target, temperature, seed)
+    return temperature, turns, seed
+
+
+def _turns(raw: str | None, voices: int) -> int:
+    """The number of turns: at least one for each of `voices` (a voice named but never heard
+    would be a silent mistake), at most MAX_TURNS."""
+    if raw is None:
+        return DEFAULT_TURNS  # as many as MAX_VOICES: everyone speaks
+    if not (raw.isascii() and raw.isdigit()):
+        raise ParseError(f"`turns={raw[:10]}` is not a number: use a whole number from {voices} "
+                         f"to {MAX_TURNS}, e.g. `turns={DEFAULT_TURNS}`.")
+    if int(raw) > MAX_TURNS:
+        raise ParseError(f"`turns={raw[:10]}` is too many: a conversation has at most "
+                         f"{MAX_TURNS} turns.")
+    if int(raw) < voices:
+        raise ParseError(f"`turns={raw}` is too few for {voices} voices: use at least {voices}, "
+                         "so everyone speaks.")
+    return int(raw)
 
 
 # -- mentions: `@mimic alice`, `@mimic be @alice`, `@mimic #random temp=1.0` -----------------

@@ -23,6 +23,7 @@ from mimic.bot.batching import Closed, SampleBatcher
 from mimic.bot.commands import (
     MENTION_USAGE,
     USAGE,
+    Conversation,
     ListTargets,
     Mimic,
     OptOut,
@@ -30,13 +31,14 @@ from mimic.bot.commands import (
     Retrain,
     Simple,
     TargetRef,
+    named_twice,
     parse,
     parse_mention,
 )
 from mimic.bot.models import ModelCache
 from mimic.core.config import Settings
 from mimic.core.ids import is_slack_id
-from mimic.core.inert import make_inert
+from mimic.core.inert import make_inert, plain
 from mimic.core.store import Channel, Coverage, Message, ModelVersion, Run, Store, User
 from mimic.trainer.corpus import (
     BASE,
@@ -128,6 +130,8 @@ HELP = (
     "history. It is always labelled as generated and never pings anyone.\n"
     "• `/mimic @alice` · `/mimic #random temp=1.2` (temperature above 0 and at most 2; "
     "higher is wilder) · `/mimic @alice \"I think we should\"` (start from a seed text)\n"
+    "• `/mimic @alice @bob turns=4 \"cats?\"`: a conversation between 2 to 4 people or "
+    "channels, 2 to 8 turns, each answering the ones before\n"
     "• `/mimic list`: who and what can be mimicked (`/mimic list alice` searches) · "
     "`/mimic status`: data, models, next training\n"
     "• `/mimic optout`: never imitate me, delete my models (`--forget` also deletes my "
@@ -168,6 +172,8 @@ class Responder:
         command = parse(text)
         if isinstance(command, Mimic):
             return self.mimic(user_id, channel_id, command)
+        if isinstance(command, Conversation):
+            return self.conversation(user_id, channel_id, command)
         if isinstance(command, OptOut):
             return self.optout(user_id, command.forget)
         if isinstance(command, Retrain):
@@ -245,6 +251,35 @@ class Responder:
                              seed=command.seed)
         return Reply(f"{_label(written, command.temperature)}\n{quoted(written.text)}",
                      public=True)
+
+    def conversation(self, user_id: str, channel_id: str, command: Conversation) -> Reply:
+        """Its voices taking turns in the order named, each turn written as an answer to the
+        turns before it, posted as one labelled message. Every voice is resolved before any
+        turn is written, and each voice has its first turn within the first round, so a
+        refusal (opted out, no model) costs at most that round and posts nothing."""
+        self.check_rate(user_id)  # once: the whole conversation is one request
+        voices = [self._target(ref, channel_id) for ref in command.targets]
+        for i, voice in enumerate(voices):
+            if voice in voices[:i]:  # `@alice @U1`: two names, one person
+                raise named_twice(voice.label)
+        said: list[tuple[str, str]] = []  # (author id, text) so far, oldest first
+        turns: list[Written] = []
+        for i in range(command.turns):
+            voice = voices[i % len(voices)]
+            # The first turn opens as a plain /mimic does, after the voice's own latest words.
+            turns.append(self.write(voice, channel_id, temperature=command.temperature,
+                                    seed=command.seed if i == 0 else "", context=said or None))
+            # A channel is nobody in particular: the model reads its turns as anyone's. The
+            # model reads what was written, not its inert form for Slack.
+            said.append((voice.ident if voice.kind == "user" else "", plain(turns[-1].text)))
+        names = [voice.label for voice in voices]
+        models = " and ".join(dict.fromkeys(turn.model for turn in turns))
+        header = (f"_a conversation between {', '.join(names[:-1])} and {names[-1]} · "
+                  f"temp {command.temperature:g} · {models} · generated text, not real "
+                  "messages_")
+        body = "\n".join(f"{make_inert(f'*{turn.target.label}*')}\n{quoted(turn.text)}"
+                         for turn in turns)
+        return Reply(f"{make_inert(header)}\n{body}", public=True)
 
     def check_rate(self, user_id: str) -> None:
         """Refused if `user_id` asked for more than the rate limit allows this minute."""

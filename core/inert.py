@@ -26,3 +26,10 @@ def make_inert(text: str) -> str:
     """Return `text` as Slack will display it literally, with no possible notification."""
     escaped = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
     return _AT.sub(r"\1" + WORD_JOINER, escaped)
+
+
+def plain(text: str) -> str:
+    """What `make_inert` made inert, as it was written (for reading it back into a model,
+    which never saw entities or joiners): the inverse on its output."""
+    unjoined = re.sub(f"([{AT_SIGNS}]){WORD_JOINER}", r"\1", text)
+    return unjoined.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

@@ -38,6 +38,16 @@ def test_mimic_answers_in_channel_labelled_and_inert(running: Running) -> None:
     assert body.startswith("&gt;") and not PING.search(reply["text"])
 
 
+def test_a_conversation_answers_in_channel_as_one_labelled_inert_message(
+        running: Running) -> None:
+    reply = ask(running, "<@U1|alice> <@U2|bob> turns=2")
+    assert reply["response_type"] == "in_channel"
+    header, *lines = reply["text"].split("\n")
+    assert "a conversation between @\u2060alice and @\u2060bob · temp" in header
+    labels = [line for line in lines if not line.startswith("&gt;")]
+    assert labels == ["*@\u2060alice*", "*@\u2060bob*"] and not PING.search(reply["text"])
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("@alice temp=9", "out of range"),
     ("@nobody", "No person called @\u2060nobody"),
@@ -45,6 +55,7 @@ def test_mimic_answers_in_channel_labelled_and_inert(running: Running) -> None:
     ('@alice "unclosed', "unclosed quote"),
     ("#secret", "No channel called #secret"),
     ("help", "optout"),
+    ("@alice @bob turns=9", "at most 8 turns"),
 ])
 def test_errors_and_help_are_ephemeral(running: Running, text: str, expected: str) -> None:
     reply = ask(running, text)

@@ -8,6 +8,9 @@ from hypothesis import strategies as st
 
 from mimic.bot.commands import (
     DEFAULT_TEMPERATURE,
+    MAX_TURNS,
+    MAX_VOICES,
+    Conversation,
     ListTargets,
     Mimic,
     OptOut,
@@ -19,6 +22,7 @@ from mimic.bot.commands import (
 )
 
 ALICE = TargetRef("@", name="alice")
+BOB = TargetRef("@", name="bob")
 
 
 @pytest.mark.parametrize(("text", "command"), [
@@ -36,6 +40,16 @@ ALICE = TargetRef("@", name="alice")
     ('@alice "I think we should"', Mimic(ALICE, DEFAULT_TEMPERATURE, "I think we should")),
     ('@alice “I think we should” temp=1.2', Mimic(ALICE, 1.2, "I think we should")),
     ("@alice temp=0.3 'hey there'", Mimic(ALICE, 0.3, "hey there")),
+    ("@alice @bob", Conversation((ALICE, BOB))),
+    ("@alice @bob turns=2", Conversation((ALICE, BOB), 2)),
+    ('<@U1|alice> #random TURNS=8 t=1.5 "cats?"',
+     Conversation((TargetRef("@", name="alice", id="U1"), TargetRef("#", name="random")), 8,
+                  1.5, "cats?")),
+    ("@alice @bob @carol @dave", Conversation(
+        (ALICE, BOB, TargetRef("@", name="carol"), TargetRef("@", name="dave")))),
+    ("@alice #alice", Conversation((ALICE, TargetRef("#", name="alice")))),  # two voices
+    ("<@U1|alice> <@U2|alice>", Conversation(  # ids differ: two people, whatever the names
+        (TargetRef("@", name="alice", id="U1"), TargetRef("@", name="alice", id="U2")))),
     ("", Simple("help")),
     ("help", Simple("help")),
     ("LIST", ListTargets()),
@@ -72,6 +86,22 @@ def test_documented_forms(text: str, command: object) -> None:
     ("optout now", "optout --forget"),
     ("retrain bob", "retrain @person"),
     ("@alice \"" + "x" * 300 + "\"", "keep it under"),
+    ("@a @b @c @d @e", f"at most {MAX_VOICES} people"),
+    ("@alice @bob turns=9", f"at most {MAX_TURNS} turns"),
+    ("@alice @bob turns=0", "too few for 2 voices"),
+    ("@alice @bob @carol turns=2", "too few for 3 voices"),
+    ("@alice @bob turns=four", "not a number"),
+    ("@alice @bob turns=2.5", "not a number"),
+    ("@alice @bob turns=", "not a number"),
+    ("@alice @bob turns=-1", "not a number"),
+    ("@alice @Alice", "@Alice is named twice"),
+    ("<@U1|alice> <@U1>", "@U1 is named twice"),
+    ("<@U1|alice> @alice", "@alice is named twice"),
+    ("@alice turns=2", "`turns=` is for a conversation"),
+    ("@alice temp=1 @bob", "Name everyone first"),
+    ('@alice @bob "one" "two"', "only one seed text"),
+    ('@alice @bob "x\ny"', "on one line"),
+    ("@alice @bob temp=3", "out of range"),
 ])
 def test_errors_say_what_to_type(text: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):
@@ -87,6 +117,10 @@ def test_any_text_parses_or_explains(text: str) -> None:
     except ParseError as exc:
         assert str(exc) and "Traceback" not in str(exc)
     else:
-        assert isinstance(command, Mimic | Simple | OptOut | Retrain)
-        if isinstance(command, Mimic):
+        assert isinstance(command, Mimic | Conversation | Simple | ListTargets | OptOut
+                          | Retrain)
+        if isinstance(command, Mimic | Conversation):
             assert 0 < command.temperature <= 2
+        if isinstance(command, Conversation):
+            assert 2 <= len(command.targets) <= MAX_VOICES
+            assert len(command.targets) <= command.turns <= MAX_TURNS

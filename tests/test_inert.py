@@ -89,3 +89,13 @@ def test_markup_soup(text: str) -> None:
     shown = re.sub("&(amp|lt|gt);", lambda m: {"amp": "&", "lt": "<", "gt": ">"}[m[1]], out)
     assert shown.replace(WJ, "") == re.sub(
         "&(amp|lt|gt);", lambda m: {"amp": "&", "lt": "<", "gt": ">"}[m[1]], text)
+
+
+@given(st.text(alphabet=st.sampled_from("ab @＠﹫<>&;!#|:ltgmp\n"), max_size=40))
+def test_plain_undoes_inert(text: str) -> None:
+    """What a model wrote is read back as it wrote it (a conversation's earlier turns):
+    exactly, unless it already held one of Slack's entities, which make_inert keeps."""
+    from mimic.core.inert import plain
+
+    if not any(entity in text for entity in ("&amp;", "&lt;", "&gt;")):
+        assert plain(make_inert(text)) == text

@@ -88,6 +88,84 @@ def test_errors_are_ephemeral_and_say_what_to_do(
         assert "Traceback" not in reply.text
 
 
+def turns_of(reply: Reply) -> tuple[str, list[tuple[str, str]]]:
+    """A conversation's header and its (label, text) turns, texts unquoted again."""
+    header, *lines = reply.text.split("\n")
+    turns: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("*"):
+            turns.append((line, []))
+        else:
+            assert line.startswith(">") and turns, line  # every generated line quoted
+            turns[-1][1].append(line[1:])
+    return header, [(label, "\n".join(text)) for label, text in turns]
+
+
+def test_a_conversation_alternates_voices_each_answering_the_turns_before(
+        responder: Make, world: tuple[Store, Settings]) -> None:
+    store, _settings = world
+    r = responder(world)
+    reply = ask(r, '@alice @bob turns=4 t=0.8 "MY CAT"')
+    header, turns = turns_of(reply)
+    assert reply.public and not PING.search(reply.text)
+    assert header == ("_a conversation between @\u2060alice and @\u2060bob · temp 0.8 · the "
+                      "workspace model v1 · generated text, not real messages_")
+    assert [label for label, _ in turns] == ["*@\u2060alice*", "*@\u2060bob*"] * 2
+    assert all(text.strip() for _, text in turns)
+    assert turns[0][1].startswith("MY CAT")  # the seed opens the first turn only
+    # Turn i was drawn after reading turns 0..i-1 by their authors: that context is already
+    # in the model's primer, so reading it again adds nothing, while any other would.
+    with store.session() as s:
+        chosen = serving(s, resolve(s, "@bob"))
+    assert chosen is not None
+    loaded = r.cache.get(chosen.row, chosen.parent)
+    said = [(author, text) for author, (_, text) in zip(["U1", "U2"] * 2, turns, strict=True)]
+
+    def primed(voice: str, context: list[tuple[str, str]]) -> bool:
+        before = len(loaded.primer)
+        loaded.primer.read(loaded.model, [loaded.row(voice, where=GENERAL,
+                                                     context=context).context])
+        return len(loaded.primer) == before
+
+    for i in range(1, 4):
+        assert primed(f"user:{said[i][0]}", said[:i]), i
+    assert not primed("user:U1", said[::-1])
+
+
+def test_a_conversation_with_a_channel_voice_and_three_voices(
+        responder: Make, world: tuple[Store, Settings]) -> None:
+    header, turns = turns_of(ask(responder(world), "@bob #random @alice turns=3"))
+    assert "between @\u2060bob, #random and @\u2060alice ·" in header
+    assert [label for label, _ in turns] == ["*@\u2060bob*", "*#random*", "*@\u2060alice*"]
+
+
+def test_conversation_errors_are_ephemeral_and_nothing_is_posted(
+        responder: Make, world: tuple[Store, Settings]) -> None:
+    r = responder(world)
+    cases = {
+        "@alice @nobody": "No person called @nobody",
+        "@alice @U1": "@alice is named twice",  # two names, one person
+        "@alice @bob turns=9": "at most 8 turns",
+        "@alice @bob @carol @bob @dave": "at most 4 people",
+        "@alice @carol": "I need at least 500",
+    }
+    for text, expected in cases.items():
+        reply = ask(r, text, user="U1")
+        assert not reply.public and expected in reply.text, (text, reply)
+    ask(r, "optout", user="U2")
+    refused = ask(r, "@alice @bob", user="U1")
+    assert not refused.public and refused.text.startswith("@bob has opted out")
+
+
+def test_a_conversation_is_one_request_for_the_rate_limit(
+        responder: Make, world: tuple[Store, Settings]) -> None:
+    store, settings = world
+    r = responder((store, settings.model_copy(update={"rate_limit": 2})))
+    assert ask(r, "@alice @bob turns=2").public
+    assert ask(r, "@alice").public
+    assert "2 requests a minute" in ask(r, "@alice @bob turns=2").text
+
+
 def test_an_internal_failure_is_a_polite_message(
         responder: Make, world: tuple[Store, Settings]) -> None:
     store, settings = world
