@@ -14,8 +14,9 @@ from typing import Any, Literal
 from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
+from mimic.bot.home import OPT_IN, OPT_OUT, RETRAIN, home_view
 from mimic.bot.models import ModelCache
-from mimic.bot.replies import Reply, Responder
+from mimic.bot.replies import FAILED, Reply, Responder
 from mimic.bot.retrain import Event, RetrainRunner, summary
 from mimic.bot.threads import (
     PICK_PERSON,
@@ -261,5 +262,51 @@ def build_app(
         user, channel, message, person = picked
         answer_message(user, channel, message, person, lambda text: deliver(
             Reply(text), channel, thread_of(message), user))
+
+    # -- App Home (bot/home.py): published when opened and after each of its buttons ------
+
+    def publish_home(user_id: str, notice: str = "") -> None:
+        try:
+            client.views_publish(user_id=user_id, view=home_view(
+                store, settings, user_id, admin=responder.may_retrain(user_id), notice=notice))
+        except SlackApiError as exc:
+            log.warning("views.publish for %s failed: %s", user_id, exc.response.get("error"))
+        except Exception:  # also called on the retraining thread, which must carry on
+            log.exception("the App Home of %s could not be built", user_id)
+
+    def home_action(body: dict[str, Any], act: Callable[[str], Reply]) -> None:
+        user_id = (body.get("user") or {}).get("id")
+        if not is_slack_id(user_id):
+            log.warning("an App Home action without a Slack user id: ignored")
+            return
+        try:
+            notice = act(user_id).text
+        except Exception:
+            log.exception("App Home action for %s failed", user_id)
+            notice = FAILED
+        publish_home(user_id, notice)
+
+    @app.event("app_home_opened")
+    def on_home_opened(event: dict[str, Any]) -> None:
+        if event.get("tab") == "home" and is_slack_id(event.get("user")):
+            publish_home(event["user"])
+
+    @app.action(OPT_OUT)
+    def home_optout(ack: Any, body: dict[str, Any]) -> None:
+        ack()
+        home_action(body, lambda user: responder.optout(user, forget=False))
+
+    @app.action(OPT_IN)
+    def home_optin(ack: Any, body: dict[str, Any]) -> None:
+        ack()
+        home_action(body, responder.optin)
+
+    @app.action(RETRAIN)
+    def home_retrain(ack: Any, body: dict[str, Any]) -> None:
+        ack()
+        # Responder.retrain authorises the presser itself: the button may be forged. Its
+        # progress and results replace the notice on their Home as they come.
+        home_action(body, lambda user: responder.retrain(
+            user, "", None, followup=lambda reply: publish_home(user, reply.text)))
 
     return SlackApp(app, responder, runner, listeners)

@@ -64,6 +64,8 @@ from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 log = logging.getLogger(__name__)
 PRIMING_MESSAGES = 3  # of the target's own, read before a reply (bench/drawing.py)
 LIST_BEST, LIST_MATCHES = 10, 20
+FAILED = ("Something went wrong on mimic's side; the admins can find the details in its log. "
+          "Please try again in a minute.")
 
 
 class Refused(Exception):
@@ -233,8 +235,7 @@ class Responder:
             return Reply(f"{exc} {USAGE}")
         except Exception:
             log.exception("mimic's answer to %r failed", what[:100])
-            return Reply("Something went wrong on mimic's side; the admins can find the "
-                         "details in its log. Please try again in a minute.")
+            return Reply(FAILED)
 
     # -- targets ---------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class Responder:
         ranked = sorted(found.values(), key=lambda f: (f[1] is None, f[1] or 0.0))
         shown = ranked[: LIST_MATCHES if query else LIST_BEST]
         lines = [f"• {make_inert(label)}: "
-                 + (f"{_quality(loss)} ({loss:.2f} nats/char{how})" if loss is not None
+                 + (f"{quality(loss)} ({loss:.2f} nats/char{how})" if loss is not None
                     else f"not scored yet{how}") for label, loss, how in shown]
         title = (f"*{len(found)} match `{make_inert(query)}`*" if query else
                  f"*I can mimic {people} people and {len(found) - people} channels*; the "
@@ -399,26 +400,7 @@ class Responder:
 
     def status(self) -> Reply:
         with self.store.session() as session:
-            messages = session.scalar(select(func.count()).select_from(Message)) or 0
-            last = session.scalars(select(Run).order_by(Run.id.desc())).first()
-            shared = active_version(session, BASE.key)
-            covered = session.scalars(select(Coverage.target).where(
-                Coverage.version_id == shared.id)).all() if shared is not None else []
-            dedicated = session.scalar(select(func.count()).select_from(ModelVersion).where(
-                ModelVersion.status == "active", ModelVersion.target != BASE.key)) or 0
-            pending = session.scalar(select(func.count()).select_from(User)
-                                     .where(User.opted_out)) or 0
-        people = sum(key.startswith("user:") for key in covered)
-        model = (f"• workspace model v{shared.version}: {people} people and "
-                 f"{len(covered) - people} channels; {dedicated} models of their own"
-                 if shared is not None else "• no workspace model yet")
-        lines = [f"• {messages:,} messages stored", model,
-                 f"• last {last.kind}: {last.started_at:%Y-%m-%d %H:%M} UTC ({last.status})"
-                 if last else "• nothing imported or exported yet",
-                 f"• next training: {next_training(self.settings)}"]
-        if pending:
-            lines.append(f"• {pending} people opted out: models that learned from them are "
-                         "retrained without them at the next run")
+            lines = status_lines(session, self.settings)
         return Reply("*mimic status*\n" + "\n".join(lines))
 
     def optout(self, user_id: str, forget: bool) -> Reply:
@@ -435,9 +417,13 @@ class Responder:
         return Reply("You're opted in: your public messages can train models again from the "
                      "next training run.")
 
+    def may_retrain(self, user_id: str) -> bool:
+        """An admin: on MIMIC_ADMINS, or a workspace admin or owner (users.info)."""
+        return user_id in self.settings.admins or self.is_admin(user_id)
+
     def retrain(self, user_id: str, channel_id: str, ref: TargetRef | None,
                 followup: Callable[[Reply], None]) -> Reply:
-        if not (user_id in self.settings.admins or self.is_admin(user_id)):
+        if not self.may_retrain(user_id):
             return Reply("Sorry, only mimic's admins can start a retraining. It also runs by "
                          f"itself {next_training(self.settings)}.")
         target = self._target(ref, channel_id) if ref else None
@@ -449,7 +435,32 @@ class Responder:
                      "progress and the results here.")
 
 
-def _quality(loss: float) -> str:
+def quality(loss: float) -> str:
+    """A validation loss (nats per character) in words, as lists and the App Home show it."""
     return "great" if loss < 1.5 else "good" if loss < 1.8 else "rough" if loss < 2.2 else \
         "babbling"
 
+
+def status_lines(session: Session, settings: Settings) -> list[str]:
+    """What `/mimic status` and the admins' App Home show: data, models, last and next run."""
+    messages = session.scalar(select(func.count()).select_from(Message)) or 0
+    last = session.scalars(select(Run).order_by(Run.id.desc())).first()
+    shared = active_version(session, BASE.key)
+    covered = session.scalars(select(Coverage.target).where(
+        Coverage.version_id == shared.id)).all() if shared is not None else []
+    dedicated = session.scalar(select(func.count()).select_from(ModelVersion).where(
+        ModelVersion.status == "active", ModelVersion.target != BASE.key)) or 0
+    pending = session.scalar(select(func.count()).select_from(User)
+                             .where(User.opted_out)) or 0
+    people = sum(key.startswith("user:") for key in covered)
+    model = (f"• workspace model v{shared.version}: {people} people and "
+             f"{len(covered) - people} channels; {dedicated} models of their own"
+             if shared is not None else "• no workspace model yet")
+    lines = [f"• {messages:,} messages stored", model,
+             f"• last {last.kind}: {last.started_at:%Y-%m-%d %H:%M} UTC ({last.status})"
+             if last else "• nothing imported or exported yet",
+             f"• next training: {next_training(settings)}"]
+    if pending:
+        lines.append(f"• {pending} people opted out: models that learned from them are "
+                     "retrained without them at the next run")
+    return lines

@@ -47,6 +47,8 @@ class FakeSlack:
         self.delay: dict[str, float] = {}  # method → seconds to sleep before answering
         self.fail_after: dict[str, int] = {}  # method → answer internal_error after N calls
         self._lock = threading.RLock()  # the API's writes post messages under it
+        self.views: dict[str, list[dict[str, Any]]] = {}  # user → Home views, oldest first
+        self._published = threading.Condition(self._lock)
         self._clock = 1_700_000_000
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -135,6 +137,14 @@ class FakeSlack:
                 raise AssertionError(f"nothing was posted in thread {thread_ts}")
             return at()  # type: ignore[return-value]
 
+    def wait_views(self, user: str, count: int = 1, timeout: float = 30) -> list[dict[str, Any]]:
+        """The Home views published to `user`, once there are at least `count`."""
+        with self._published:
+            if not self._published.wait_for(lambda: len(self.views.get(user, [])) >= count,
+                                            timeout):
+                raise AssertionError(f"{user} got {self.views.get(user, [])}, wanted {count}")
+            return list(self.views[user])
+
     # -- the API --
 
     def _top_level(self, channel: str) -> list[dict[str, Any]]:
@@ -220,6 +230,18 @@ class FakeSlack:
             if not thread:
                 raise SlackError("thread_not_found")
             return self._page(thread, args, "messages")
+        if method == "views.publish":
+            view = json.loads(args.get("view") or "null")
+            # Slack refuses a Home view that breaks its limits; a fake that took it would hide
+            # a view the real one never shows.
+            if not isinstance(view, dict) or view.get("type") != "home" \
+                    or not 0 < len(view.get("blocks") or []) <= 100:
+                raise SlackError("invalid_arguments")
+            if any(len(b.get("text", {}).get("text", "")) > 3000 for b in view["blocks"]):
+                raise SlackError("invalid_blocks")
+            self.views.setdefault(args.get("user_id", ""), []).append(view)
+            self._published.notify_all()
+            return {"ok": True, "view": view}
         if method in WRITES:
             if method.startswith("chat."):
                 self._need("chat:write")
@@ -253,6 +275,7 @@ class FakeSlack:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if body:
                     if "json" in (self.headers.get("Content-Type") or ""):
+                        # Objects (views.publish's view) stay JSON, as Slack reads them.
                         args |= {k: v if isinstance(v, str) else json.dumps(v)
                                  for k, v in json.loads(body).items()}
                     else:

@@ -102,8 +102,22 @@ def event(app_url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
     return signed_post(app_url, json.dumps(envelope).encode(), "application/json")
 
 
-def interaction(app_url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+def interaction(app_url: str, payload: dict[str, Any], **signing: Any) -> tuple[int, bytes]:
     """A signed interactivity request (shortcut, button, modal submission): Slack sends the
     payload as JSON in the form field `payload`."""
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
-    return signed_post(app_url, body, "application/x-www-form-urlencoded")
+    return signed_post(app_url, body, "application/x-www-form-urlencoded", **signing)
+
+
+def action(app_url: str, action_id: str, *, user: str = "U2", **signing: Any) -> tuple[int, bytes]:
+    """A button pressed on the App Home: a block_actions payload, form-encoded and signed the
+    way Slack sends it (anyone can post one: only the signature says it came from Slack)."""
+    payload = {"type": "block_actions", "token": "unused", "api_app_id": "A1",
+               "team": {"id": "T1", "domain": "acme"},
+               "user": {"id": user, "username": "someone", "team_id": "T1"},
+               "container": {"type": "view", "view_id": "V1"}, "trigger_id": "1.2.3",
+               "view": {"id": "V1", "type": "home", "blocks": []},
+               "actions": [{"type": "button", "action_id": action_id, "block_id": "b1",
+                            "text": {"type": "plain_text", "text": action_id},
+                            "action_ts": f"{time.time():.6f}"}]}
+    return interaction(app_url, payload, **signing)

@@ -13,6 +13,7 @@ from mimic.exporter.importer import import_export
 from mimic.trainer.corpus import (
     BASE,
     TargetError,
+    corpus_size,
     load_corpus,
     load_workspace,
     resolve,
@@ -54,6 +55,15 @@ def test_channel_corpus_and_private_channel(workspace: Store) -> None:
         secret = resolve(s, "#secret")
     assert secret.private
     assert everything(workspace, "#secret") == ["private canary zebra-42"]
+
+
+def test_corpus_size_counts_what_load_corpus_gives(workspace: Store) -> None:
+    with workspace.session() as s:
+        for name in ("@alice", "#general", "#secret"):
+            target = resolve(s, name)
+            said = load_corpus(s, settings(), target).said
+            assert said and corpus_size(s, settings(), target) == (
+                len(said), sum(len(m.text) + 1 for m in said))
 
 
 def test_the_workspace_holds_out_every_covered_targets_newest_text(workspace: Store) -> None:

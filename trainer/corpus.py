@@ -163,13 +163,20 @@ def _scope(target: Target) -> ColumnElement[bool]:
     return ~Channel.is_private
 
 
-def corpus_chars(session: Session, settings: Settings, target: Target) -> int:
-    """The size `load_corpus` would give (messages plus end-of-message marks), cheaply."""
-    return session.scalar(
-        select(func.coalesce(func.sum(func.length(Message.text) + 1), 0))
+def corpus_size(session: Session, settings: Settings, target: Target) -> tuple[int, int]:
+    """(messages, characters) that `load_corpus` would give, cheaply; characters count each
+    message's end mark too."""
+    messages, chars = session.execute(
+        select(func.count(), func.coalesce(func.sum(func.length(Message.text) + 1), 0))
         .join(User, Message.user_id == User.id)
         .join(Channel, Message.channel_id == Channel.id)
-        .where(eligible(settings), _scope(target))) or 0
+        .where(eligible(settings), _scope(target))).one()
+    return messages, chars
+
+
+def corpus_chars(session: Session, settings: Settings, target: Target) -> int:
+    """The size `load_corpus` would give (messages plus end-of-message marks)."""
+    return corpus_size(session, settings, target)[1]
 
 
 def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
