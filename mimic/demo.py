@@ -23,11 +23,12 @@ from mimic.bot.models import ModelCache
 from mimic.bot.replies import Responder
 from mimic.core.config import Settings
 from mimic.core.lock import retrain_lock
-from mimic.core.store import Channel, Store, make_engine, upgrade
+from mimic.core.store import Channel, Store, User, make_engine, upgrade
 from mimic.exporter.demo_data import build_demo_export
 from mimic.exporter.importer import import_export
-from mimic.trainer.corpus import BASE, Target, corpus_chars, targets_with_data
+from mimic.trainer.corpus import BASE, Target, corpus_chars, recent, targets_with_data
 from mimic.trainer.registry import active_version
+from mimic.trainer.sampler import CONTEXT_MESSAGES
 from mimic.trainer.train import TrainError, train
 
 SMALL_RANGE = (1_000, 5_000)  # characters: someone with little history, still imitated
@@ -44,6 +45,28 @@ def as_slack_shows(text: str) -> str:
     """A reply as Slack renders it: entities shown as characters, `>` lines as quotes."""
     lines = html.unescape(text).split("\n")
     return "\n".join("▌ " + line[1:] if line.startswith(">") else line for line in lines)
+
+
+def mention_in_thread(store: Store, settings: Settings, responder: Responder, channel: Channel,
+                      target: Target, console: Console) -> str:
+    """`@mimic be @target` said in a thread of the channel's last real messages, answered in
+    the thread as the Slack app does (the messages are what it would read from Slack)."""
+    with store.session() as session:
+        said = recent(session, settings, Target(f"channel:{channel.id}", channel.name),
+                      CONTEXT_MESSAGES - 1)
+        names = {uid: name for uid, name in session.execute(
+            select(User.id, User.name).where(User.id.in_({a for a, _t in said})))}
+    ask = f"be {target.label}"
+    # Another asker: the slash commands above used up UDEMO's requests for this minute.
+    reply = responder.mention("UDEMO2", channel.id, f"<@UMIMIC> {ask}", "UMIMIC",
+                              lambda: said)
+    answer = payload(reply)["text"]
+    thread = [f"@{names.get(author, author)}: {text}" for author, text in said]
+    thread += [f"you: @mimic {ask}", "", "↳ mimic, in the thread:",
+               as_slack_shows(answer)]
+    console.print(Panel(Text("\n".join(thread)), title=f"#{channel.name} · a thread",
+                        subtitle="app_mention → reply in the thread", title_align="left"))
+    return answer
 
 
 def demo_settings(settings: Settings, folder: Path) -> Settings:
@@ -119,6 +142,8 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
             few = corpus_chars(session, settings, chosen.small)
         console.print(f"{chosen.small.label} has written only {few:,} characters.")
         script.append(f'{chosen.small.label} "I think we should"')
+        if chosen.big is not None:  # two voices taking turns, each answering the last
+            script.append(f"{chosen.big.label} {chosen.small.label} turns=4")
     script += ["list"]
     if chosen.big is not None:
         script += [f"list {chosen.big.label[1:4]}", f"{chosen.big.label} temp=5"]
@@ -132,6 +157,9 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
             shown.append(body["text"])
             console.print(Panel(Text(as_slack_shows(body["text"])), title=f"/mimic {text}",
                                 subtitle=body["response_type"], title_align="left"))
+        if chosen.big is not None and here is not None:
+            shown.append(mention_in_thread(store, settings, responder, here, chosen.big,
+                                           console))
     finally:
         responder.close()
     console.rule()

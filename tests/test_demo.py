@@ -40,6 +40,10 @@ def test_demo_runs_the_whole_loop_then_reuses_it(tmp_path: Path) -> None:
     assert "Temperature 5 is out of range" in out
     assert "No channel called #secret-plans" in out  # the private channel stays hidden
     assert "I can mimic" in out and "Connecting a real workspace" in out
+    # Two voices taking turns, and a mention answered in its thread after reading it.
+    assert "a conversation between" in out
+    thread = out[out.index("· a thread"):]
+    assert "you: @mimic be @" in thread and "mimicking @" in thread
     # Someone with only a few messages is imitated too: one vector in the shared model.
     few = re.search(r"@(\S+) has written only ([\d,]+) characters", out)
     assert few and int(few.group(2).replace(",", "")) < 5_000
