@@ -454,7 +454,8 @@ def status_lines(session: Session, settings: Settings) -> list[str]:
                              .where(User.opted_out)) or 0
     people = sum(key.startswith("user:") for key in covered)
     model = (f"• workspace model v{shared.version}: {people} people and "
-             f"{len(covered) - people} channels; {dedicated} models of their own"
+             f"{len(covered) - people} channels; {dedicated} model{'s' * (dedicated != 1)} "
+             "of their own"
              if shared is not None else "• no workspace model yet")
     lines = [f"• {messages:,} messages stored", model,
              f"• last {last.kind}: {last.started_at:%Y-%m-%d %H:%M} UTC ({last.status})"
