@@ -5,8 +5,9 @@ response_url: one request at a time, then rounds of 20 concurrent requests, each
 different people (p50 and p99); and the memory of `mimic serve` once it has answered them all.
 Also the cold load of the workspace model (weights, novelty index and lexicon) into an empty
 cache, and rounds of 20 concurrent mentions (`@mimic be @person` in a thread of three real
-messages), from the event's POST to the threaded reply's chat.postMessage. Goals: p99 <= 500 ms
-with 20 concurrent requests, cold load <= 1 s, mention p99 <= 700 ms.
+messages), from the event's POST to the threaded reply's chat.postMessage; and 4-turn
+conversations (`/mimic @a @b turns=4`). Goals: p99 <= 500 ms with 20 concurrent requests, cold
+load <= 1 s, mention p99 <= 700 ms, a 4-turn conversation <= 1.5 s.
 
 Uses the workspace model `bench.quality` trained (the trainer's default size, on the chitchat
 workspace); without one it trains one first (3 minutes):
@@ -25,6 +26,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -41,7 +43,7 @@ from mimic.trainer.train import train
 from tests.fake_slack import TOKEN, FakeSlack
 from tests.slack_client import SIGNING_SECRET, Catcher, event, slash
 
-GOAL_P99_MS, GOAL_COLD_MS, GOAL_MENTION_MS = 500, 1000, 700
+GOAL_P99_MS, GOAL_COLD_MS, GOAL_MENTION_MS, GOAL_TALK_MS = 500, 1000, 700, 1500
 
 
 def free_port() -> int:
@@ -188,6 +190,23 @@ def main() -> None:
           f"thread): threaded reply p50 {percentile(mentions, 0.5) * 1e3:.0f} ms, p99 "
           f"{p99 * 1e3:.0f} ms ({'goal met' if p99 * 1e3 <= GOAL_MENTION_MS else 'GOAL MISSED'}"
           f", goal <= {GOAL_MENTION_MS} ms)")
+
+    # Conversations, one at a time: two people, four turns, each turn reading the ones before.
+    talks = []
+    for i in range(10):
+        a, b = people[(2 * i) % len(people)], people[(2 * i + 1) % len(people)]
+        response_url = catcher.url()
+        start = time.perf_counter()
+        status, _ = slash(url, f"{a.label} {b.label} turns=4", response_url, user=f"UTALK{i}")
+        assert status == 200, status
+        body = catcher.wait(response_url)[0]
+        assert body["response_type"] == "in_channel", body["text"]
+        talks.append(catcher.arrived[urlsplit(response_url).path][0] - start)
+    worst = max(talks)
+    print(f"4-turn conversations, one at a time: p50 {statistics.median(talks) * 1e3:.0f} ms, "
+          f"max {worst * 1e3:.0f} ms over {len(talks)} "
+          f"({'goal met' if worst * 1e3 <= GOAL_TALK_MS else 'GOAL MISSED'}, goal <= "
+          f"{GOAL_TALK_MS} ms)")
     status = Path(f"/proc/{server.pid}/status").read_text()
     rss = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
     hwm = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))

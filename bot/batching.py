@@ -6,7 +6,13 @@ concurrent 4 x 280 draws took 6 s each on 2 cores, against 0.13 s for one alone)
 rows of one model advance together, one character a step, whose cost grows far slower than
 the number of rows; a request is answered as soon as its own rows end.
 
-The thread is stopped and joined by `close()`, which `mimic serve` and the demo call on the
+A second thread reads the requests' contexts (the messages a reply answers) before they join:
+reading is a long packed pass per batch of contexts (20 of 200 characters: ~140 ms), which on
+the sampling thread held up every reply being written. Requests that arrive during a read are
+read together in the next one. One thread, not each request's own: torch keeps scratch buffers
+per thread that reads (reading on 32 listener threads grew the process by 650 MB).
+
+Both threads are stopped and joined by `close()`, which `mimic serve` and the demo call on the
 way out and an atexit hook calls in any case: a thread killed inside torch at interpreter
 exit aborts the whole process ("terminate called without an active exception").
 """
@@ -20,6 +26,7 @@ import threading
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -46,6 +53,13 @@ class _Job:
 
 
 @dataclass
+class _Read:
+    loaded: LoadedModel
+    rows: list[Row]
+    future: Future[None] = field(default_factory=Future)
+
+
+@dataclass
 class _Batch:
     generation: Generation
     jobs: list[_Job] = field(default_factory=list)
@@ -55,36 +69,81 @@ class SampleBatcher:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = device
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._reads: queue.SimpleQueue[_Read | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
 
     def sample(self, loaded: LoadedModel, rows: list[Row]) -> list[str]:
-        """Raw texts for `rows` from `loaded` (blocks until they are written); Closed once
-        the batcher is closed, also for requests that were waiting."""
+        """Raw texts for `rows` from `loaded` (blocks until they are written; their contexts
+        are read first, on the reading thread); Closed once the batcher is closed, also for
+        requests that were waiting."""
+        if any(row.context for row in rows):
+            read = _Read(loaded, rows)
+            self._put(self._reads, read)
+            read.future.result()
         job = _Job(loaded, rows)
+        self._put(self._jobs, job)
+        return job.future.result()
+
+    def _put(self, into: queue.SimpleQueue[Any], item: _Job | _Read) -> None:
         with self._lock:
             if self._closed:
                 raise Closed("mimic is shutting down")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="mimic-sampler",
                                                 daemon=True)
+                self._reader = threading.Thread(target=self._read_work, name="mimic-reader",
+                                                daemon=True)
                 self._thread.start()
+                self._reader.start()
                 # A weak reference, so the hook keeps no batcher alive; it runs before the
                 # interpreter tears its threads down.
                 atexit.register(_close_at_exit, weakref.ref(self))
-            self._jobs.put(job)
-        return job.future.result()
+            into.put(item)
 
     def close(self, timeout: float = 30) -> None:
-        """Fail what is pending with Closed, stop the thread and join it (idempotent)."""
+        """Fail what is pending with Closed, stop the threads and join them (idempotent)."""
         with self._lock:
             self._closed = True
-            thread = self._thread
-            if thread is not None and thread.is_alive():
-                self._jobs.put(_STOP)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            threads = [(self._jobs, self._thread), (self._reads, self._reader)]
+            for into, thread in threads:
+                if thread is not None and thread.is_alive():
+                    into.put(_STOP)
+        for _into, thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def _read_work(self) -> None:
+        """Read the contexts of every request waiting, one pass per model, until stopped."""
+        waiting: list[_Read | None] = []
+        try:
+            while _STOP not in waiting:
+                waiting = [self._reads.get()]  # idle: sleep
+                while True:
+                    try:
+                        waiting.append(self._reads.get_nowait())
+                    except queue.Empty:
+                        break
+                reads = [r for r in waiting if r is not None]
+                for version in dict.fromkeys(r.loaded.version_id for r in reads):
+                    group = [r for r in reads if r.loaded.version_id == version]
+                    try:
+                        group[0].loaded.prime([row for r in group for row in r.rows])
+                    except Exception as exc:  # noqa: BLE001 - the requests get it
+                        for r in group:
+                            r.future.set_exception(exc)
+                        continue
+                    for r in group:
+                        r.future.set_result(None)
+        except BaseException:
+            log.exception("the reading thread stopped")
+            with self._lock:  # nobody waits for a thread that is gone
+                self._closed = True
+            raise
+        finally:
+            _fail_all(waiting, self._reads)
 
     def _work(self) -> None:
         batches: dict[int, _Batch] = {}  # by model version id
@@ -109,17 +168,8 @@ class SampleBatcher:
                 self._closed = True
             raise
         finally:
-            closed = Closed("mimic is shutting down")
-            for job in waiting + [job for batch in batches.values() for job in batch.jobs]:
-                if not job.future.done():
-                    job.future.set_exception(closed)
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not _STOP:
-                    job.future.set_exception(closed)
+            _fail_all(waiting + [job for batch in batches.values() for job in batch.jobs],
+                      self._jobs)
 
     def _admit(self, batches: dict[int, _Batch], jobs: list[_Job]) -> list[_Job]:
         """Add jobs' rows to their model's batch; returns those that must wait for room."""
@@ -162,6 +212,19 @@ class SampleBatcher:
             batch.jobs = going
             if not going:
                 del batches[key]
+
+
+def _fail_all(pending: list[Any], left: queue.SimpleQueue[Any]) -> None:
+    """Fail `pending` and what is left in the queue with Closed: their requests wait no more."""
+    closed = Closed("mimic is shutting down")
+    while True:
+        try:
+            pending.append(left.get_nowait())
+        except queue.Empty:
+            break
+    for item in pending:
+        if item is not None and not item.future.done():
+            item.future.set_exception(closed)
 
 
 def _close_at_exit(ref: weakref.ref[SampleBatcher]) -> None:

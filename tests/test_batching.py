@@ -126,3 +126,38 @@ def test_close_fails_what_is_pending_and_joins_the_thread() -> None:
     with pytest.raises(batching.Closed):
         batcher.sample(loaded(1), [Row("a", 1.0)])
     batcher.close()  # again: nothing to do
+
+
+def test_contexts_are_read_together_on_the_reading_thread() -> None:
+    """Requests that arrive while a context is being read are read together next, on the
+    reading thread (never on the sampling thread or the requests' own), and still answered."""
+    changed, go = threading.Condition(), threading.Event()
+    reads: list[tuple[str, int]] = []
+
+    class Reading(CharLSTM):
+        def read(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with changed:
+                reads.append((threading.current_thread().name, len(x)))
+                changed.notify_all()
+            go.wait(30)  # the first read lasts until the others have queued
+            return super().read(x, *args, **kwargs)
+
+    torch.manual_seed(0)
+    model = Reading(ModelConfig(len(VOCAB), embed_dim=8, hidden_size=16, num_layers=1)).eval()
+    served = LoadedModel(7, 1, model, VOCAB, NoveltyIndex.build([]))
+    batcher = SampleBatcher()
+    batcher._reads = _NotifyingQueue(changed)
+    rows = [Row("a", 1.0, context=((0, 0, "bcd" * (i + 1)),)) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher.sample, served, [rows[0]])
+        with changed:
+            assert changed.wait_for(lambda: reads, 30)
+        rest = [pool.submit(batcher.sample, served, [row]) for row in rows[1:]]
+        with changed:
+            assert changed.wait_for(lambda: batcher._reads.qsize() == 5, 30)
+        go.set()
+        texts = [first.result(30)] + [f.result(30) for f in rest]
+    batcher.close()
+    assert all(t[0].startswith("a") for t in texts)
+    assert reads == [("mimic-reader", 1), ("mimic-reader", 5)]
+    assert batcher._reader is not None and not batcher._reader.is_alive()

@@ -277,10 +277,9 @@ def test_reading_many_contexts_at_once_is_reading_each() -> None:
             assert torch.allclose(c[:, j], c1[:, 0], atol=1e-6)
 
 
-def test_primer_reads_for_many_threads_in_few_passes() -> None:
-    """Requests read their contexts on their own threads: contexts that pile up while a read
-    runs are read together in the next pass, and every thread gets the state its context
-    reaches read alone."""
+def test_primer_reads_once_and_serves_every_thread_the_state_read_alone() -> None:
+    """Contexts read together in one packed pass, from several threads at once: each gets the
+    state its context reaches read alone, and a cached one is not read again."""
     import threading
 
     from mimic.trainer.sampler import Primer
@@ -299,19 +298,21 @@ def test_primer_reads_for_many_threads_in_few_passes() -> None:
     contexts = [((i % 4, i % 3, "abc" * (i + 1)), (1, 0, "hij" * i)) for i in range(24)]
     primer = Primer(vocab)
     results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    start = threading.Barrier(len(contexts))
+    start = threading.Barrier(4)
 
-    def read(i: int) -> None:
+    def read(part: int) -> None:
         start.wait()
-        results[i] = primer.read(model, [contexts[i]])
+        mine = contexts[part::4]
+        h, c = primer.read(model, mine)
+        for j, i in enumerate(range(part, len(contexts), 4)):
+            results[i] = (h[:, j : j + 1], c[:, j : j + 1])
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(contexts))]
+    threads = [threading.Thread(target=read, args=(part,)) for part in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert Counting.passes < len(contexts)
-    assert len(primer) == len(contexts)
+    assert Counting.passes == 4 and len(primer) == len(contexts)
     for i, context in enumerate(contexts):
         h, c = Primer(vocab).read(model, [context])  # alone, in a fresh primer
         assert torch.allclose(results[i][0], h, atol=1e-6)

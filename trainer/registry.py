@@ -82,13 +82,13 @@ class LoadedModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "primer", Primer(self.vocab))  # frozen: set once, here
 
-    def prime(self, row: Row) -> None:
-        """Read `row`'s context into the primer now, on the calling thread, for every net a
-        draw steps (the model and what it is drawn against)."""
-        if row.context:
-            for net in {id(n): n for n in (self.model, contrast_net(self.model,
-                                                                    self.reference)) if n}.values():
-                self.primer.read(net, [row.context])
+    def prime(self, rows: Sequence[Row]) -> None:
+        """Read the rows' contexts into the primer now, on the calling thread, for every net
+        a draw steps (the model and what it is drawn against), all in one pass each."""
+        contexts = [row.context for row in rows if row.context]
+        nets = (self.model, contrast_net(self.model, self.reference))
+        for net in {id(n): n for n in nets if n is not None}.values() if contexts else ():
+            self.primer.read(net, contexts)
 
     def voice(self, target: str, where: str | None = None) -> Voice:
         """The slots to write as `target` ("user:U1", "channel:C1"), said in channel `where`:
