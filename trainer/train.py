@@ -75,6 +75,10 @@ CONDITIONING = {"context_dim": 32, "rank": 16, "habits": 8}
 VALIDATIONS = 40  # per run of the shared model (fewer for short ones: every 15 s at most)
 # Fine-tuning starts from a trained net: a gentler peak rate than from scratch, short warmup.
 FINE_TUNE = {"lr": 1e-3, "warmup_steps": 10, "anyone_share": 0.0}
+# The nightly warm start moves a model everyone is served by, over one pass of a day's
+# messages: at FINE_TUNE's rate it ended 0.004 nats/char worse on validation and was never
+# promoted (bench.nightly); a third of it keeps what the model knew.
+NIGHTLY_LR = 3e-4
 # The nightly warm start: the new messages (after WARMUP_CHARS of their channel before them,
 # for context) and REPLAY times as many characters of older ones, so nothing is forgotten.
 REPLAY, WARMUP_CHARS, REPLAY_SPAN = 4, 2_000, 4_000
@@ -315,7 +319,8 @@ def train_shared(
     if warm is not None:
         model, vocab = carry_over(warm.model, warm.slots, slots), warm.vocab
         messages = _incremental(workspace, previous.data_watermark if previous else None)
-        cfg = replace(budget, **{**FINE_TUNE, "anyone_share": budget.anyone_share,
+        cfg = replace(budget, **{**FINE_TUNE, "lr": NIGHTLY_LR,
+                                 "anyone_share": budget.anyone_share,
                                  **(train_overrides or {})})
         # One pass over what is new and its replay, unless the budget ends first.
         passes = max(1, sum(len(m.text) + 1 for m in messages) // (cfg.batch_size
