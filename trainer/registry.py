@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from mimic.core.store import Coverage, ModelVersion, Store
 from mimic.trainer.corpus import BASE, Target
@@ -268,11 +268,22 @@ def publish(
                 opted_out = Store.opted_out_ids(session)
                 session.add_all(Coverage(version_id=version_id, **c) for c in coverage
                                 if c["target"].removeprefix("user:") not in opted_out)
-                if promote:  # one statement: two trainers finishing at once leave one active
+                if promote:
+                    # Two trainers finishing at once leave the newer version active, whichever
+                    # commits first: older ones are retired, and this one is retired at once
+                    # if a newer one is active already (each one statement).
+                    newer = aliased(ModelVersion)
                     session.execute(update(ModelVersion).where(
                         ModelVersion.target == target.key, ModelVersion.status == "active",
-                        ModelVersion.id != version_id).values(status="retired"))
-                version.status = "active" if promote else "kept"
+                        ModelVersion.version < number).values(status="retired"))
+                    session.execute(update(ModelVersion).where(ModelVersion.id == version_id)
+                                    .values(status=case((exists().where(
+                                        newer.target == target.key, newer.status == "active",
+                                        newer.version > number), "retired"), else_="active"))
+                                    .execution_options(synchronize_session=False))
+                    session.refresh(version)
+                else:
+                    version.status = "kept"
         if refused:
             shutil.rmtree(final, ignore_errors=True)
             raise NotAllowed(f"{target.label} opted out while the model was training; it "

@@ -97,7 +97,9 @@ class TrainError(RuntimeError):
 @dataclass
 class Outcome:
     target: Target
-    status: str  # active | kept | failed | skipped (failed: see `note` when version is None)
+    # active | kept | failed | skipped (failed: see `note` when version is None) | retired (a
+    # newer version, trained at the same time, was promoted first)
+    status: str
     version: int | None = None
     val_before: float | None = None  # the previous active model on the same validation set
     val_after: float | None = None
@@ -111,7 +113,9 @@ class Outcome:
         before = f"{self.val_before:.3f}" if self.val_before is not None else "—"
         after = f"{self.val_after:.3f}" if self.val_after is not None else "—"
         verdict = {"active": "promoted", "kept": "kept the previous model (new one worse)",
-                   "failed": "failed to load, not promoted"}[self.status]
+                   "failed": "failed to load, not promoted",
+                   "retired": "not promoted: a newer version trained meanwhile is active"
+                   }[self.status]
         return (f"{self.target.label}: v{self.version} {verdict}; "
                 f"validation loss {before} → {after} nats/char")
 
