@@ -192,8 +192,10 @@ PRIMED_CACHE = 1024
 # them fell 1.300 -> 1.267 nats/char (bench.quality).
 CONTEXT_MESSAGES = 5
 # A reply reads at most this many characters of its context (the newest): what matters most
-# is where messages start, and reading costs ~0.1 ms a character (one row, one thread).
-PRIMED_CHARS = 200
+# is where messages start, and reading costs ~0.1 ms a character (one row, one thread). 100
+# against 200: the same eval figures either way (top 10, own or conversation context), and
+# a burst of mentions' p99 818-838 ms against 818-1,124 (BENCHMARKS.md).
+PRIMED_CHARS = 100
 
 
 def contrast_net(model: CharLSTM, reference: CharLSTM | None) -> CharLSTM | None:
