@@ -194,7 +194,7 @@ CONTEXT_MESSAGES = 5
 # A reply reads at most this many characters of its context (the newest): what matters most
 # is where messages start, and reading costs ~0.1 ms a character (one row, one thread). 100
 # against 200: the same eval figures either way (top 10, own or conversation context), and
-# a burst of mentions' p99 818-838 ms against 818-1,124 (BENCHMARKS.md).
+# a burst of mentions' p99 818-981 ms against 818-1,124 (BENCHMARKS.md).
 PRIMED_CHARS = 100
 
 
