@@ -210,14 +210,15 @@ def build_app(
         deliver(reply, channel, thread, user)
 
     def message_of(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
-        """(clicker, channel, message) of a shortcut or modal payload, if well formed."""
-        user = (body.get("user") or {}).get("id")
-        channel = (body.get("channel") or {}).get("id")
-        message = body.get("message") or {}
-        if not (is_slack_id(user) and is_slack_id(channel) and isinstance(message, dict)
+        """(clicker, channel, message) of a shortcut payload, if well formed."""
+        user, channel, message = (body.get(k) for k in ("user", "channel", "message"))
+        if not (isinstance(user, dict) and isinstance(channel, dict)
+                and isinstance(message, dict)):
+            return None
+        if not (is_slack_id(user.get("id")) and is_slack_id(channel.get("id"))
                 and is_ts(message.get("ts"))):
             return None
-        return user, channel, message
+        return user["id"], channel["id"], message
 
     def answer_message(user: str, channel: str, message: dict[str, Any], person: str,
                        refuse: Callable[[str], None]) -> None:

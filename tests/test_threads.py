@@ -172,3 +172,18 @@ def test_the_manifest_declares_what_the_app_listens_to() -> None:
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert {s["callback_id"] for s in manifest["features"]["shortcuts"]} == {
         "mimic_reply", "mimic_reply_as"}
+
+
+@pytest.mark.parametrize("broken", [
+    {"user": "U2"}, {"channel": None}, {"message": "hi"}, {"message": {"ts": "yesterday"}},
+    {"user": {"id": "u2; drop"}},
+])
+def test_a_malformed_shortcut_payload_is_answered_not_crashed_on(running: Running,
+                                                                broken: dict) -> None:
+    response_url = running.catcher.url()
+    good = message_action({"type": "message", "user": "U1", "text": "x", "ts": "1.000100"},
+                          response_url=response_url)
+    assert interaction(running.url, good | broken)[0] == 200
+    said = running.catcher.wait(response_url)[0]
+    assert said["response_type"] == "ephemeral" and "did not come with a message" in said["text"]
+    assert running.slack.calls["chat.postMessage"] == 0
