@@ -120,12 +120,7 @@ class SampleBatcher:
         waiting: list[_Read | None] = []
         try:
             while _STOP not in waiting:
-                waiting = [self._reads.get()]  # idle: sleep
-                while True:
-                    try:
-                        waiting.append(self._reads.get_nowait())
-                    except queue.Empty:
-                        break
+                waiting = _drain(self._reads, wait=True)
                 reads = [r for r in waiting if r is not None]
                 for version in dict.fromkeys(r.loaded.version_id for r in reads):
                     group = [r for r in reads if r.loaded.version_id == version]
@@ -138,9 +133,7 @@ class SampleBatcher:
                     for r in group:
                         r.future.set_result(None)
         except BaseException:
-            log.exception("the reading thread stopped")
-            with self._lock:  # nobody waits for a thread that is gone
-                self._closed = True
+            self._stopped("reading")
             raise
         finally:
             _fail_all(waiting, self._reads)
@@ -151,25 +144,24 @@ class SampleBatcher:
         stopping = False
         try:
             while not stopping:
-                incoming = [] if batches or waiting else [self._jobs.get()]  # idle: sleep
-                while True:
-                    try:
-                        incoming.append(self._jobs.get_nowait())
-                    except queue.Empty:
-                        break
+                incoming = _drain(self._jobs, wait=not (batches or waiting))
                 stopping = _STOP in incoming
                 waiting += [job for job in incoming if job is not _STOP]
                 if not stopping:
                     waiting = self._admit(batches, waiting)
                     self._advance(batches)
         except BaseException:
-            log.exception("the sampling thread stopped")
-            with self._lock:  # nobody waits for a thread that is gone
-                self._closed = True
+            self._stopped("sampling")
             raise
         finally:
             _fail_all(waiting + [job for batch in batches.values() for job in batch.jobs],
                       self._jobs)
+
+    def _stopped(self, which: str) -> None:
+        """A thread died: say so, and take no more requests (nobody waits for it)."""
+        log.exception("the %s thread stopped", which)
+        with self._lock:
+            self._closed = True
 
     def _admit(self, batches: dict[int, _Batch], jobs: list[_Job]) -> list[_Job]:
         """Add jobs' rows to their model's batch; returns those that must wait for room."""
@@ -214,15 +206,20 @@ class SampleBatcher:
                 del batches[key]
 
 
+def _drain(items: queue.SimpleQueue[Any], *, wait: bool) -> list[Any]:
+    """Everything in the queue now; with `wait`, sleeps until there is something."""
+    found = [items.get()] if wait else []
+    while True:
+        try:
+            found.append(items.get_nowait())
+        except queue.Empty:
+            return found
+
+
 def _fail_all(pending: list[Any], left: queue.SimpleQueue[Any]) -> None:
     """Fail `pending` and what is left in the queue with Closed: their requests wait no more."""
     closed = Closed("mimic is shutting down")
-    while True:
-        try:
-            pending.append(left.get_nowait())
-        except queue.Empty:
-            break
-    for item in pending:
+    for item in pending + _drain(left, wait=False):
         if item is not None and not item.future.done():
             item.future.set_exception(closed)
 
