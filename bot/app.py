@@ -16,7 +16,7 @@ from slack_sdk.errors import SlackApiError
 
 from mimic.bot.home import OPT_IN, OPT_OUT, RETRAIN, home_view
 from mimic.bot.models import ModelCache
-from mimic.bot.replies import FAILED, Reply, Responder
+from mimic.bot.replies import Reply, Responder
 from mimic.bot.retrain import Event, RetrainRunner, summary
 from mimic.bot.threads import (
     PICK_PERSON,
@@ -54,6 +54,12 @@ class _NoBodies(logging.Filter):
 
 
 logging.getLogger("slack_bolt.RequestVerification").addFilter(_NoBodies())
+
+
+def _id_of(entity: object) -> str | None:
+    """The Slack id of a payload's {"id": …} object (user, channel), if it is one."""
+    value = entity.get("id") if isinstance(entity, dict) else None
+    return value if is_slack_id(value) else None
 
 
 def payload(reply: Reply) -> dict[str, Any]:
@@ -211,14 +217,12 @@ def build_app(
 
     def message_of(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
         """(clicker, channel, message) of a shortcut payload, if well formed."""
-        user, channel, message = (body.get(k) for k in ("user", "channel", "message"))
-        if not (isinstance(user, dict) and isinstance(channel, dict)
-                and isinstance(message, dict)):
+        user, channel = _id_of(body.get("user")), _id_of(body.get("channel"))
+        message = body.get("message")
+        if user is None or channel is None or not isinstance(message, dict) \
+                or not is_ts(message.get("ts")):
             return None
-        if not (is_slack_id(user.get("id")) and is_slack_id(channel.get("id"))
-                and is_ts(message.get("ts"))):
-            return None
-        return user["id"], channel["id"], message
+        return user, channel, message
 
     def answer_message(user: str, channel: str, message: dict[str, Any], person: str,
                        refuse: Callable[[str], None]) -> None:
@@ -276,16 +280,12 @@ def build_app(
             log.exception("the App Home of %s could not be built", user_id)
 
     def home_action(body: dict[str, Any], act: Callable[[str], Reply]) -> None:
-        user_id = (body.get("user") or {}).get("id")
-        if not is_slack_id(user_id):
+        user_id = _id_of(body.get("user"))
+        if user_id is None:
             log.warning("an App Home action without a Slack user id: ignored")
             return
-        try:
-            notice = act(user_id).text
-        except Exception:
-            log.exception("App Home action for %s failed", user_id)
-            notice = FAILED
-        publish_home(user_id, notice)
+        publish_home(user_id, responder.safely(user_id, "", "App Home action",
+                                               lambda: act(user_id)).text)
 
     @app.event("app_home_opened")
     def on_home_opened(event: dict[str, Any]) -> None:

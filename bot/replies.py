@@ -166,7 +166,7 @@ class Responder:
     def handle(self, user_id: str, channel_id: str, text: str,
                followup: Callable[[Reply], None] = lambda _reply: None) -> Reply:
         """The answer to `/mimic text`."""
-        return self._safely(user_id, channel_id, text,
+        return self.safely(user_id, channel_id, text,
                             lambda: self._command(user_id, channel_id, text, followup))
 
     def _command(self, user_id: str, channel_id: str, text: str,
@@ -195,7 +195,7 @@ class Responder:
                 return Reply(MENTION_USAGE)
             return self.in_thread(user_id, channel_id, command.target, command.temperature,
                                   read_context)
-        return self._safely(user_id, channel_id, text, answer)
+        return self.safely(user_id, channel_id, text, answer)
 
     def reply_to(self, user_id: str, channel_id: str, author_id: str,
                  read_context: Callable[[], list[tuple[str, str]]]) -> Reply:
@@ -204,7 +204,7 @@ class Responder:
         if not is_slack_id(author_id):
             return Reply("That message has no person as its author (a bot or an app wrote "
                          "it), so there is nobody to imitate.")
-        return self._safely(user_id, channel_id, author_id, lambda: self.in_thread(
+        return self.safely(user_id, channel_id, author_id, lambda: self.in_thread(
             user_id, channel_id, TargetRef("@", id=author_id), DEFAULT_TEMPERATURE,
             read_context))
 
@@ -219,7 +219,7 @@ class Responder:
         return Reply(f"{_label(written, temperature)}\n{quoted(written.text)}", public=True,
                      voice=target.ident if target.kind == "user" else None)
 
-    def _safely(self, user_id: str, channel_id: str, what: str,
+    def safely(self, user_id: str, channel_id: str, what: str,
                 answer: Callable[[], Reply]) -> Reply:
         """`answer()`, or a message that says what went wrong: never an exception."""
         if not is_slack_id(user_id) or not (channel_id == "" or is_slack_id(channel_id)):
