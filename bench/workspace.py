@@ -50,3 +50,25 @@ def imported(folder: Path, export_name: str, build: Callable[[Path], object],
 def chitchat(folder: Path, refresh: bool = True, **settings: object) -> tuple[Store, Settings]:
     """(store, settings) of the chitchat workspace kept in `folder`."""
     return imported(folder, "chitchat-export.zip", build_demo_export, refresh, **settings)
+
+
+def copied_to(store: Store, database_url: str) -> Store:
+    """`store`'s rows, every table, copied into the empty database at `database_url` (for
+    benchmarks of a PostgreSQL deployment over a workspace imported and trained on SQLite).
+    Model files stay where they are: rows hold paths relative to MIMIC_DATA_DIR."""
+    from sqlalchemy import select, text
+
+    from mimic.core.store import Base
+
+    target = Store(make_engine(database_url))
+    upgrade(target.engine)
+    with store.engine.connect() as source, target.session() as session:
+        for table in Base.metadata.sorted_tables:
+            rows = source.execute(select(table)).mappings()
+            while chunk := rows.fetchmany(5000):
+                session.execute(table.insert(), [dict(row) for row in chunk])
+            serial = "id" in table.c and table.c.id.autoincrement is True
+            if serial and target.dialect == "postgresql":  # new rows go on after the copies
+                session.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', "
+                                     f"'id'), coalesce(max(id), 0) + 1, false) FROM {table}"))
+    return target

@@ -13,10 +13,11 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mimic.bot.batching import Closed, SampleBatcher
@@ -39,7 +40,17 @@ from mimic.bot.models import ModelCache
 from mimic.core.config import Settings
 from mimic.core.ids import is_slack_id
 from mimic.core.inert import make_inert, plain
-from mimic.core.store import Channel, Coverage, Message, ModelVersion, Run, Store, User
+from mimic.core.lock import advisory_key
+from mimic.core.store import (
+    Channel,
+    Coverage,
+    Message,
+    ModelVersion,
+    RateLimitHit,
+    Run,
+    Store,
+    User,
+)
 from mimic.trainer.corpus import (
     BASE,
     Target,
@@ -88,8 +99,14 @@ class Reply:
     voice: str | None = None  # the person written as (MIMIC_POST_AS borrows their look)
 
 
+class Limiter(Protocol):
+    def allow(self, user_id: str) -> float:
+        """0 if allowed now (and counted), else the seconds until the next request is."""
+
+
 class RateLimiter:
-    """At most `per_minute` requests per user in any sliding 60 s."""
+    """At most `per_minute` requests per user in any sliding 60 s, counted in this process
+    (SQLite deployments: one bot process)."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute, self.clock = per_minute, clock
@@ -107,6 +124,39 @@ class RateLimiter:
                 return 60 - (now - seen[0])
             seen.append(now)
             return 0.0
+
+
+class SharedRateLimiter:
+    """RateLimiter's rule counted in the store, for replicas sharing one PostgreSQL. A lock
+    per person for the transaction makes counting and adding one step (two replicas cannot
+    both take the 5th place), and the database's clock is the only clock (the replicas' own
+    may disagree)."""
+
+    WINDOW = timedelta(seconds=60)
+
+    def __init__(self, store: Store, per_minute: int) -> None:
+        self.store, self.per_minute = store, per_minute
+
+    def allow(self, user_id: str) -> float:
+        with self.store.session() as s:
+            s.execute(select(func.pg_advisory_xact_lock(advisory_key(f"rate:{user_id}"))))
+            now = s.scalar(select(func.clock_timestamp()))
+            assert now is not None
+            s.execute(delete(RateLimitHit).where(RateLimitHit.user_id == user_id,
+                                                 RateLimitHit.at <= now - self.WINDOW))
+            count, oldest = s.execute(select(func.count(), func.min(RateLimitHit.at))
+                                      .where(RateLimitHit.user_id == user_id)).one()
+            if count >= self.per_minute:
+                return (oldest + self.WINDOW - now).total_seconds()
+            s.add(RateLimitHit(user_id=user_id, at=now))
+            return 0.0
+
+
+def rate_limiter(settings: Settings, store: Store) -> Limiter:
+    """Counted in the store when replicas may share it (PostgreSQL), else in memory."""
+    if store.dialect == "postgresql":
+        return SharedRateLimiter(store, settings.rate_limit)
+    return RateLimiter(settings.rate_limit)
 
 
 def _label(written: Written, temperature: float) -> str:
@@ -157,7 +207,7 @@ class Responder:
         self.batcher = batcher or SampleBatcher(cache.device)
         self.is_admin = is_admin
         self.start_retrain = start_retrain
-        self.limiter = RateLimiter(settings.rate_limit)
+        self.limiter = rate_limiter(settings, store)
 
     def close(self) -> None:
         """Stop the sampling thread (requests still waiting are told mimic is stopping)."""

@@ -88,7 +88,7 @@ class RetrainRunner:
 
         def work() -> None:
             try:
-                with retrain_lock(self.settings.data_dir):
+                with retrain_lock(self.settings):
                     outcome.append(True)
                     started.set()
                     self._run_child(target, on_event)
@@ -110,7 +110,7 @@ class RetrainRunner:
         if self._closing.is_set():
             return False
         try:
-            with retrain_lock(self.settings.data_dir):
+            with retrain_lock(self.settings):
                 self._run_child(target, on_event)
                 return True
         except Busy:
@@ -131,9 +131,11 @@ class RetrainRunner:
         env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
         # stderr goes to a file, not a pipe: a child that writes more than a pipe holds while
         # we read its stdout would block on it forever, and we with it.
+        # stdin is a pipe nobody writes to: it closes when this process dies, however it dies,
+        # and the child then stops (see main) rather than train on without the lock.
         with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
-                self.command(target), stdout=subprocess.PIPE, stderr=errors, text=True,
-                env=env) as child:
+                self.command(target), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=errors, text=True, env=env) as child:
             self._child = child
             assert child.stdout is not None
             for line in child.stdout:
@@ -163,11 +165,21 @@ class RetrainRunner:
         self.last_result = events
 
 
+def _exit_with_parent() -> None:
+    """End this child when the bot that started it is gone (its end of stdin closes): the
+    retrain lock died with the bot, so another run may start, and two must not train at
+    once. What was published stays (the registry writes whole versions or nothing)."""
+    sys.stdin.read()
+    print("the bot that started this run is gone: stopping", file=sys.stderr, flush=True)
+    os._exit(1)  # now, from this thread: no interpreter shutdown under a training thread
+
+
 def main(argv: list[str] | None = None) -> None:
     """The child: one run, events as JSON lines on stdout. The parent holds the lock."""
     parser = argparse.ArgumentParser(description="One export-and-retrain run, for the bot.")
     parser.add_argument("target", nargs="?", help="only this @person or #channel (by id)")
     args = parser.parse_args(argv)
+    threading.Thread(target=_exit_with_parent, name="mimic-parent-watch", daemon=True).start()
     settings = get_settings()
     store = open_store(settings.database_url)
     target = None

@@ -168,6 +168,19 @@ class Coverage(Base):
     val_loss_anyone: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class RateLimitHit(Base):
+    """A request counted against its person's rate limit (PostgreSQL deployments: every
+    replica counts in one place). Rows older than a minute are deleted as the person asks
+    again."""
+
+    __tablename__ = "rate_limit_hits"
+    __table_args__ = (Index("ix_rate_limit_hits_user_at", "user_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class SchemaError(RuntimeError):
     """The database is missing or behind the code's migrations."""
 

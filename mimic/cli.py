@@ -208,7 +208,7 @@ def train(
     # One trainer at a time per data folder, whichever command starts it (the bot's retrain
     # and the demo take the same lock): two would race for the same version numbers.
     try:
-        with retrain_lock(settings.data_dir):
+        with retrain_lock(settings):
             if all_:
                 retrain_changed(store, settings, force=force, console=console,
                                 report=lambda o: console.print(o.describe()))
@@ -484,7 +484,7 @@ def retrain(
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target]) if target else (None,)
     try:
-        with retrain_lock(settings.data_dir):
+        with retrain_lock(settings):
             retrain_job(store, settings, chosen, lambda event: console.print(event["text"]))
     except Busy as exc:
         raise _fail(str(exc)) from None
@@ -497,7 +497,8 @@ def serve(
         "Socket Mode.")] = None,
     host: Annotated[str, typer.Option(help="Interface for --http.")] = "0.0.0.0",
     no_scheduler: Annotated[bool, typer.Option(
-        "--no-scheduler", help="Do not run the nightly retraining in this process.")] = False,
+        "--no-scheduler", help="Do not run the nightly retraining in this process (by "
+        "default one process of those sharing the database runs it).")] = False,
 ) -> None:
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http.
 
@@ -510,7 +511,7 @@ def serve(
     from slack_sdk.errors import SlackApiError
 
     from mimic.bot.app import SetupError, build_app
-    from mimic.bot.schedule import start_scheduler, stop_scheduler
+    from mimic.bot.schedule import Elected
     from mimic.exporter.webapi import make_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
@@ -541,9 +542,11 @@ def serve(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a service manager's stop is a Ctrl-C
-    scheduler = None if no_scheduler else start_scheduler(settings)
+    # With several replicas, one of them (whichever holds the scheduler lock) runs it.
+    scheduler = None if no_scheduler else Elected(settings).start()
     console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
-                  f"{'off' if scheduler is None else settings.retrain_cron}.")
+                  f"{'off' if scheduler is None else settings.retrain_cron}"
+                  f"{'' if scheduler is None else ' (in one replica at a time)'}.")
     server = handler = None
     try:
         if http is not None:
@@ -568,7 +571,7 @@ def serve(
             handler.close()
         slack.close()
         if scheduler is not None:
-            stop_scheduler(scheduler)
+            scheduler.close()
     console.print("Stopped.")
 
 

@@ -112,7 +112,7 @@ def run_demo(settings: Settings, folder: Path, *, minutes: float = 5.0, fresh: b
                   + ", ".join(f"{k} {v:,}" for k, v in summary.dropped.most_common()))
 
     console.rule("3 · mimic train")
-    with retrain_lock(settings.data_dir):  # as `mimic train` does: one trainer at a time
+    with retrain_lock(settings):  # as `mimic train` does: one trainer at a time
         with store.session() as session:
             trained = active_version(session, BASE.key) is not None
         if trained:

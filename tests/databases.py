@@ -51,3 +51,9 @@ def any_store(database_url: str) -> Iterator[Store]:
     upgrade(engine)
     yield Store(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database (no tables yet): for what only PostgreSQL does."""
+    yield from _postgres_database()

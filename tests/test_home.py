@@ -51,7 +51,7 @@ def press(r: Running, action_id: str, user: str) -> dict[str, Any]:
 
 def lock_is_free(r: Running) -> bool:
     try:
-        with retrain_lock(r.settings.data_dir):
+        with retrain_lock(r.settings):
             return True
     except Busy:
         return False

@@ -90,10 +90,10 @@ def test_a_run_missed_during_a_restart_still_happens(settings: Settings) -> None
 
 def test_the_lock_holds_across_threads_and_processes(settings: Settings) -> None:
     runner = RetrainRunner(settings)
-    with retrain_lock(settings.data_dir):
+    with retrain_lock(settings):
         assert runner.start(None, lambda _e: None) is False
         assert runner.run(None, lambda _e: None) is False
-        with pytest.raises(Busy), retrain_lock(settings.data_dir):
+        with pytest.raises(Busy), retrain_lock(settings):
             pass
         shell = subprocess.run([sys.executable, "-m", "mimic.cli", "retrain"],
                                capture_output=True, text=True, timeout=120)
@@ -120,7 +120,7 @@ def test_a_run_reports_its_events_and_releases_the_lock(settings: Settings) -> N
     # The lock is free again once the run is over (its thread lets go right after "done").
     for _ in range(200):
         try:
-            with retrain_lock(settings.data_dir):
+            with retrain_lock(settings):
                 break
         except Busy:
             time.sleep(0.05)

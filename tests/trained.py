@@ -22,14 +22,15 @@ QUICK = {"max_seconds": 0, "max_steps": 60, "eval_every_steps": 30, "batch_size"
 TRAINED = ["#secret"]
 
 
-def settings_for(root: Path, **extra: object) -> Settings:
-    return Settings(_env_file=None, DATABASE_URL=f"sqlite:///{root}/m.db",
+def settings_for(root: Path, database_url: str | None = None, **extra: object) -> Settings:
+    return Settings(_env_file=None, DATABASE_URL=database_url or f"sqlite:///{root}/m.db",
                     MIMIC_DATA_DIR=str(root / "data"), MIMIC_MIN_CHARS=500,
                     MIMIC_DEVICE="cpu", **extra)
 
 
-def build(root: Path) -> None:
-    settings = settings_for(root)
+def build(root: Path, database_url: str | None = None) -> Settings:
+    """Import the tiny workspace into `database_url` (default: root/m.db) and train it."""
+    settings = settings_for(root, database_url)
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = Store(engine)
@@ -39,11 +40,13 @@ def build(root: Path) -> None:
         with store.session() as s:
             target = resolve(s, name)
         train(store, settings, target, train_overrides=QUICK)
-    # Everything into m.db itself (WAL mode keeps recent pages aside until a checkpoint):
-    # copy() takes that one file.
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    if store.dialect == "sqlite":
+        # Everything into m.db itself (WAL mode keeps recent pages aside until a checkpoint):
+        # copy() takes that one file.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
+    return settings
 
 
 def copy(template: Path, root: Path, **extra: object) -> tuple[Store, Settings]:

@@ -110,7 +110,7 @@ def test_every_command_that_trains_takes_the_retrain_lock(world: tuple[Store, Se
     store, settings = world
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500"}
-    with retrain_lock(settings.data_dir):
+    with retrain_lock(settings):
         for args in (["train", "@alice"], ["train", "--all"], ["retrain"],
                      ["demo", "--folder", str(settings.data_dir), "--limit", "10"]):
             done = subprocess.run([sys.executable, "-m", "mimic.cli", *args], env=env,

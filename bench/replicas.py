@@ -1,0 +1,139 @@
+"""Two `mimic serve --http` replicas on one PostgreSQL against one: does the second replica
+cost anything in /mimic's p99? And what the coordination costs: the shared rate limit per
+request, and how long a standby replica takes to run the nightly schedule once the one that
+ran it dies (kill -9).
+
+Copies bench.quality's chitchat workspace (SQLite, trained) into a fresh PostgreSQL database,
+then times signed `/mimic @person` requests, from the POST to the reply at its response_url:
+rounds of 20 concurrent requests to one replica, of 20 spread over two, and of 40 spread over
+two (a load balancer's round robin). Needs a PostgreSQL server: tests/with-postgres.sh starts
+a throwaway one.
+
+    bash tests/with-postgres.sh .venv/bin/python -m bench.replicas [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from bench.latency import percentile
+from bench.workspace import chitchat, copied_to, machine
+from mimic.bot.replies import RateLimiter, SharedRateLimiter
+from mimic.core.store import Channel
+from mimic.trainer.report import covered_people
+from tests.fake_slack import FakeSlack
+from tests.replicas import Replica, replica_env, until
+from tests.slack_client import Catcher, slash
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folder", type=Path, default=Path("data/bench/quality"),
+                   help="a chitchat workspace with a trained model (default: bench.quality's)")
+    p.add_argument("--rounds", type=int, default=20, help="rounds of concurrent requests")
+    args = p.parse_args()
+    server_url = os.environ.get("MIMIC_TEST_POSTGRES_URL")
+    if not server_url:
+        sys.exit("No PostgreSQL: run `bash tests/with-postgres.sh .venv/bin/python -m "
+                 "bench.replicas` (or set MIMIC_TEST_POSTGRES_URL).")
+    print(f"machine: {machine()}")
+    sqlite, settings = chitchat(args.folder, refresh=False, MIMIC_DEVICE="cpu")
+    people = [t for t, _chars in covered_people(sqlite, settings)][:100]
+    if not people:
+        sys.exit(f"No trained workspace model in {args.folder}: run `python -m bench.quality`.")
+
+    name = f"mimic_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(make_url(server_url).set(drivername="postgresql+psycopg"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    slack = FakeSlack(page_size=200).start()
+    catcher = Catcher()
+    replicas: list[Replica] = []
+    try:
+        start = time.perf_counter()
+        store = copied_to(sqlite, url)
+        print(f"workspace copied into PostgreSQL in {time.perf_counter() - start:.0f} s")
+        with store.session() as session:
+            channel, cid = session.execute(select(Channel.name, Channel.id).where(
+                ~Channel.is_private, ~Channel.is_dm)).first()
+        slack.add_channel(cid, channel)
+
+        limits = {"in memory": RateLimiter(5), "in PostgreSQL": SharedRateLimiter(store, 5)}
+        for what, limiter in limits.items():
+            costs = []
+            for i in range(300):
+                begun = time.perf_counter()
+                limiter.allow(f"UB{i}")
+                costs.append(time.perf_counter() - begun)
+            print(f"rate limit {what}: p50 {statistics.median(costs) * 1e3:.2f} ms, p99 "
+                  f"{percentile(costs, 0.99) * 1e3:.2f} ms per request")
+
+        env = replica_env(url, settings.data_dir.resolve(), slack.url, MIMIC_RATE_LIMIT="100000",
+                          MIMIC_RETRAIN_CRON="0 3 * * *")
+        folder = Path(os.environ.get("TMPDIR", "/tmp"))
+        replicas = [Replica(env, folder / f"mimic-bench-replica-{i}.log", scheduler=True)
+                    for i in range(2)]
+        for replica in replicas:
+            replica.wait_listening()
+
+        def ask(job: tuple[Replica, str, int]) -> float:
+            replica, user, person = job
+            response_url = catcher.url()
+            begun = time.perf_counter()
+            status, _ = slash(replica.url, f"{people[person % len(people)].label}",
+                              response_url, user=user, channel=cid)
+            assert status == 200, status
+            body = catcher.wait(response_url, timeout=120)[0]
+            assert body["response_type"] == "in_channel", body["text"]
+            return catcher.arrived[urlsplit(response_url).path][0] - begun
+
+        for replica in replicas:  # warm: each has its model loaded and its queries planned
+            for i in range(3):
+                ask((replica, f"UWARM{i}", i))
+        for label, serving, concurrency in (("1 replica, 20 concurrent", replicas[:1], 20),
+                                            ("2 replicas, 20 concurrent", replicas, 20),
+                                            ("2 replicas, 40 concurrent", replicas, 40)):
+            times: list[float] = []
+            with ThreadPoolExecutor(concurrency) as pool:
+                for r in range(args.rounds):
+                    jobs = [(serving[i % len(serving)], f"U{label[0]}{concurrency}R{r}X{i}",
+                             r * concurrency + i) for i in range(concurrency)]
+                    times += pool.map(ask, jobs)
+            print(f"{label} x {args.rounds} rounds: p50 {percentile(times, 0.5) * 1e3:.0f} ms, "
+                  f"p99 {percentile(times, 0.99) * 1e3:.0f} ms, "
+                  f"{len(times) / sum(times) * concurrency:.1f} replies/s")
+
+        # The nightly schedule's hand-over: the elected replica dies; the other's next try
+        # for the scheduler lock (every 5 s) finds it free.
+        (leader,) = [r for r in replicas if "this process runs the nightly" in r.logged()]
+        (standby,) = [r for r in replicas if r is not leader]
+        begun = time.perf_counter()
+        leader.kill()
+        taken = until(lambda: "this process runs the nightly" in standby.logged(), 60)
+        print(f"scheduler hand-over after kill -9 of its replica: "
+              f"{time.perf_counter() - begun:.1f} s" if taken else "no hand-over within 60 s")
+    finally:
+        for replica in replicas:
+            replica.stop()
+        catcher.stop()
+        slack.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""What processes sharing one database coordinate through it: the named locks (file locks on
+SQLite, advisory locks on PostgreSQL), the rate limit counted in PostgreSQL, and the election
+of the one process that runs the nightly scheduler. tests/test_replicas.py runs the same over
+real `mimic serve` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from mimic.bot.replies import RateLimiter, SharedRateLimiter, rate_limiter
+from mimic.bot.schedule import Elected
+from mimic.core.config import Settings
+from mimic.core.lock import Busy, named_lock, retrain_lock
+from mimic.core.store import Store, make_engine, upgrade
+from tests.replicas import until
+
+HOLD = """
+import sys
+from mimic.core.config import Settings
+from mimic.core.lock import named_lock
+lock = named_lock(Settings(_env_file=None, DATABASE_URL=sys.argv[1],
+                           MIMIC_DATA_DIR=sys.argv[2]), "retrain")
+print("held" if lock.acquire() else "refused", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def settings_of(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, DATABASE_URL=database_url,
+                    MIMIC_DATA_DIR=str(tmp_path / "data"), MIMIC_RETRAIN_CRON="0 3 * * *")
+
+
+def test_a_lock_has_one_holder_and_dies_with_its_process(database_url: str,
+                                                          tmp_path: Path) -> None:
+    settings = settings_of(database_url, tmp_path)
+    first, second = named_lock(settings, "retrain"), named_lock(settings, "retrain")
+    assert first.acquire() and first.held()
+    assert not second.acquire()
+    with pytest.raises(Busy), retrain_lock(settings):
+        pass
+    assert named_lock(settings, "scheduler").acquire()  # another name, another lock
+    first.release()
+    assert second.acquire()
+    second.release()
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, database_url, str(settings.data_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert not first.acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        assert until(first.acquire), "the lock outlived its process"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        first.release()
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> Iterator[Store]:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+def test_the_shared_rate_limit_admits_exactly_the_limit_at_once(postgres_store: Store,
+                                                               tmp_path: Path) -> None:
+    settings = settings_of(str(postgres_store.engine.url.render_as_string(False)), tmp_path)
+    assert isinstance(rate_limiter(settings, postgres_store), SharedRateLimiter)
+    # Two limiters, as two replicas would have, each asked from six threads at once.
+    limiters = [SharedRateLimiter(postgres_store, 5), SharedRateLimiter(postgres_store, 5)]
+    start = threading.Barrier(12)
+    waits: list[float] = []
+
+    def ask(i: int) -> None:
+        start.wait()
+        waits.append(limiters[i % 2].allow("U5"))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(waits) == 12 and waits.count(0.0) == 5
+    assert all(0 < wait <= 60 for wait in waits if wait)
+    assert limiters[0].allow("U6") == 0.0  # per person
+    with postgres_store.session() as s:  # a minute later
+        s.execute(text("UPDATE rate_limit_hits SET at = at - interval '61 seconds'"))
+    assert limiters[1].allow("U5") == 0.0
+    with postgres_store.session() as s:  # the old rows of whoever asked went with it
+        assert s.scalar(text("SELECT count(*) FROM rate_limit_hits WHERE user_id = 'U5'")) == 1
+
+
+def test_sqlite_keeps_the_limit_in_memory(store: Store, tmp_path: Path) -> None:
+    settings = settings_of(str(store.engine.url), tmp_path)
+    assert isinstance(rate_limiter(settings, store), RateLimiter)
+
+
+def test_one_process_of_many_runs_the_scheduler_and_another_takes_over(
+        database_url: str, tmp_path: Path) -> None:
+    settings = settings_of(database_url, tmp_path)
+    upgrade(make_engine(database_url))
+    replicas = [Elected(settings, poll_s=0.1).start() for _ in range(3)]
+    try:
+        assert until(lambda: any(r.elected.is_set() for r in replicas))
+        leaders = [r for r in replicas if r.elected.is_set()]
+        assert len(leaders) == 1 and leaders[0].scheduler is not None
+        assert all(r.scheduler is None for r in replicas if r is not leaders[0])
+        leaders[0].close()
+        rest = [r for r in replicas if r is not leaders[0]]
+        assert until(lambda: any(r.elected.is_set() for r in rest))
+        assert sum(r.elected.is_set() for r in rest) == 1
+    finally:
+        for replica in replicas:
+            replica.close()
+    assert all(not r.elected.is_set() and r.scheduler is None for r in replicas)
