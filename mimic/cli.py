@@ -491,6 +491,37 @@ def retrain(
 
 
 @app.command()
+def schedule() -> None:
+    """Run only the nightly retraining (no Slack app): for a training machine beside
+    `mimic serve --no-scheduler` replicas. Processes sharing the database elect one to run it.
+    Ctrl-C or SIGTERM stops it (and a run in progress) and exits 0."""
+    import logging
+    import signal
+    import threading
+
+    from mimic.bot.schedule import Elected
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    _store()  # refuses a database that is missing or behind, before anything starts
+    settings = get_settings()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    elected = Elected(settings).start()
+    console.print(f"nightly retraining at {settings.retrain_cron}, in one process of those "
+                  "sharing the database; Ctrl-C stops.")
+    try:
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("Stopping…")
+        elected.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    console.print("Stopped.")
+
+
+@app.command()
 def serve(
     http: Annotated[int | None, typer.Option(
         "--http", metavar="PORT", help="Serve HTTP on PORT (POST /slack/events) instead of "

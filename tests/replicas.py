@@ -9,8 +9,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Engine
+
+from mimic.bot.schedule import JOB_ID, MISFIRE_GRACE_S, nightly_retrain
 from tests.fake_slack import TOKEN
 from tests.slack_client import SIGNING_SECRET
 
@@ -81,3 +89,16 @@ def until(condition: Callable[[], object], timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
+
+
+def job_due_now(engine: Engine, cron: str) -> SQLAlchemyJobStore:
+    """The nightly job as a scheduler registered it last night, due now (missed, within the
+    grace), written straight into the job store: no scheduler of this process touches it.
+    Returns the store, to read the job's next run time from."""
+    jobs = SQLAlchemyJobStore(engine=engine, tablename="scheduler_jobs")
+    jobs.start(BackgroundScheduler(), "default")
+    jobs.add_job(Job(BackgroundScheduler(), id=JOB_ID, func=nightly_retrain,
+                     trigger=CronTrigger.from_crontab(cron), executor="default", args=(),
+                     kwargs={}, name="export and retrain", misfire_grace_time=MISFIRE_GRACE_S,
+                     coalesce=True, max_instances=1, next_run_time=datetime.now(UTC)))
+    return jobs

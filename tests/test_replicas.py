@@ -16,21 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from apscheduler.job import Job
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from mimic.bot.schedule import JOB_ID, MISFIRE_GRACE_S, nightly_retrain
 from mimic.core.store import ModelVersion, Run, Store, make_engine
 from mimic.trainer.corpus import BASE
 from mimic.trainer.registry import active_version
 from tests import trained
 from tests.databases import POSTGRES_URL
 from tests.fake_slack import FakeSlack
-from tests.replicas import Replica, replica_env, until
+from tests.replicas import Replica, job_due_now, replica_env, until
 from tests.slack_client import Catcher, slash
 
 pytestmark = pytest.mark.slow
@@ -156,15 +151,8 @@ def test_retrain_pressed_on_both_replicas_at_once_runs_once(deployment: Deployme
 
 
 def test_a_nightly_run_due_on_two_schedulers_runs_once(deployment: Deployment) -> None:
-    # The job as the replicas registered it last night, due now (missed, within the grace),
-    # written straight into the job store: no scheduler of this process may touch it.
     engine = make_engine(deployment.database_url)
-    jobs = SQLAlchemyJobStore(engine=engine, tablename="scheduler_jobs")
-    jobs.start(BackgroundScheduler(), "default")
-    jobs.add_job(Job(BackgroundScheduler(), id=JOB_ID, func=nightly_retrain,
-                     trigger=CronTrigger.from_crontab(CRON), executor="default", args=(),
-                     kwargs={}, name="export and retrain", misfire_grace_time=MISFIRE_GRACE_S,
-                     coalesce=True, max_instances=1, next_run_time=datetime.now(UTC)))
+    jobs = job_due_now(engine, CRON)
     replicas = deployment.start(scheduler=True)
     try:
         assert until(lambda: any("Retraining finished" in r.logged() for r in replicas), 180)

@@ -3,6 +3,7 @@ and the retrain lock keeps runs one at a time across threads and processes."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from mimic.bot.schedule import JOB_ID, start_scheduler
 from mimic.core.config import Settings, get_settings
 from mimic.core.lock import Busy, retrain_lock
 from mimic.core.store import make_engine, upgrade
+from tests.replicas import job_due_now, until
 
 
 @pytest.fixture
@@ -126,3 +128,25 @@ def test_a_run_reports_its_events_and_releases_the_lock(settings: Settings) -> N
             time.sleep(0.05)
     else:
         pytest.fail("the lock was not released")
+
+
+@pytest.mark.slow
+def test_mimic_schedule_runs_the_due_night_alone_and_stops_on_sigterm(
+        settings: Settings, tmp_path: Path) -> None:
+    """A training machine's `mimic schedule`: the night due runs there, without a Slack app."""
+    job_due_now(make_engine(settings.database_url), settings.retrain_cron)
+    log = tmp_path / "schedule.log"
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "mimic.cli", "schedule"],
+                                   stdout=output, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert until(lambda: "Retraining finished" in log.read_text(), 120), \
+                log.read_text()[-3000:]
+            assert "this process runs the nightly retraining" in log.read_text()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "Stopped." in log.read_text() and "Traceback" not in log.read_text()
