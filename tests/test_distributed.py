@@ -4,8 +4,10 @@ the same model as one process, published once, and failures that say what failed
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from mimic.trainer.fit import TrainConfig
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.train import train
 from tests import workspace
+from tests.test_training import _cpu_seconds
 from tests.trained import QUICK, TINY_MODEL, settings_for
 
 
@@ -54,7 +57,8 @@ def test_two_workers_train_the_model_one_process_does_and_publish_it_once(
 
 
 @pytest.mark.slow
-def test_mimic_train_nproc_2_trains_and_publishes(tmp_path: Path) -> None:
+def test_mimic_train_nproc_2_stops_its_workers_on_ctrl_c_and_publishes_what_they_learnt(
+        tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     upgrade(make_engine(settings.database_url))
     store = Store(make_engine(settings.database_url))
@@ -62,17 +66,42 @@ def test_mimic_train_nproc_2_trains_and_publishes(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500",
            "MIMIC_DEVICE": "cpu"}
-    done = subprocess.run([sys.executable, "-m", "mimic.cli", "train", "--base", "--nproc", "2",
-                           "--minutes", "0.05"], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "workspace: v1 promoted" in done.stdout
-    assert _versions(store) == 1
     # A batch that does not split is refused before anything is trained.
     done = subprocess.run([sys.executable, "-m", "mimic.cli", "train", "--base", "--nproc", "3"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "cannot share the global batch of 32 lanes" in done.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "mimic.cli", "train", "--base", "--nproc",
+                             "2", "--minutes", "5"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while len(workers) < 2 or min(map(_cpu_seconds, workers)) < 2:  # really training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.2)
+        workers = _workers(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errors
+    assert "workspace: v1 promoted" in out and "stopped: interrupted" in out
     assert _versions(store) == 1
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def _workers(pid: int) -> list[int]:
+    """The torchrun workers under process `pid`."""
+    parents, commands = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            commands[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return [p for p in found if b"mimic.trainer.distributed" in commands[p]]
 
 
 @pytest.mark.slow
