@@ -8,12 +8,11 @@ streams, so every rank trains the same corpus, vocabulary and size; rank 0 print
 JSON lines, validates, and writes the best weights back (fit.py says how ranks agree):
 
     python -m torch.distributed.run --standalone --nproc-per-node N \
-        -m mimic.trainer.distributed JOB OUT
+        -m mimic.trainer.distributed FOLDER
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import logging
@@ -23,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +35,9 @@ from mimic.trainer.fit import FitResult, Stream, TrainConfig, fit
 from mimic.trainer.model import CharLSTM
 
 log = logging.getLogger(__name__)
+# In the folder the launcher shares with its workers: the model, streams and settings; rank
+# 0's FitResult; and, on Ctrl-C, an empty file that tells rank 0 to stop.
+JOB, RESULT, STOP = "job.pt", "result.pt", "stop"
 ERROR_KEPT = 1500  # characters of the workers' stderr in the error
 _RAISED = re.compile(r"(?:\[rank\d+\]: )?([\w.]+(?:Error|Exception)): .*")
 
@@ -82,25 +83,25 @@ def fit_parallel(
     # Each CPU worker gets its share of the cores, not all of them.
     threads = cfg.num_threads or max(1, cores // nproc)
     with tempfile.TemporaryDirectory(prefix="mimic-workers-") as folder:
-        job, out = Path(folder) / "job.pt", Path(folder) / "result.pt"
         torch.save({"model": model.cpu(), "train": Stream.of(train_data),
                     "val": Stream.of(val_data), "cfg": replace(cfg, num_threads=threads),
-                    "device": device.type}, job)
-        _launch(nproc, job, out, threads, on_progress)
-        result: FitResult = torch.load(out, weights_only=False)  # our own file
+                    "device": device.type}, Path(folder) / JOB)
+        _launch(nproc, Path(folder), threads, on_progress)
+        result: FitResult = torch.load(Path(folder) / RESULT, weights_only=False)  # ours
     model.to(device).load_state_dict(result.best_state_dict)
     model.eval()
     return result
 
 
-def _launch(nproc: int, job: Path, out: Path, threads: int,
+def _launch(nproc: int, folder: Path, threads: int,
             on_progress: Callable[[dict[str, Any]], None] | None) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", __name__, str(job), str(out)]
+               f"--nproc-per-node={nproc}", "-m", __name__, str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    interrupted = False
     # stderr to a file: a pipe we do not read while reading stdout could fill and block them.
-    # A session of its own: Ctrl-C reaches the workers only through us (once, below).
+    # A session of their own: the terminal's Ctrl-C comes to us alone, and we pass it on as a
+    # STOP file, which rank 0 looks for before each step (a signal could strike a worker
+    # still importing torch, or one rank in the middle of a collective).
     with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
             start_new_session=True, preexec_fn=_die_with_parent) as workers:
@@ -108,22 +109,22 @@ def _launch(nproc: int, job: Path, out: Path, threads: int,
         while True:
             try:
                 for line in workers.stdout:
-                    if on_progress and line.startswith("{"):
-                        with contextlib.suppress(json.JSONDecodeError):  # not ours
-                            row = json.loads(line)
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # not ours
+                        continue
+                    if on_progress:
                         on_progress(row)
                 workers.wait()
                 break
             except KeyboardInterrupt:
-                if interrupted:
-                    workers.kill()  # the workers die with it (_die_with_parent)
+                if (folder / STOP).exists():  # the second Ctrl-C
+                    workers.kill()  # and the workers with it (_die_with_parent)
                     raise
-                interrupted = True
-                workers.send_signal(signal.SIGINT)  # torchrun passes it on to rank 0
+                (folder / STOP).touch()
         errors.seek(0)
         stderr = errors.read()
-    # After Ctrl-C torchrun exits non-zero even though rank 0 saved what it had.
-    if not out.exists():
+    if workers.returncode or not (folder / RESULT).exists():
         raise DistributedError(f"training in {nproc} torchrun workers failed (exit "
                                f"{workers.returncode}): {_reason(stderr)}")
 
@@ -146,14 +147,11 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """A worker: train its share, and on rank 0 save the result to OUT."""
-    job, out = map(Path, argv or sys.argv[1:])
+    """A worker: train its share of FOLDER's job; rank 0 saves the result there."""
+    (folder,) = map(Path, argv or sys.argv[1:])
     _die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    # Rank 0 stops every rank at the next step on Ctrl-C; the others ignore it.
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, (lambda *_: stop.set()) if rank == 0 else signal.SIG_IGN)
-    args = torch.load(job, weights_only=False)
+    args = torch.load(folder / JOB, weights_only=False)
     cuda = args["device"] == "cuda"
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
@@ -162,10 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = fit(args["model"], args["train"], args["val"], args["cfg"], device,
                      on_progress=(lambda row: print(json.dumps(row), flush=True))
-                     if rank == 0 else None, stop_requested=stop.is_set)
+                     if rank == 0 else None, stop_requested=(folder / STOP).exists)
         if rank == 0:
-            torch.save(result, out.with_suffix(".part"))
-            out.with_suffix(".part").replace(out)  # whole or not at all
+            torch.save(result, folder / "result.part")
+            (folder / "result.part").replace(folder / RESULT)  # whole or not at all
     finally:
         dist.destroy_process_group()
 

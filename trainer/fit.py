@@ -287,8 +287,8 @@ def fit(
     model is left holding those best weights, in eval mode.
     on_progress gets each history row: after every validation (with val_loss) and every
     progress_every_s in between (val_loss None).
-    stop_requested is asked before each step: Ctrl-C for a worker, where a KeyboardInterrupt
-    could leave one rank in the middle of a collective while the others wait for it.
+    stop_requested is asked before each step: how a worker learns of Ctrl-C (a
+    KeyboardInterrupt could leave one rank in the middle of a collective, the others waiting).
     In a process group only rank 0 gets the best weights (others keep their last ones).
     """
     if cfg.max_seconds <= 0 and cfg.max_steps <= 0:
