@@ -139,11 +139,16 @@ def _reason(stderr: str) -> str:
     return stderr[-ERROR_KEPT:].strip()
 
 
+# Looked up once, here: after a fork (preexec_fn), with other threads about (a progress bar),
+# the child should run as little as it can before exec.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
 def _die_with_parent() -> None:
     """Linux: this process gets SIGTERM when its parent dies, so that killing `mimic train`
     (or the bot's retrain child) never leaves workers training on."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def main(argv: list[str] | None = None) -> None:
