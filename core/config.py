@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     target_minutes: float = Field(2.0, gt=0, validation_alias="MIMIC_TARGET_MINUTES")
     # How many people (those with the most text) also get a dedicated model in a full run.
     dedicated: int = Field(0, ge=0, validation_alias="MIMIC_DEDICATED")
+    # Training processes (torchrun workers): CPU cores share out, on GPUs one worker per GPU.
+    nproc: int = Field(1, ge=1, validation_alias="MIMIC_NPROC")
 
     # Each export walks every channel's last days again to notice messages deleted in Slack.
     recheck_days: float = Field(30.0, ge=0, validation_alias="MIMIC_RECHECK_DAYS")

@@ -190,10 +190,16 @@ def train(
                                         "continuing from the active workspace model.")] = False,
     minutes: Annotated[float | None, typer.Option(help=(
         "Time budget per model (default MIMIC_BASE_MINUTES / MIMIC_TARGET_MINUTES)."))] = None,
+    nproc: Annotated[int | None, typer.Option(min=1, help=(
+        "Train in this many processes (torchrun workers; one per GPU on GPUs) "
+        "(default MIMIC_NPROC)."))] = None,
 ) -> None:
     """Train models: the workspace model for everyone, and dedicated ones on request."""
     from mimic.core.lock import Busy, retrain_lock
     from mimic.trainer.corpus import BASE
+    from mimic.trainer.device import pick_device
+    from mimic.trainer.distributed import DistributedError, check
+    from mimic.trainer.fit import TrainConfig
     from mimic.trainer.train import TrainError, retrain_changed
     from mimic.trainer.train import train as train_one
 
@@ -201,6 +207,12 @@ def train(
     if minutes is not None:
         settings = settings.model_copy(update={"base_minutes": minutes,
                                                "target_minutes": minutes})
+    if nproc is not None:
+        settings = settings.model_copy(update={"nproc": nproc})
+    try:  # before anything is read or trained
+        check(settings.nproc, TrainConfig(), pick_device(settings.device))
+    except DistributedError as exc:
+        raise _fail(str(exc)) from None
     chosen = [] if all_ else ([BASE] if base else []) + _resolve(store, targets or [])
     if not all_ and not chosen:
         raise _fail("Say what to train: `mimic train --base`, `mimic train @alice #random` "
@@ -217,7 +229,7 @@ def train(
                 try:
                     console.print(train_one(store, settings, target, console=console,
                                             fresh=fresh).describe())
-                except TrainError as exc:
+                except (TrainError, DistributedError) as exc:
                     raise _fail(str(exc)) from None
     except Busy as exc:
         raise _fail(f"{exc} (`mimic train` and the nightly retraining share one lock.)") from None

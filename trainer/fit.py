@@ -7,6 +7,11 @@ author's and the channel's slot beside every character (a `Stream`). It is cut i
 backprop stays short, and every position contributes to the loss. A share of messages is shown
 as written by "anyone" (and in "any" channel), so the same network also learns the workspace
 as a whole: that is what a person's voice is drawn against.
+
+Inside a process group (torchrun workers, trainer/distributed.py) each rank walks its equal
+share of the same lanes and DistributedDataParallel averages the gradients, so N ranks of
+B/N lanes take the steps one process of B lanes would. Rank 0 alone validates, keeps the best
+weights, reports progress and decides when to stop, and every rank follows that decision.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from mimic.trainer.model import CharLSTM, LSTMState
 
 StopReason = Literal["budget", "early_stop", "max_steps", "interrupted"]
+# A stop decision as a number, to send it to every rank.
+_STOPS: tuple[StopReason | None, ...] = (None, "budget", "early_stop", "max_steps", "interrupted")
 
 
 class _Stop(Exception):
@@ -133,12 +142,22 @@ def _lanes(data: dict[str, torch.Tensor], batch_size: int, seq_len: int,
     return lanes
 
 
+def _share(lanes: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Rank `rank`'s equal share of the lanes (a stream too short for the full batch may leave
+    a remainder out)."""
+    b = lanes["x"].shape[0] // world
+    if b == 0:
+        raise ValueError(f"the training stream is too short to give {world} workers a lane "
+                         "each: train in fewer processes")
+    return {key: values[rank * b : (rank + 1) * b] for key, values in lanes.items()}
+
+
 def _detach(state: LSTMState) -> LSTMState:
     return state[0].detach(), state[1].detach()
 
 
-def _forward(model: CharLSTM, lanes: dict[str, torch.Tensor], i: int, seq_len: int,
-             state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
+def _forward(model: CharLSTM | DistributedDataParallel, lanes: dict[str, torch.Tensor], i: int,
+             seq_len: int, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
     chunk = slice(i, i + seq_len)
     return model(lanes["x"][:, chunk], state,
                  lanes["people"][:, chunk] if "people" in lanes else None,
@@ -259,6 +278,7 @@ def fit(
     cfg: TrainConfig,
     device: torch.device,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train `model` in place and return the best weights by validation loss.
 
@@ -267,6 +287,9 @@ def fit(
     model is left holding those best weights, in eval mode.
     on_progress gets each history row: after every validation (with val_loss) and every
     progress_every_s in between (val_loss None).
+    stop_requested is asked before each step: how a worker learns of Ctrl-C (a
+    KeyboardInterrupt could leave one rank in the middle of a collective, the others waiting).
+    In a process group only rank 0 gets the best weights (others keep their last ones).
     """
     if cfg.max_seconds <= 0 and cfg.max_steps <= 0:
         raise ValueError("set max_seconds or max_steps, or training never ends")
@@ -274,9 +297,13 @@ def fit(
     if len(train_stream) < 2 or len(val) < 2:
         raise ValueError("train and validation streams need at least 2 characters each")
     _set_threads(device, cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    lead = rank == 0
+    torch.manual_seed(cfg.seed + rank)  # dropout: each rank its own masks
+    rng = np.random.default_rng(cfg.seed)  # "anyone" messages and phase: the same on all
     model.to(device).train()
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     seq_len = max(1, min(cfg.seq_len, len(train_stream) - 1))
 
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
@@ -297,6 +324,26 @@ def fit(
             "chars_per_s": result.chars_trained / train_time if train_time else 0.0,
             "lr": opt.param_groups[0]["lr"],
         }
+
+    def decide(now: float) -> tuple[float, StopReason | None]:
+        """The share of the budget used (it sets the learning rate) and whether to stop:
+        rank 0's, on every rank, as clocks differ between processes."""
+        elapsed = now - start
+        progress = max(
+            result.steps / cfg.max_steps if cfg.max_steps else 0.0,
+            elapsed / cfg.max_seconds if cfg.max_seconds else 0.0,
+        )
+        stop: StopReason | None = (
+            "early_stop" if since_best >= cfg.patience
+            else "max_steps" if cfg.max_steps and result.steps >= cfg.max_steps
+            else "budget" if cfg.max_seconds and elapsed >= cfg.max_seconds
+            else "interrupted" if stop_requested and stop_requested() else None)
+        if world == 1:
+            return progress, stop
+        shared = torch.tensor([progress, _STOPS.index(stop)], dtype=torch.float64,
+                              device=device)
+        dist.broadcast(shared, 0)
+        return shared[0].item(), _STOPS[int(shared[1].item())]
 
     def validate() -> None:
         nonlocal since_best, loss_sum, loss_n, last_eval_t, last_eval_step
@@ -323,26 +370,21 @@ def fit(
             epoch = _anyone(train_stream, cfg.anyone_share, rng).tensors(device)
             epoch.pop("messages", None)
             lanes = _lanes(epoch, cfg.batch_size, seq_len, int(rng.integers(0, seq_len)))
+            if world > 1:
+                lanes = _share(lanes, rank, world)
             state: LSTMState | None = None
             for i in range(0, lanes["x"].shape[1], seq_len):
                 t0 = time.perf_counter()
-                elapsed = t0 - start
-                progress = max(
-                    result.steps / cfg.max_steps if cfg.max_steps else 0.0,
-                    elapsed / cfg.max_seconds if cfg.max_seconds else 0.0,
-                )
-                if cfg.max_steps and result.steps >= cfg.max_steps:
-                    result.stopped_reason = "max_steps"
-                    raise _Stop
-                if cfg.max_seconds and elapsed >= cfg.max_seconds:
-                    result.stopped_reason = "budget"
+                progress, stop = decide(t0)
+                if stop:
+                    result.stopped_reason = stop
                     raise _Stop
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg, result.steps, progress) * group["scale"]
 
                 yb = lanes["y"][:, i : i + seq_len]
                 with _autocast(device):
-                    logits, state = _forward(model, lanes, i, seq_len, state)
+                    logits, state = _forward(net, lanes, i, seq_len, state)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -353,22 +395,21 @@ def fit(
                 loss_sum += loss.item()  # the sync costs little next to a CPU step
                 loss_n += 1
                 result.steps += 1
-                result.chars_trained += yb.numel()
+                result.chars_trained += yb.numel() * world
                 now = time.perf_counter()
                 train_time += now - t0
+                if not lead:  # the others wait for rank 0's next decision
+                    continue
                 due = (cfg.eval_every_s and now - last_eval_t >= cfg.eval_every_s) or (
                     cfg.eval_every_steps and result.steps - last_eval_step >= cfg.eval_every_steps
                 )
                 if due:
-                    validate()
-                    if since_best >= cfg.patience:
-                        result.stopped_reason = "early_stop"
-                        raise _Stop
+                    validate()  # early stopping, if due, is the next decision
                 elif on_progress and now - last_beat >= cfg.progress_every_s:
                     last_beat = now
                     on_progress(snapshot(None, now))
     except _Stop:
-        if last_eval_step != result.steps or not result.best_state_dict:
+        if lead and (last_eval_step != result.steps or not result.best_state_dict):
             try:
                 validate()
             except KeyboardInterrupt:
@@ -383,6 +424,7 @@ def fit(
             # A second Ctrl-C leaves the loss unknown (inf) rather than hanging on.
             with contextlib.suppress(KeyboardInterrupt):
                 result.best_val_loss = evaluate(model, val, device, max_chars=cfg.val_max_chars)
-    model.load_state_dict(result.best_state_dict)
+    if lead:
+        model.load_state_dict(result.best_state_dict)
     model.eval()
     return result

@@ -37,7 +37,8 @@ from mimic.trainer.corpus import (
     targets_with_data,
 )
 from mimic.trainer.device import pick_device
-from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, fit, throughput
+from mimic.trainer.distributed import fit_parallel
+from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, throughput
 from mimic.trainer.lexicon import Lexicon
 from mimic.trainer.model import (
     CharLSTM,
@@ -346,8 +347,9 @@ def train_shared(
     started = time.perf_counter()
     bar, show = _show_progress(console, "the shared model", cfg)
     with bar:
-        result = fit(model, encode(vocab, slots, messages), encode(vocab, slots, held), cfg,
-                     device, on_progress=show)
+        result = fit_parallel(model, encode(vocab, slots, messages),
+                              encode(vocab, slots, held), cfg, device, on_progress=show,
+                              nproc=settings.nproc)
     new_loss = evaluate(model, encode(vocab, slots, held), device)
     old_loss = _loss_of_shared(settings, previous, held, device)
     scores = score(model, vocab, slots, workspace, list(workspace.chars), device)
@@ -420,8 +422,8 @@ def train_dedicated(
     started = time.perf_counter()
     bar, show = _show_progress(console, target.label, cfg)
     with bar:
-        result = fit(model, stream(corpus.train_said), stream(corpus.val_said), cfg, device,
-                     on_progress=show)
+        result = fit_parallel(model, stream(corpus.train_said), stream(corpus.val_said), cfg,
+                              device, on_progress=show, nproc=settings.nproc)
     seconds = time.perf_counter() - started
     new_loss = evaluate(model, stream(corpus.val_said), device)
     old_loss = _loss_of_dedicated(settings, previous, target, corpus.val_said, device)
