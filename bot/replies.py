@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from mimic.bot.batching import Closed, SampleBatcher
@@ -46,7 +47,6 @@ from mimic.core.store import (
     Coverage,
     Message,
     ModelVersion,
-    RateLimitHit,
     Run,
     Store,
     User,
@@ -130,26 +130,30 @@ class SharedRateLimiter:
     """RateLimiter's rule counted in the store, for replicas sharing one PostgreSQL. A lock
     per person for the transaction makes counting and adding one step (two replicas cannot
     both take the 5th place), and the database's clock is the only clock (the replicas' own
-    may disagree)."""
+    may disagree). Two statements a request: the lock must come before the count's snapshot."""
 
-    WINDOW = timedelta(seconds=60)
+    LOCK = sql("SELECT clock_timestamp() FROM pg_advisory_xact_lock(:key)")
+    # Count the last minute's requests, drop older ones, and add this one if there is room.
+    COUNT_AND_ADD = sql("""
+        WITH recent AS (SELECT count(*) AS n, min(at) AS oldest FROM rate_limit_hits
+                        WHERE user_id = :user AND at > :now - interval '60 seconds'),
+             gone AS (DELETE FROM rate_limit_hits
+                      WHERE user_id = :user AND at <= :now - interval '60 seconds'),
+             added AS (INSERT INTO rate_limit_hits (user_id, at)
+                       SELECT :user, :now FROM recent WHERE n < :limit)
+        SELECT n, oldest FROM recent""")
 
     def __init__(self, store: Store, per_minute: int) -> None:
         self.store, self.per_minute = store, per_minute
 
     def allow(self, user_id: str) -> float:
         with self.store.session() as s:
-            s.execute(select(func.pg_advisory_xact_lock(advisory_key(f"rate:{user_id}"))))
-            now = s.scalar(select(func.clock_timestamp()))
-            assert now is not None
-            s.execute(delete(RateLimitHit).where(RateLimitHit.user_id == user_id,
-                                                 RateLimitHit.at <= now - self.WINDOW))
-            count, oldest = s.execute(select(func.count(), func.min(RateLimitHit.at))
-                                      .where(RateLimitHit.user_id == user_id)).one()
-            if count >= self.per_minute:
-                return (oldest + self.WINDOW - now).total_seconds()
-            s.add(RateLimitHit(user_id=user_id, at=now))
+            now = s.scalar(self.LOCK, {"key": advisory_key(f"rate:{user_id}")})
+            count, oldest = s.execute(self.COUNT_AND_ADD, {
+                "user": user_id, "now": now, "limit": self.per_minute}).one()
+        if count < self.per_minute:
             return 0.0
+        return (oldest + timedelta(seconds=60) - now).total_seconds()
 
 
 def rate_limiter(settings: Settings, store: Store) -> Limiter:
