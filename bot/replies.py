@@ -148,6 +148,9 @@ class SharedRateLimiter:
 
     def allow(self, user_id: str) -> float:
         with self.store.session() as s:
+            # Each statement its own snapshot, so the count sees what the lock's last holder
+            # committed (a database defaulting to REPEATABLE READ would admit everyone).
+            s.connection(execution_options={"isolation_level": "READ COMMITTED"})
             now = s.scalar(self.LOCK, {"key": advisory_key(f"rate:{user_id}")})
             count, oldest = s.execute(self.COUNT_AND_ADD, {
                 "user": user_id, "now": now, "limit": self.per_minute}).one()

@@ -75,42 +75,52 @@ class RetrainRunner:
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen[str] | None = None
         self._closing = threading.Event()
+        self._guard = threading.Lock()  # between a child starting and close() stopping it
 
     def command(self, target: Target | None) -> list[str]:
         return [sys.executable, "-m", "mimic.bot.retrain", *([target.ref] if target else [])]
 
     def start(self, target: Target | None, on_event: Callable[[Event], None]) -> bool:
-        """Start a run in the background; False (and nothing started) if one is going."""
+        """Start a run in the background; False (and nothing started) if one is going.
+        Raises what taking the lock raised (the database is down, say)."""
         if self._closing.is_set():
             return False
         started = threading.Event()
-        outcome: list[bool] = []
+        outcome: list[bool | Exception] = []
 
         def work() -> None:
             try:
-                with retrain_lock(self.settings):
+                with retrain_lock(self.settings, on_lost=self._lock_lost):
                     outcome.append(True)
                     started.set()
                     self._run_child(target, on_event)
             except Busy:
                 outcome.append(False)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, or logged
+                if started.is_set():
+                    log.exception("the retrain run failed")
+                else:
+                    outcome.append(exc)
+            finally:
                 started.set()
 
         thread = threading.Thread(target=work, name="mimic-retrain")
         thread.start()
         started.wait()
-        if outcome[0]:
+        if outcome[0] is True:
             self._thread = thread
-        else:
-            thread.join()
-        return outcome[0]
+            return True
+        thread.join()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return False
 
     def run(self, target: Target | None, on_event: Callable[[Event], None]) -> bool:
         """Run in this thread (the scheduler's); False if another run holds the lock."""
         if self._closing.is_set():
             return False
         try:
-            with retrain_lock(self.settings):
+            with retrain_lock(self.settings, on_lost=self._lock_lost):
                 self._run_child(target, on_event)
                 return True
         except Busy:
@@ -120,11 +130,21 @@ class RetrainRunner:
         """Stop the run in progress (its child is terminated: the trainer keeps what it has
         published and promotes nothing half-done) and join its thread."""
         self._closing.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.terminate()
+        self._stop_child()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _stop_child(self) -> None:
+        with self._guard:
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    def _lock_lost(self) -> None:
+        # Its database connection closed: another process may take the lock and train, and
+        # two runs must never train at once. The run ends as failed; the next one redoes it.
+        log.error("lost the retrain lock: stopping this run")
+        self._stop_child()
 
     def _run_child(self, target: Target | None, on_event: Callable[[Event], None]) -> None:
         events: list[Event] = []
@@ -136,7 +156,11 @@ class RetrainRunner:
         with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
                 self.command(target), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=errors, text=True, env=env) as child:
-            self._child = child
+            with self._guard:  # close() either sees this child or we see it closing
+                self._child = child
+                closing = self._closing.is_set()
+            if closing:
+                child.terminate()
             assert child.stdout is not None
             for line in child.stdout:
                 try:
@@ -148,7 +172,8 @@ class RetrainRunner:
                 events.append(event)
                 on_event(event)
             child.wait()
-            self._child = None
+            with self._guard:
+                self._child = None
             errors.seek(0)
             stderr = errors.read()
         if child.returncode != 0:

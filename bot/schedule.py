@@ -76,12 +76,16 @@ def start_scheduler(
         scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     _stopping.clear()
     scheduler.start(paused=True)
-    existing = scheduler.get_job(JOB_ID)
-    if existing is None or str(existing.trigger) != str(trigger):
-        scheduler.add_job(nightly_retrain, trigger, id=JOB_ID, name="export and retrain",
-                          replace_existing=True, coalesce=True, max_instances=1,
-                          misfire_grace_time=MISFIRE_GRACE_S)
-    scheduler.resume()
+    try:
+        existing = scheduler.get_job(JOB_ID)
+        if existing is None or str(existing.trigger) != str(trigger):
+            scheduler.add_job(nightly_retrain, trigger, id=JOB_ID, name="export and retrain",
+                              replace_existing=True, coalesce=True, max_instances=1,
+                              misfire_grace_time=MISFIRE_GRACE_S)
+        scheduler.resume()
+    except BaseException:
+        scheduler.shutdown(wait=False)  # its thread and job store go too
+        raise
     return scheduler
 
 
@@ -148,5 +152,5 @@ class Elected:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        else:
+        else:  # never started, or already ended
             self._step_down()

@@ -72,6 +72,19 @@ class Settings(BaseSettings):
             value = value.get_secret_value()
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        # Refused at start-up: a scheduler would otherwise only fail when it comes to run.
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab line (minute hour day month weekday, e.g. "
+                             f"'0 3 * * *'): {exc}") from None
+        return value
+
     @field_validator("admins", "channels", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

@@ -16,7 +16,8 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -89,11 +90,15 @@ class AdvisoryLock:
         from sqlalchemy import create_engine
 
         url = make_url(database_url).set(drivername="postgresql+psycopg")
-        # TCP keepalives: the server notices a holder whose machine vanished (not only its
-        # process) within about a minute, and frees the lock.
+        # The server's keepalives (libpq's own only watch our side): a holder whose machine
+        # vanished, not only its process, loses the lock within about a minute, not 2 hours.
+        # Our side gives up on a silent server within 30 s, so held() never hangs for long.
         self._engine = create_engine(url, poolclass=NullPool, connect_args={
+            "connect_timeout": 10, "tcp_user_timeout": 30_000,
             "keepalives": 1, "keepalives_idle": 20, "keepalives_interval": 5,
-            "keepalives_count": 3, "application_name": f"mimic {name} lock"})
+            "keepalives_count": 3, "application_name": f"mimic {name} lock",
+            "options": "-c tcp_keepalives_idle=20 -c tcp_keepalives_interval=5 "
+                       "-c tcp_keepalives_count=3"})
         self.key = advisory_key(name)
         self._conn: Connection | None = None
         self._held = False
@@ -148,13 +153,36 @@ def named_lock(settings: Settings, name: str) -> Lock:
     return FileLock(settings.data_dir / f"{name}.lock")
 
 
+# How often a held retrain lock is checked while its run goes on.
+CHECK_HELD_S = 5.0
+
+
 @contextmanager
-def retrain_lock(settings: Settings) -> Iterator[None]:
-    """Hold the retrain lock for the block, or raise Busy at once."""
+def retrain_lock(settings: Settings, on_lost: Callable[[], None] | None = None
+                 ) -> Iterator[None]:
+    """Hold the retrain lock for the block, or raise Busy at once. With `on_lost`, a thread
+    checks every CHECK_HELD_S that the lock is still held (an advisory lock goes with its
+    connection) and calls it once if not: the block must then stop what it does."""
     lock = named_lock(settings, "retrain")
+    done = threading.Event()
+    watch: threading.Thread | None = None
+
+    def check() -> None:
+        while not done.wait(CHECK_HELD_S):
+            if not lock.held():
+                assert on_lost is not None
+                on_lost()
+                return
+
     try:
         if not lock.acquire():
             raise Busy("A retraining run is already going; wait for it to finish.")
+        if on_lost is not None:
+            watch = threading.Thread(target=check, name="mimic-lock-watch")
+            watch.start()
         yield
     finally:
+        done.set()
+        if watch is not None:
+            watch.join()
         lock.release()

@@ -37,6 +37,20 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@app.callback()
+def _settings_first() -> None:
+    """Read the settings before any command: a bad one is named, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise _fail(f"a setting in the environment or .env is wrong ({problems}); see "
+                    ".env.example.") from None
+
+
 def _store() -> Store:
     try:
         return open_store(get_settings().database_url)
@@ -519,10 +533,11 @@ def schedule() -> None:
     settings = get_settings()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
-    elected = Elected(settings).start()
-    console.print(f"nightly retraining at {settings.retrain_cron}, in one process of those "
-                  "sharing the database; Ctrl-C stops.")
+    elected = Elected(settings)
     try:
+        elected.start()
+        console.print(f"nightly retraining at {settings.retrain_cron}, in one process of "
+                      "those sharing the database; Ctrl-C stops.")
         stopping.wait()
     except KeyboardInterrupt:
         pass
@@ -586,12 +601,14 @@ def serve(
 
     signal.signal(signal.SIGTERM, stop)  # a service manager's stop is a Ctrl-C
     # With several replicas, one of them (whichever holds the scheduler lock) runs it.
-    scheduler = None if no_scheduler else Elected(settings).start()
-    console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
-                  f"{'off' if scheduler is None else settings.retrain_cron}"
-                  f"{'' if scheduler is None else ' (in one replica at a time)'}.")
+    scheduler = None if no_scheduler else Elected(settings)
     server = handler = None
     try:
+        if scheduler is not None:
+            scheduler.start()
+        console.print(f"mimic is @{me.get('user')} in {me.get('team')}; nightly retraining: "
+                      f"{'off' if scheduler is None else settings.retrain_cron}"
+                      f"{'' if scheduler is None else ' (in one replica at a time)'}.")
         if http is not None:
             from mimic.bot.http import make_http_server
 

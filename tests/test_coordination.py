@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from mimic.bot.replies import RateLimiter, SharedRateLimiter, rate_limiter
+from mimic.bot.retrain import RetrainRunner
 from mimic.bot.schedule import Elected
 from mimic.core.config import Settings
 from mimic.core.lock import Busy, named_lock, retrain_lock
@@ -47,7 +51,9 @@ def test_a_lock_has_one_holder_and_dies_with_its_process(database_url: str,
     assert not second.acquire()
     with pytest.raises(Busy), retrain_lock(settings):
         pass
-    assert named_lock(settings, "scheduler").acquire()  # another name, another lock
+    other = named_lock(settings, "scheduler")
+    assert other.acquire()  # another name, another lock
+    other.release()
     first.release()
     assert second.acquire()
     second.release()
@@ -126,3 +132,52 @@ def test_one_process_of_many_runs_the_scheduler_and_another_takes_over(
         for replica in replicas:
             replica.close()
     assert all(not r.elected.is_set() and r.scheduler is None for r in replicas)
+
+
+def test_the_shared_rate_limit_holds_whatever_the_default_isolation(postgres_store: Store,
+                                                                   postgres_url: str) -> None:
+    name = make_url(postgres_url).database
+    with postgres_store.engine.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_isolation '
+                          "TO 'repeatable read'"))
+        conn.commit()
+    postgres_store.engine.dispose()  # new sessions take the new default
+    limiter = SharedRateLimiter(postgres_store, 5)
+    start = threading.Barrier(8)
+    waits: list[float] = []
+
+    def ask() -> None:
+        start.wait()
+        waits.append(limiter.allow("U5"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert waits.count(0.0) == 5
+
+
+def test_a_lost_retrain_lock_is_noticed_while_its_run_goes_on(
+        postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mimic.core.lock.CHECK_HELD_S", 0.05)
+    settings = settings_of(postgres_url, tmp_path)
+    lost = threading.Event()
+    with retrain_lock(settings, on_lost=lost.set):
+        # The connection holding it dies (a database restart, a dropped link).
+        with make_engine(postgres_url).connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = 'mimic retrain lock'"))
+        assert lost.wait(10)
+        assert named_lock(settings, "retrain").acquire()  # the lock is free for others
+
+
+def test_a_retrain_that_cannot_reach_the_database_says_so(tmp_path: Path) -> None:
+    settings = settings_of("postgresql://mimic@127.0.0.1:1/none", tmp_path)
+    with pytest.raises(OperationalError):
+        RetrainRunner(settings).start(None, lambda _event: None)
+
+
+def test_a_bad_cron_is_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValidationError, match="not a crontab line"):
+        Settings(_env_file=None, MIMIC_RETRAIN_CRON="0 25 * * *")

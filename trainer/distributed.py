@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
+        # Every rank has read the job: its messages need not stay on disk, where a killed run
+        # would leave them behind (past an opt-out).
+        dist.barrier()
+        if rank == 0:
+            (folder / JOB).unlink()
         result = fit(args["model"], args["train"], args["val"], args["cfg"], device,
                      on_progress=(lambda row: print(json.dumps(row), flush=True))
                      if rank == 0 else None, stop_requested=(folder / STOP).exists)
