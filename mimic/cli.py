@@ -51,6 +51,18 @@ def _settings_first() -> None:
                     ".env.example.") from None
 
 
+def _stop_on_lost_lock() -> None:
+    """The retrain lock's database connection closed mid-run: another process may now take it
+    and train, so this run stops at once, publishing nothing more (the registry writes whole
+    versions or none), as the bot's run does."""
+    import os
+    import signal
+
+    err.print("[bold red]error:[/] lost the retrain lock (its database connection closed): "
+              "stopping, so that two runs never train at once. Run the command again.")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _store() -> Store:
     try:
         return open_store(get_settings().database_url)
@@ -234,7 +246,7 @@ def train(
     # One trainer at a time per data folder, whichever command starts it (the bot's retrain
     # and the demo take the same lock): two would race for the same version numbers.
     try:
-        with retrain_lock(settings):
+        with retrain_lock(settings, on_lost=_stop_on_lost_lock):
             if all_:
                 retrain_changed(store, settings, force=force, console=console,
                                 report=lambda o: console.print(o.describe()))
@@ -510,7 +522,7 @@ def retrain(
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target]) if target else (None,)
     try:
-        with retrain_lock(settings):
+        with retrain_lock(settings, on_lost=_stop_on_lost_lock):
             retrain_job(store, settings, chosen, lambda event: console.print(event["text"]))
     except Busy as exc:
         raise _fail(str(exc)) from None

@@ -6,6 +6,7 @@ costing nothing but its own requests."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -241,3 +242,26 @@ def test_a_replica_killed_while_retraining_takes_its_run_with_it(
     # The lock died with the replica; the run must not go on without it.
     assert until(lambda: not Path(f"/proc/{child}").exists(), 10), "the run outlived its bot"
     assert deployment.ask(survivor, "retrain", user="U9").startswith("Retraining everything")
+
+
+def test_mimic_train_stops_at_once_when_its_lock_is_lost(deployment: Deployment) -> None:
+    trainer = subprocess.Popen([sys.executable, "-m", "mimic.cli", "train", "--base", "--fresh",
+                                "--minutes", "2"], env=deployment.env(), cwd=deployment.folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = ("FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'mimic retrain lock'")
+    try:
+        with deployment.store.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT") as conn:
+            assert until(lambda: conn.scalar(text(f"SELECT count(*) {lock}")), 60)
+            # Its connection dies (a database restart, a dropped link): another could train.
+            conn.execute(text(f"SELECT pg_terminate_backend(pid) {lock}"))
+        _out, err = trainer.communicate(timeout=60)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    assert trainer.returncode == -signal.SIGTERM and "lost the retrain lock" in err, err[-2000:]
+    with deployment.store.session() as s:  # it published nothing
+        assert s.scalar(select(func.count()).select_from(ModelVersion)
+                        .where(ModelVersion.target == BASE.key)) == 1
