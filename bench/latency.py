@@ -12,7 +12,7 @@ load <= 1 s, mention p99 <= 700 ms, a 4-turn conversation <= 1.5 s.
 Uses the workspace model `bench.quality` trained (the trainer's default size, on the chitchat
 workspace); without one it trains one first (3 minutes):
 
-    .venv/bin/python -m bench.latency [--rounds 20] [--concurrency 20]
+    .venv/bin/python -m bench.latency [--rounds 20] [--concurrency 20] [--processes 2]
 """
 
 from __future__ import annotations
@@ -52,16 +52,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def listeners(port: int) -> int:
+    """Sockets listening on `port` (several with `--processes`)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"
+               for row in rows)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, processes: int = 1,
+                  timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             sys.exit(f"mimic serve exited: {process.stderr.read() if process.stderr else ''}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listeners(port) >= processes:
+            return
         time.sleep(0.1)  # polling a port that is not up yet; nothing to wait on instead
     sys.exit("mimic serve did not start listening within a minute")
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """Resident and peak kB of `pid` and its child processes (`--processes`' workers)."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    rss = hwm = 0
+    for process in (pid, *children):
+        status = Path(f"/proc/{process}/status").read_text().splitlines()
+        rss += int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+        hwm += int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+    return rss, hwm
 
 
 def recent_texts(store: Store, settings: Settings, target: Target) -> list[tuple[str, str]]:
@@ -81,6 +100,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20,
                    help="rounds of concurrent requests (20 x 20: p99 is not just the worst two)")
     p.add_argument("--concurrency", type=int, default=20, help="requests per round")
+    p.add_argument("--processes", type=int, default=1,
+                   help="`mimic serve --processes N`: N server processes on one port")
     p.add_argument("--temp", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"temperature asked for (default {DEFAULT_TEMPERATURE:g}, /mimic's)")
     args = p.parse_args()
@@ -121,10 +142,11 @@ def main() -> None:
            "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": slack.url,
            "SLACK_SIGNING_SECRET": SIGNING_SECRET, "MIMIC_RATE_LIMIT": "100000"}
     server = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", str(port),
-                               "--host", "127.0.0.1", "--no-scheduler"], env=env,
+                               "--host", "127.0.0.1", "--no-scheduler",
+                               "--processes", str(args.processes)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/slack/events"
-    wait_for_port(port, server)
+    wait_for_port(port, server, args.processes)
     catcher = Catcher()
     lengths: list[int] = []
 
@@ -207,11 +229,10 @@ def main() -> None:
           f"max {worst * 1e3:.0f} ms over {len(talks)} "
           f"({'goal met' if worst * 1e3 <= GOAL_TALK_MS else 'GOAL MISSED'}, goal <= "
           f"{GOAL_TALK_MS} ms)")
-    status = Path(f"/proc/{server.pid}/status").read_text()
-    rss = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
-    hwm = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"mimic serve memory after {len(replies) + 11} replies: {int(rss) / 1024:.0f} MB "
-          f"resident (peak {int(hwm) / 1024:.0f} MB)")
+    rss, hwm = memory_kb(server.pid)
+    where = f" in {args.processes} processes" if args.processes > 1 else ""
+    print(f"mimic serve memory after {len(replies) + 11} replies: {rss / 1024:.0f} MB "
+          f"resident (peak {hwm / 1024:.0f} MB){where}")
     server.terminate()
     server.wait()
     catcher.stop()

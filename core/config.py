@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     consent: Literal["opt-out", "opt-in"] = Field("opt-out", validation_alias="MIMIC_CONSENT")
     # The Slack app: how many /mimic requests one person may make per minute.
     rate_limit: int = Field(5, ge=1, validation_alias="MIMIC_RATE_LIMIT")
+    # `mimic serve` as this many processes, each with its own interpreter and model: answers
+    # no longer queue for one interpreter lock (bench/latency.py --processes).
+    serve_processes: int = Field(1, ge=1, le=64, validation_alias="MIMIC_SERVE_PROCESSES")
     # Replies posted into threads (mentions, shortcuts) under the person's display name plus
     # " (mimic)" and their avatar ("name"; needs the chat:write.customize scope), or as mimic.
     post_as: Literal["off", "name"] = Field("off", validation_alias="MIMIC_POST_AS")

@@ -75,6 +75,18 @@ class FileLock:
             self._fd = None
 
 
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """flock on `path`, waited for (threads and processes on this machine take turns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key per lock name (advisory locks are per database, so two
     workspaces on one PostgreSQL server do not collide)."""

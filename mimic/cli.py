@@ -569,24 +569,41 @@ def serve(
     no_scheduler: Annotated[bool, typer.Option(
         "--no-scheduler", help="Do not run the nightly retraining in this process (by "
         "default one process of those sharing the database runs it).")] = False,
+    processes: Annotated[int | None, typer.Option(
+        "--processes", min=1, max=64, help="Serve as this many processes, each with its own "
+        "copy of the model, on one port (default MIMIC_SERVE_PROCESSES, 1): answers stop "
+        "queueing for one interpreter lock, at the cost of memory.")] = None,
 ) -> None:
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, or HTTP with --http.
 
     Ctrl-C or SIGTERM stops it cleanly: requests in flight are answered, a retraining run is
     stopped, every thread is joined, and it exits 0."""
     import logging
+    import os
     import signal
 
     import torch
     from slack_sdk.errors import SlackApiError
 
     from mimic.bot.app import SetupError, build_app
+    from mimic.bot.processes import WORKER_ENV, Supervisor
     from mimic.bot.schedule import Elected
     from mimic.exporter.webapi import make_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     store, settings = _store(), get_settings()
+    worker = os.environ.get(WORKER_ENV) is not None
+    if not worker and (processes or settings.serve_processes) > 1:
+        if http == 0:  # one port for all of them: choose it here
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                http = probe.getsockname()[1]
+        args = ([] if http is None else ["--http", str(http), "--host", host]) + \
+            (["--no-scheduler"] if no_scheduler else [])
+        raise typer.Exit(Supervisor(args, processes or settings.serve_processes).run())
     if settings.slack_bot_token is None:
         raise _fail("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-…) from "
                     "your app's OAuth & Permissions page into .env.")
@@ -624,7 +641,7 @@ def serve(
         if http is not None:
             from mimic.bot.http import make_http_server
 
-            server = make_http_server(slack.bolt, host, http)
+            server = make_http_server(slack.bolt, host, http, reuse_port=worker)
             console.print(f"Listening on http://{host}:{server.server_port}/slack/events")
             server.serve_forever()
         else:
