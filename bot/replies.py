@@ -174,11 +174,11 @@ class SharedRateLimiter:
         return count, oldest, now
 
     def _sqlite(self, user_id: str) -> tuple[int, datetime, datetime]:
-        now = datetime.now(UTC).replace(tzinfo=None)  # SQLite keeps naive UTC
         mine = RateLimitHit.user_id == user_id
         # Queued on a file lock first: a waiter wakes the moment it is free, where SQLite's
         # own wait for its write lock sleeps up to 100 ms at a time (p99 +400 ms measured).
         with waiting_lock(self.lock_path), self.store.session() as s:
+            now = datetime.now(UTC).replace(tzinfo=None)  # read in turn; SQLite keeps naive UTC
             s.execute(delete(RateLimitHit).where(mine, RateLimitHit.at <= now - self.WINDOW))
             count, oldest = s.execute(select(func.count(), func.min(RateLimitHit.at))
                                       .where(mine)).one()
