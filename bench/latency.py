@@ -52,23 +52,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def listeners(port: int) -> int:
-    """Sockets listening on `port` (several with `--processes`)."""
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"
-               for row in rows)
-
-
-def wait_for_port(port: int, process: subprocess.Popen, processes: int = 1,
-                  timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"mimic serve exited: {process.stderr.read() if process.stderr else ''}")
-        if listeners(port) >= processes:
+def wait_listening(process: subprocess.Popen, processes: int = 1) -> None:
+    """Until each of `mimic serve`'s `processes` says it listens (its stdout)."""
+    assert process.stdout is not None
+    ready = 0
+    for line in process.stdout:
+        ready += "Listening on" in line
+        if ready == processes:
             return
-        time.sleep(0.1)  # polling a port that is not up yet; nothing to wait on instead
-    sys.exit("mimic serve did not start listening within a minute")
+    sys.exit("mimic serve exited before it listened: see its log above")
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -144,9 +136,9 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", str(port),
                                "--host", "127.0.0.1", "--no-scheduler",
                                "--processes", str(args.processes)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True)  # its log: here, unread
     url = f"http://127.0.0.1:{port}/slack/events"
-    wait_for_port(port, server, args.processes)
+    wait_listening(server, args.processes)
     catcher = Catcher()
     lengths: list[int] = []
 

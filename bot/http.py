@@ -34,21 +34,17 @@ class _Server(WSGIServer):
     request_queue_size = 128  # socketserver's 5 resets a burst of concurrent commands
 
     def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler],
-                 workers: int = MAX_WORKERS, listener: socket.socket | None = None) -> None:
-        super().__init__(address, handler, bind_and_activate=listener is None)
-        if listener is not None:  # bound and listening already, shared with other processes
-            self.socket.close()
-            self.socket = listener
-            # Not blocking: every process waiting on it wakes for a connection and only one
-            # gets it; the others must go back to waiting, not block in accept().
-            listener.setblocking(False)
-            self.server_address = listener.getsockname()
-            host, self.server_port = self.server_address[:2]
-            self.server_name = socket.getfqdn(host)
-            self.setup_environ()
+                 workers: int = MAX_WORKERS, reuse_port: bool = False) -> None:
+        self.reuse_port = reuse_port
+        super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(workers)
         self._workers: set[threading.Thread] = set()
         self._workers_lock = threading.Lock()
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # `mimic serve --processes N`: the kernel spreads connections
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -108,11 +104,8 @@ def _plain(start_response: Any, status: str, text: str) -> list[bytes]:
 
 
 def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000,
-                     workers: int = MAX_WORKERS, listener: socket.socket | None = None
-                     ) -> _Server:
-    """The server for `app`, on (host, port) or on `listener`, a listening socket that other
-    processes accept from too (`mimic serve --processes`): whichever is free takes the next
-    connection."""
+                     workers: int = MAX_WORKERS, reuse_port: bool = False) -> _Server:
+    """The server for `app`; with `reuse_port`, other processes may listen on the same port."""
     handler = SlackRequestHandler(app)
 
     def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -132,7 +125,7 @@ def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000,
         except ValueError:  # a body that is not UTF-8 or not form/JSON: not Slack's
             return _plain(start_response, "400 Bad Request", "not a Slack request")
 
-    server = _Server((host, port), _Handler, workers, listener)
+    server = _Server((host, port), _Handler, workers, reuse_port)
     server.set_app(wsgi)
     return server
 

@@ -1,8 +1,7 @@
 """`mimic serve --processes N`: N copies of the app, each a process of its own, so answers do
-not queue for one interpreter lock (bench/latency.py measures it). In HTTP mode they accept
-from one listening socket the supervisor opens and hands down (whichever is free takes the
-next connection); in Socket Mode each opens its own connection and Slack spreads the
-requests. What they share goes through the store and
+not queue for one interpreter lock (bench/latency.py measures it). In HTTP mode they listen on
+one port (SO_REUSEPORT: the kernel spreads connections among them); in Socket Mode each opens
+its own connection and Slack spreads the requests. What they share goes through the store and
 the data folder, as replicas' does (README: Outgrowing one machine).
 
 The supervisor here starts them, starts another for one that dies (giving up on a crash loop),
@@ -14,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,32 +20,25 @@ import time
 
 log = logging.getLogger(__name__)
 WORKER_ENV = "MIMIC_SERVE_WORKER"  # set in a worker: it serves, it does not supervise
-SOCKET_ENV = "MIMIC_SERVE_SOCKET"  # the listening socket's descriptor, in HTTP mode
 # More restarts than this within a minute is a crash loop (a bad token, a port taken): stop.
 RESTARTS_PER_MINUTE = 3
 STOP_TIMEOUT_S = 60.0
 
 
 class Supervisor:
-    def __init__(self, args: list[str], processes: int,
-                 listener: socket.socket | None = None) -> None:
-        """`args`: `mimic serve`'s arguments for each worker; `listener`: the socket they
-        accept from in HTTP mode."""
-        self.args, self.processes, self.listener = args, processes, listener
+    def __init__(self, args: list[str], processes: int) -> None:
+        """`args`: `mimic serve`'s arguments for each worker."""
+        self.args, self.processes = args, processes
         self._stopping = threading.Event()
         self.workers: list[subprocess.Popen[bytes]] = []
         self.restarts: list[float] = []  # when, for the last minute's count
 
     def _start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, WORKER_ENV: "1", "MIMIC_SERVE_PROCESSES": str(self.processes)}
-        fds = ()
-        if self.listener is not None:
-            fds = (self.listener.fileno(),)
-            env[SOCKET_ENV] = str(self.listener.fileno())
         # A session of its own: a terminal's Ctrl-C reaches the supervisor alone, which stops
         # each worker once (a second signal would cut a worker's own clean stop short).
         return subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", *self.args],
-                                env=env, start_new_session=True, pass_fds=fds)
+                                env=env, start_new_session=True)
 
     def run(self) -> int:
         """Serve until stopped; the exit status (0 when every worker stopped cleanly)."""

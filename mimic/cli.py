@@ -581,13 +581,12 @@ def serve(
     import logging
     import os
     import signal
-    import socket
 
     import torch
     from slack_sdk.errors import SlackApiError
 
     from mimic.bot.app import SetupError, build_app
-    from mimic.bot.processes import SOCKET_ENV, WORKER_ENV, Supervisor
+    from mimic.bot.processes import WORKER_ENV, Supervisor
     from mimic.bot.schedule import Elected
     from mimic.exporter.webapi import make_client
 
@@ -596,17 +595,15 @@ def serve(
     store, settings = _store(), get_settings()
     worker = os.environ.get(WORKER_ENV) is not None
     if not worker and (processes or settings.serve_processes) > 1:
-        # One listening socket for all of them (port 0: the system picks one).
-        listener = None if http is None else socket.create_server((host, http), backlog=128)
-        args = ([] if listener is None else
-                ["--http", str(listener.getsockname()[1]), "--host", host]) + \
+        if http == 0:  # one port for all of them: choose it here
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                http = probe.getsockname()[1]
+        args = ([] if http is None else ["--http", str(http), "--host", host]) + \
             (["--no-scheduler"] if no_scheduler else [])
-        try:
-            status = Supervisor(args, processes or settings.serve_processes, listener).run()
-        finally:
-            if listener is not None:
-                listener.close()
-        raise typer.Exit(status)
+        raise typer.Exit(Supervisor(args, processes or settings.serve_processes).run())
     if settings.slack_bot_token is None:
         raise _fail("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-…) from "
                     "your app's OAuth & Permissions page into .env.")
@@ -644,9 +641,7 @@ def serve(
         if http is not None:
             from mimic.bot.http import make_http_server
 
-            inherited = os.environ.get(SOCKET_ENV)
-            server = make_http_server(slack.bolt, host, http, listener=None if not inherited
-                                      else socket.socket(fileno=int(inherited)))
+            server = make_http_server(slack.bolt, host, http, reuse_port=worker)
             console.print(f"Listening on http://{host}:{server.server_port}/slack/events")
             server.serve_forever()
         else:
