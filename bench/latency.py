@@ -136,99 +136,101 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", str(port),
                                "--host", "127.0.0.1", "--no-scheduler",
                                "--processes", str(args.processes)], env=env,
-                              stdout=subprocess.PIPE, text=True)  # its log: here, unread
-    url = f"http://127.0.0.1:{port}/slack/events"
-    wait_listening(server, args.processes)
+                              stdout=subprocess.PIPE, text=True)  # its log (stderr): here
     catcher = Catcher()
-    lengths: list[int] = []
+    try:
+        url = f"http://127.0.0.1:{port}/slack/events"
+        wait_listening(server, args.processes)
+        lengths: list[int] = []
 
-    def ask(job: tuple[str, int]) -> tuple[float, float]:
-        user, person = job
-        response_url = catcher.url()
-        start = time.perf_counter()
-        status, _ = slash(url, f"{people[person % len(people)].label} temp={args.temp}",
-                          response_url, user=user)
-        acked = time.perf_counter()
-        assert status == 200, status
-        body = catcher.wait(response_url)[0]
-        path = response_url.split("127.0.0.1", 1)[1].split("/", 1)[1]
-        arrived = catcher.arrived["/" + path][0]
-        assert body["response_type"] == "in_channel", body["text"]
-        lengths.append(len(body["text"].split("\n", 1)[1]))
-        return acked - start, arrived - start
+        def ask(job: tuple[str, int]) -> tuple[float, float]:
+            user, person = job
+            response_url = catcher.url()
+            start = time.perf_counter()
+            status, _ = slash(url, f"{people[person % len(people)].label} temp={args.temp}",
+                              response_url, user=user)
+            acked = time.perf_counter()
+            assert status == 200, status
+            body = catcher.wait(response_url)[0]
+            path = response_url.split("127.0.0.1", 1)[1].split("/", 1)[1]
+            arrived = catcher.arrived["/" + path][0]
+            assert body["response_type"] == "in_channel", body["text"]
+            lengths.append(len(body["text"].split("\n", 1)[1]))
+            return acked - start, arrived - start
 
-    ask(("UWARM", 0))
-    single = [ask((f"USOLO{i}", i))[1] for i in range(10)]
-    print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
-          f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
-    acks, replies = [], []
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        for r in range(args.rounds):
-            jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
-            for ack, reply in pool.map(ask, jobs):
-                acks.append(ack)
-                replies.append(reply)
-    p99 = percentile(replies, 0.99)
-    print(f"{args.concurrency} concurrent x {args.rounds} rounds: reply p50 "
-          f"{percentile(replies, 0.5) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
-          f"({'goal met' if p99 * 1e3 <= GOAL_P99_MS else 'GOAL MISSED'}, goal <= "
-          f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
-          f"replies average {statistics.mean(lengths):.0f} chars")
+        ask(("UWARM", 0))
+        single = [ask((f"USOLO{i}", i))[1] for i in range(10)]
+        print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
+              f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
+        acks, replies = [], []
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            for r in range(args.rounds):
+                jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
+                for ack, reply in pool.map(ask, jobs):
+                    acks.append(ack)
+                    replies.append(reply)
+        p99 = percentile(replies, 0.99)
+        print(f"{args.concurrency} concurrent x {args.rounds} rounds: reply p50 "
+              f"{percentile(replies, 0.5) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
+              f"({'goal met' if p99 * 1e3 <= GOAL_P99_MS else 'GOAL MISSED'}, goal <= "
+              f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
+              f"replies average {statistics.mean(lengths):.0f} chars")
 
-    # Mentions: each in a thread of three real messages by other people, answered in the
-    # thread after reading it (conversations.replies), timed to the chat.postMessage.
-    channel = next(iter(slack.channels))
-    texts = [text for t in people[:60] for _author, text in recent_texts(store, settings, t)]
+        # Mentions: each in a thread of three real messages by other people, answered in the
+        # thread after reading it (conversations.replies), timed to the chat.postMessage.
+        channel = next(iter(slack.channels))
+        texts = [text for t in people[:60] for _author, text in recent_texts(store, settings, t)]
 
-    def mention(job: tuple[int, int]) -> float:
-        r, i = job
-        person = people[(r * args.concurrency + i) % len(people)]
-        authors = [people[(r * args.concurrency + i + k + 1) % len(people)] for k in range(3)]
-        parent = slack.post(channel, texts[(r + i) % len(texts)], authors[0].ident)
-        for k, author in enumerate(authors[1:]):
-            slack.post(channel, texts[(r + i + k + 1) % len(texts)], author.ident,
-                       thread_ts=parent)
-        text = f"<@UBOT> be <@{person.ident}>"
-        ts = slack.post(channel, text, f"U{r}M{i}", thread_ts=parent)
-        start = time.perf_counter()
-        assert event(url, {"type": "app_mention", "user": f"U{r}M{i}", "text": text, "ts": ts,
-                           "channel": channel, "thread_ts": parent, "event_ts": ts})[0] == 200
-        return slack.wait_posted(parent) - start
+        def mention(job: tuple[int, int]) -> float:
+            r, i = job
+            person = people[(r * args.concurrency + i) % len(people)]
+            authors = [people[(r * args.concurrency + i + k + 1) % len(people)] for k in range(3)]
+            parent = slack.post(channel, texts[(r + i) % len(texts)], authors[0].ident)
+            for k, author in enumerate(authors[1:]):
+                slack.post(channel, texts[(r + i + k + 1) % len(texts)], author.ident,
+                           thread_ts=parent)
+            text = f"<@UBOT> be <@{person.ident}>"
+            ts = slack.post(channel, text, f"U{r}M{i}", thread_ts=parent)
+            start = time.perf_counter()
+            assert event(url, {"type": "app_mention", "user": f"U{r}M{i}", "text": text, "ts": ts,
+                               "channel": channel, "thread_ts": parent, "event_ts": ts})[0] == 200
+            return slack.wait_posted(parent) - start
 
-    mentions: list[float] = []
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        for r in range(args.rounds):
-            mentions += pool.map(mention, [(r, i) for i in range(args.concurrency)])
-    p99 = percentile(mentions, 0.99)
-    print(f"mentions, {args.concurrency} concurrent x {args.rounds} rounds (each reads its "
-          f"thread): threaded reply p50 {percentile(mentions, 0.5) * 1e3:.0f} ms, p99 "
-          f"{p99 * 1e3:.0f} ms ({'goal met' if p99 * 1e3 <= GOAL_MENTION_MS else 'GOAL MISSED'}"
-          f", goal <= {GOAL_MENTION_MS} ms)")
+        mentions: list[float] = []
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            for r in range(args.rounds):
+                mentions += pool.map(mention, [(r, i) for i in range(args.concurrency)])
+        p99 = percentile(mentions, 0.99)
+        print(f"mentions, {args.concurrency} concurrent x {args.rounds} rounds (each reads its "
+              f"thread): threaded reply p50 {percentile(mentions, 0.5) * 1e3:.0f} ms, p99 "
+              f"{p99 * 1e3:.0f} ms ({'goal met' if p99 * 1e3 <= GOAL_MENTION_MS else 'GOAL MISSED'}"
+              f", goal <= {GOAL_MENTION_MS} ms)")
 
-    # Conversations, one at a time: two people, four turns, each turn reading the ones before.
-    talks = []
-    for i in range(10):
-        a, b = people[(2 * i) % len(people)], people[(2 * i + 1) % len(people)]
-        response_url = catcher.url()
-        start = time.perf_counter()
-        status, _ = slash(url, f"{a.label} {b.label} turns=4", response_url, user=f"UTALK{i}")
-        assert status == 200, status
-        body = catcher.wait(response_url)[0]
-        assert body["response_type"] == "in_channel", body["text"]
-        talks.append(catcher.arrived[urlsplit(response_url).path][0] - start)
-    worst = max(talks)
-    print(f"4-turn conversations, one at a time: p50 {statistics.median(talks) * 1e3:.0f} ms, "
-          f"max {worst * 1e3:.0f} ms over {len(talks)} "
-          f"({'goal met' if worst * 1e3 <= GOAL_TALK_MS else 'GOAL MISSED'}, goal <= "
-          f"{GOAL_TALK_MS} ms)")
-    rss, hwm = memory_kb(server.pid)
-    where = f" in {args.processes} processes" if args.processes > 1 else ""
-    print(f"mimic serve memory after {len(replies) + 11} replies: {rss / 1024:.0f} MB "
-          f"resident (peak {hwm / 1024:.0f} MB){where}")
-    server.terminate()
-    server.wait()
-    catcher.stop()
-    slack.stop()
+        # Conversations, one at a time: two people, four turns, each turn reading the ones before.
+        talks = []
+        for i in range(10):
+            a, b = people[(2 * i) % len(people)], people[(2 * i + 1) % len(people)]
+            response_url = catcher.url()
+            start = time.perf_counter()
+            status, _ = slash(url, f"{a.label} {b.label} turns=4", response_url, user=f"UTALK{i}")
+            assert status == 200, status
+            body = catcher.wait(response_url)[0]
+            assert body["response_type"] == "in_channel", body["text"]
+            talks.append(catcher.arrived[urlsplit(response_url).path][0] - start)
+        worst = max(talks)
+        print(f"4-turn conversations, one at a time: p50 {statistics.median(talks) * 1e3:.0f} ms, "
+              f"max {worst * 1e3:.0f} ms over {len(talks)} "
+              f"({'goal met' if worst * 1e3 <= GOAL_TALK_MS else 'GOAL MISSED'}, goal <= "
+              f"{GOAL_TALK_MS} ms)")
+        rss, hwm = memory_kb(server.pid)
+        where = f" in {args.processes} processes" if args.processes > 1 else ""
+        print(f"mimic serve memory after {len(replies) + 11} replies: {rss / 1024:.0f} MB "
+              f"resident (peak {hwm / 1024:.0f} MB){where}")
+    finally:  # whatever failed, nothing it started outlives it
+        server.terminate()
+        server.wait()
+        catcher.stop()
+        slack.stop()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from mimic.core.children import die_with_parent
+
 log = logging.getLogger(__name__)
 WORKER_ENV = "MIMIC_SERVE_WORKER"  # set in a worker: it serves, it does not supervise
 # More restarts than this within a minute is a crash loop (a bad token, a port taken): stop.
@@ -38,7 +40,7 @@ class Supervisor:
         # A session of its own: a terminal's Ctrl-C reaches the supervisor alone, which stops
         # each worker once (a second signal would cut a worker's own clean stop short).
         return subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", *self.args],
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def run(self) -> int:
         """Serve until stopped; the exit status (0 when every worker stopped cleanly)."""

@@ -13,12 +13,10 @@ JSON lines, validates, and writes the best weights back (fit.py says how ranks a
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mimic.core.children import die_with_parent
 from mimic.trainer.fit import FitResult, Stream, TrainConfig, fit
 from mimic.trainer.model import CharLSTM
 
@@ -104,7 +103,7 @@ def _launch(nproc: int, folder: Path, threads: int,
     # still importing torch, or one rank in the middle of a collective).
     with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent) as workers:
+            start_new_session=True, preexec_fn=die_with_parent) as workers:
         assert workers.stdout is not None
         while True:
             try:
@@ -119,7 +118,7 @@ def _launch(nproc: int, folder: Path, threads: int,
                 break
             except KeyboardInterrupt:
                 if (folder / STOP).exists():  # the second Ctrl-C
-                    workers.kill()  # and the workers with it (_die_with_parent)
+                    workers.kill()  # and the workers with it (die_with_parent)
                     raise
                 (folder / STOP).touch()
         errors.seek(0)
@@ -139,22 +138,10 @@ def _reason(stderr: str) -> str:
     return stderr[-ERROR_KEPT:].strip()
 
 
-# Looked up once, here: after a fork (preexec_fn), with other threads about (a progress bar),
-# the child should run as little as it can before exec.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies, so that killing `mimic train`
-    (or the bot's retrain child) never leaves workers training on."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def main(argv: list[str] | None = None) -> None:
     """A worker: train its share of FOLDER's job; rank 0 saves the result there."""
     (folder,) = map(Path, argv or sys.argv[1:])
-    _die_with_parent()
+    die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     args = torch.load(folder / JOB, weights_only=False)
     cuda = args["device"] == "cuda"
