@@ -41,6 +41,7 @@ from mimic.trainer.report import covered_people
 from mimic.trainer.sampler import DEFAULT_TEMPERATURE
 from mimic.trainer.train import train
 from tests.fake_slack import TOKEN, FakeSlack
+from tests.replicas import children
 from tests.slack_client import SIGNING_SECRET, Catcher, event, slash
 
 GOAL_P99_MS, GOAL_COLD_MS, GOAL_MENTION_MS, GOAL_TALK_MS = 500, 1000, 700, 1500
@@ -65,10 +66,8 @@ def wait_listening(process: subprocess.Popen, processes: int = 1) -> None:
 
 def memory_kb(pid: int) -> tuple[int, int]:
     """Resident and peak kB of `pid` and its child processes (`--processes`' workers)."""
-    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
     rss = hwm = 0
-    for process in (pid, *children):
+    for process in (pid, *children(pid)):
         status = Path(f"/proc/{process}/status").read_text().splitlines()
         rss += int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
         hwm += int(next(line.split()[1] for line in status if line.startswith("VmHWM")))

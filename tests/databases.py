@@ -44,9 +44,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _postgres_database()
 
 
-@pytest.fixture
-def any_store(database_url: str) -> Iterator[Store]:
-    """A migrated store on each back end."""
+def _migrated(database_url: str) -> Iterator[Store]:
     engine = make_engine(database_url)
     upgrade(engine)
     yield Store(engine)
@@ -54,6 +52,18 @@ def any_store(database_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
+def any_store(database_url: str) -> Iterator[Store]:
+    """A migrated store on each back end."""
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """An empty PostgreSQL database (no tables yet): for what only PostgreSQL does."""
     yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> Iterator[Store]:
+    """A migrated PostgreSQL store."""
+    yield from _migrated(postgres_url)

@@ -80,6 +80,12 @@ class Replica:
         return self.process.returncode
 
 
+def children(pid: int) -> list[int]:
+    """`pid`'s child processes (Linux lists them under the thread that started each)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
 def until(condition: Callable[[], object], timeout: float = 10) -> bool:
     """Poll `condition()` until it is true or `timeout` passes: for what nothing can tell us
     about (another process's log, its death reaching the database)."""

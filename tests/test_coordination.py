@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -72,14 +71,6 @@ def test_a_lock_has_one_holder_and_dies_with_its_process(database_url: str,
             holder.kill()
             holder.wait()
         first.release()
-
-
-@pytest.fixture
-def postgres_store(postgres_url: str) -> Iterator[Store]:
-    engine = make_engine(postgres_url)
-    upgrade(engine)
-    yield Store(engine)
-    engine.dispose()
 
 
 def test_the_shared_rate_limit_admits_exactly_the_limit_at_once(any_store: Store,

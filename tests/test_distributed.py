@@ -16,6 +16,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from mimic.core.config import Settings
 from mimic.core.store import ModelVersion, Store, make_engine, upgrade
 from mimic.exporter.importer import import_export
 from mimic.trainer.corpus import BASE
@@ -28,6 +29,15 @@ from tests.test_training import _cpu_seconds
 from tests.trained import QUICK, TINY_MODEL, settings_for
 
 
+def _imported(root: Path) -> tuple[Store, Settings]:
+    """The tiny workspace imported, nothing trained yet."""
+    settings = settings_for(root)
+    upgrade(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url))
+    import_export(store, workspace.build(root / "export"))
+    return store, settings
+
+
 def _versions(store: Store) -> int:
     with store.session() as s:
         return s.scalar(select(func.count()).select_from(ModelVersion)) or 0
@@ -36,10 +46,7 @@ def _versions(store: Store) -> int:
 @pytest.mark.slow
 def test_two_workers_train_the_model_one_process_does_and_publish_it_once(
         tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    upgrade(make_engine(settings.database_url))
-    store = Store(make_engine(settings.database_url))
-    import_export(store, workspace.build(tmp_path / "export"))
+    store, settings = _imported(tmp_path)
     # The same first weights, global batch (QUICK's 8 lanes: 4 per worker) and steps.
     torch.manual_seed(0)
     one = train(store, settings, BASE, model_overrides=TINY_MODEL, train_overrides=QUICK,
@@ -60,10 +67,7 @@ def test_two_workers_train_the_model_one_process_does_and_publish_it_once(
 @pytest.mark.slow
 def test_mimic_train_nproc_2_stops_its_workers_on_ctrl_c_and_publishes_what_they_learnt(
         tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    upgrade(make_engine(settings.database_url))
-    store = Store(make_engine(settings.database_url))
-    import_export(store, workspace.build(tmp_path / "export"))
+    store, settings = _imported(tmp_path)
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500",
            "MIMIC_DEVICE": "cpu"}

@@ -15,15 +15,10 @@ import pytest
 from mimic.core.config import Settings
 from mimic.core.store import Store
 from tests.fake_slack import FakeSlack
-from tests.replicas import replica_env, until
+from tests.replicas import children, replica_env, until
 from tests.slack_client import Catcher, slash
 
 pytestmark = pytest.mark.slow
-
-
-def workers_of(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
 
 
 def listening(serve: subprocess.Popen[str], count: int) -> list[str]:
@@ -67,18 +62,18 @@ def test_two_processes_share_a_port_and_a_rate_limit(world: tuple[Store, Setting
         urls = listening(serve, 2)
         assert len(urls) == 2 and len(set(urls)) == 1, urls  # one port for both
         url = urls[0]
-        assert len(workers_of(serve.pid)) == 2
+        assert len(children(serve.pid)) == 2
         with ThreadPoolExecutor(12) as pool:  # one person, twelve at once, both processes
             replies = list(pool.map(lambda _i: ask("U5"), range(12)))
         assert sum("mimicking" in r for r in replies) == 5
         assert sum("Easy there" in r for r in replies) == 7
 
         # One dies: the supervisor starts a replacement, and the two answer again.
-        doomed = workers_of(serve.pid)[0]
+        doomed = children(serve.pid)[0]
         os.kill(doomed, signal.SIGKILL)
         assert until(lambda: gone(doomed), 10)
-        assert listening(serve, 1) == [url] and len(workers_of(serve.pid)) == 2
-        assert doomed not in workers_of(serve.pid)
+        assert listening(serve, 1) == [url] and len(children(serve.pid)) == 2
+        assert doomed not in children(serve.pid)
         assert all("mimicking" in ask(f"U6{i}") for i in range(4))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0
@@ -100,7 +95,7 @@ def test_the_processes_stop_when_their_supervisor_is_killed(world: tuple[Store, 
                              stderr=subprocess.DEVNULL, text=True)
     try:
         assert len(listening(serve, 2)) == 2
-        workers = workers_of(serve.pid)
+        workers = children(serve.pid)
         assert len(workers) == 2
     finally:
         serve.kill()  # no clean stop of its own: nothing it could do about its workers

@@ -27,7 +27,7 @@ from mimic.trainer.registry import active_version
 from tests import trained
 from tests.databases import POSTGRES_URL
 from tests.fake_slack import FakeSlack
-from tests.replicas import Replica, job_due_now, replica_env, until
+from tests.replicas import Replica, children, job_due_now, replica_env, until
 from tests.slack_client import Catcher, slash
 
 pytestmark = pytest.mark.slow
@@ -223,12 +223,6 @@ def test_a_replica_killed_mid_request_costs_only_its_own_requests(
     # including those the dead one was answering (no lock of theirs was left behind)
     assert "mimicking" in deployment.ask(survivor, "@alice", user="U70")
     assert doomed.stop() == -9
-
-
-def children(pid: int) -> list[int]:
-    """`pid`'s child processes (Linux lists them under the thread that started each)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
 
 
 def test_a_replica_killed_while_retraining_takes_its_run_with_it(
