@@ -41,7 +41,7 @@ def test_mimic_answers_in_channel_labelled_and_inert(running: Running) -> None:
 def test_a_conversation_answers_in_channel_as_one_labelled_inert_message(
         running: Running) -> None:
     reply = ask(running, "<@U1|alice> <@U2|bob> turns=2")
-    assert reply["response_type"] == "in_channel"
+    assert reply["response_type"] == "in_channel", reply["text"]
     header, *lines = reply["text"].split("\n")
     assert "a conversation between @\u2060alice and @\u2060bob · temp" in header
     labels = [line for line in lines if not line.startswith("&gt;")]
