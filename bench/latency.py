@@ -74,9 +74,29 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) `pid` and its child processes have used so far."""
+    ticks = 0
+    for process in (pid, *children(pid)):
+        # utime and stime: fields 14 and 15 of /proc/PID/stat, after the ")" closing its name
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def recent_texts(store: Store, settings: Settings, target: Target) -> list[tuple[str, str]]:
     with store.session() as session:
         return recent(session, settings, target, 2)
+
+
+def cpu_line(before: tuple[float, float, float], pid: int, requests: int) -> str:
+    """How busy the two sides were since `before` (server CPU, our CPU, wall clock): whether
+    the rounds were bound by the cores or by something serial."""
+    server, ours, wall = (cpu_s(pid) - before[0], time.process_time() - before[1],
+                          time.perf_counter() - before[2])
+    busy = (server + ours) / wall / (os.cpu_count() or 1)
+    return (f"  CPU: mimic serve {server / requests * 1e3:.1f} ms a request, the load generator "
+            f"{ours / requests * 1e3:.1f} ms; cores busy {busy:.0%} of {wall:.1f} s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -162,6 +182,7 @@ def main() -> None:
         print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
               f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
         acks, replies = [], []
+        used = cpu_s(server.pid), time.process_time(), time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             for r in range(args.rounds):
                 jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
@@ -174,6 +195,7 @@ def main() -> None:
               f"({'goal met' if p99 * 1e3 <= GOAL_P99_MS else 'GOAL MISSED'}, goal <= "
               f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
               f"replies average {statistics.mean(lengths):.0f} chars")
+        print(cpu_line(used, server.pid, len(replies)))
 
         # Mentions: each in a thread of three real messages by other people, answered in the
         # thread after reading it (conversations.replies), timed to the chat.postMessage.
@@ -196,6 +218,7 @@ def main() -> None:
             return slack.wait_posted(parent) - start
 
         mentions: list[float] = []
+        used = cpu_s(server.pid), time.process_time(), time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             for r in range(args.rounds):
                 mentions += pool.map(mention, [(r, i) for i in range(args.concurrency)])
@@ -204,6 +227,7 @@ def main() -> None:
               f"thread): threaded reply p50 {percentile(mentions, 0.5) * 1e3:.0f} ms, p99 "
               f"{p99 * 1e3:.0f} ms ({'goal met' if p99 * 1e3 <= GOAL_MENTION_MS else 'GOAL MISSED'}"
               f", goal <= {GOAL_MENTION_MS} ms)")
+        print(cpu_line(used, server.pid, len(mentions)))
 
         # Conversations, one at a time: two people, four turns, each turn reading the ones before.
         talks = []

@@ -320,3 +320,19 @@ def test_primer_reads_once_and_serves_every_thread_the_state_read_alone() -> Non
     passes = Counting.passes
     primer.read(model, [contexts[0], (), contexts[5]])  # cached (and a zero state): no pass
     assert Counting.passes == passes
+
+
+def test_drawing_one_character_is_what_multinomial_draws() -> None:
+    """The sampler's own draw takes the same characters from the same generator as
+    torch.multinomial, zero-odds characters never."""
+    from mimic.trainer.sampler import draw_one
+
+    probs = torch.rand(64, 30, generator=torch.Generator().manual_seed(1))
+    probs[:, :10] = 0
+    probs[5] = 0
+    probs[5, 17] = 1  # a row with one possible character
+    for seed in range(5):
+        ours = draw_one(probs, torch.Generator().manual_seed(seed))
+        theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(ours, theirs[:, 0])
+        assert (ours >= 10).all() and ours[5] == 17

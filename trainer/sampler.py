@@ -108,33 +108,44 @@ class _Stepper:
     def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
                  ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         """ids (n,) → logits (n, V); h, c (layers, n, H) are updated in place; `ctx` holds
-        the rows' `contexts`."""
+        the rows' `contexts`. Each op costs a few microseconds of dispatch, as much as a
+        small matmul: index_select, slices and in-place updates, not indexing, chunk and
+        copies (a step for one reply 1.3 → 1.0 ms, BENCHMARKS.md)."""
         x = None
+        n = self.hidden
         for i in range(self.layers):
             if i == 0:
-                gates = torch.addmm(self.table[ids], h[0], self.w_hh[0])
+                gates = torch.addmm(self.table.index_select(0, ids), h[0], self.w_hh[0])
                 if "g" in ctx:
                     gates += ctx["g"]
                 if self.adapted:
-                    u = (self.table_a[ids] + ctx["ca"]) * ctx["b0"]
+                    u = self.table_a.index_select(0, ids).add_(ctx["ca"]).mul_(ctx["b0"])
                     gates.addmm_(u, self.w_u[0])
             else:
                 gates = torch.addmm(self.bias[i], x, self.w_x[i]).addmm_(h[i], self.w_hh[i])
                 if self.adapted:
-                    gates.addmm_((x @ self.a[i]) * ctx[f"b{i}"], self.w_u[i])
+                    gates.addmm_((x @ self.a[i]).mul_(ctx[f"b{i}"]), self.w_u[i])
             # PyTorch's gate order is i, f, g, o: one sigmoid over all four (g's quarter is
             # wasted) costs less than three calls at these sizes.
-            ig, fg, _, og = torch.sigmoid(gates).chunk(4, dim=1)
-            gg = torch.tanh(gates[:, 2 * self.hidden : 3 * self.hidden])
-            c[i] = (fg * c[i]).addcmul_(ig, gg)
-            h[i] = x = og * torch.tanh(c[i])
+            sig = torch.sigmoid(gates)
+            ci, hi = c[i], h[i]
+            ci.mul_(sig[:, n : 2 * n]).addcmul_(sig[:, :n], torch.tanh(gates[:, 2 * n : 3 * n]))
+            x = torch.mul(sig[:, 3 * n :], torch.tanh(ci), out=hi)
         logits = torch.addmm(self.head_b, x, self.head_w)
         if self.adapted:
-            logits.addmm_((x @ self.head_a) * ctx[f"b{self.layers}"], self.head_u)
+            logits.addmm_((x @ self.head_a).mul_(ctx[f"b{self.layers}"]), self.head_u)
         if self.habits:
-            logits += torch.bmm((x @ self.habit_in).unsqueeze(1), ctx["hw"]).squeeze(1)
-            logits += ctx["hb"]
+            logits.unsqueeze_(1).baddbmm_((x @ self.habit_in).unsqueeze_(1), ctx["hw"])
+            logits = logits.squeeze_(1).add_(ctx["hb"])
         return logits
+
+
+def draw_one(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (n, V), drawn at those odds: what torch.multinomial(probs,
+    1) does (argmax of p / q, q ~ Exp(1); the same draws from the same generator) without its
+    checks, ~10 ops fewer a character."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return torch.div(probs, noise, out=noise).argmax(-1)
 
 
 def _check(temperature: float, top_k: int | None) -> None:
@@ -179,9 +190,12 @@ class Guard(Protocol):
 
 
 def _dim(key: str) -> int:
-    """The batch dimension of a Generation state entry: 1 for LSTM states (layers, n, H),
-    "h<m>" and "c<m>"; 0 for the rest (logits, contexts "ctx<m>.*", temps)."""
-    return 1 if key[0] in "hc" and key[1:].isdigit() else 0
+    """The batch dimension of a Generation state entry: 2 for group g's LSTM states "h<g>"
+    and "c<g>" (layers, k, n, H), one slice per net of the group; 1 for its logits and row
+    contexts "logits<g>", "ctx<g>.*" (k, n, ...); 0 for the rest (temps, greedy)."""
+    if key[0] in "hc" and key[1:].isdigit():
+        return 2
+    return 1 if key.startswith(("logits", "ctx")) else 0
 
 
 # Contexts whose read state a Primer keeps (the bot's: one per model version), ~5 KB each at
@@ -298,16 +312,22 @@ class Generation:
         self._draw_device = generator.device if generator is not None else self.device
         contrast = contrast_net(model, reference)
         self._nets = [model] + ([] if contrast is None else [contrast])
-        self._steps = [_Stepper(model)]
-        if contrast is not None:
-            self._steps.append(self._steps[0] if contrast is model else _Stepper(contrast))
+        # Nets stepped as one batch: a model drawn against its own "anyone" rows is one
+        # group of both (one call a step: it costs about the same for 20 rows as for 40);
+        # a dedicated model and its reference are a group each.
+        self._groups = ([(_Stepper(model), [0, 1])] if contrast is model else
+                        [(_Stepper(net), [m]) for m, net in enumerate(self._nets)])
+        self._where = {m: (g, j) for g, (_, members) in enumerate(self._groups)
+                       for j, m in enumerate(members)}  # net → (group, slice)
         self._primer = primer if primer is not None else Primer(vocab)
         self._unk, self._eom = (torch.tensor([i], device=self.device)
                                 for i in (vocab.unk, vocab.eom))
         self._alive: list[int] = []  # row ids in batch order
-        # Batch-aligned: logits<m>, h<m>, c<m>, ctx<m>.* for net m (0 the voice, 1 the
-        # contrast), temps and greedy.
+        # Batch-aligned (see _dim): logits<g>, h<g>, c<g>, ctx<g>.* for group g, whose
+        # slice j is net members[j] (0 the voice, 1 the contrast); temps and greedy.
         self._state: dict[str, torch.Tensor] = {}
+        self._flat: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._greedy = False  # whether any row going is drawn greedily
         self._rows: dict[int, tuple[Row, list[int], Any]] = {}  # id → (row, drawn, guard)
         self._done: dict[int, str] = {}
         self._next = 0
@@ -330,31 +350,40 @@ class Generation:
                                  f"max_len {self.max_len}")
         if not rows:
             return []
+        n = len(rows)
+        # The end mark that starts the new message, then its seed, in the row's voice: step
+        # by step (seeds are short, most are empty), all rows at once.
+        seeds = [[self.vocab.eom, *self.vocab.encode(r.seed_text)] for r in rows]
         new: dict[str, torch.Tensor] = {}
-        for m, step in enumerate(self._steps):
-            voices = [r.voice.person if m == 0 else r.voice.contrast[0] for r in rows], \
-                [r.voice.channel if m == 0 else r.voice.contrast[1] for r in rows]
-            ctx = step.contexts(*(torch.tensor(v, device=self.device) for v in voices))
-            h, c = self._primer.read(self._nets[m], [r.context for r in rows])
-            # The end mark that starts the new message, then its seed, in the row's voice:
-            # step by step (seeds are short, most are empty), all rows at once.
-            seeds = [[self.vocab.eom, *self.vocab.encode(r.seed_text)] for r in rows]
-            logits = torch.zeros(len(rows), len(self.vocab), device=self.device)
+        for g, (step, members) in enumerate(self._groups):
+            k = len(members)
+            parts = [step.contexts(*self._slots(rows, m)) for m in members]
+            ctx = {key: torch.stack([part[key] for part in parts]) for key in parts[0]}
+            # The contexts are read once: who reads them does not depend on the voice.
+            h, c = (t.unsqueeze(1).repeat(1, k, 1, 1) for t in self._primer.read(
+                self._nets[members[0]], [r.context for r in rows]))
+            flat = {key: v.flatten(0, 1) for key, v in ctx.items()}
+            hf, cf = h.flatten(1, 2), c.flatten(1, 2)  # views: the steps update h and c
+            logits = torch.zeros(k * n, len(self.vocab), device=self.device)
             for i in range(max(map(len, seeds))):
-                going = [j for j, s in enumerate(seeds) if i < len(s)]
+                going = [j * n + r for j in range(k) for r in range(n) if i < len(seeds[r])]
+                ids = torch.tensor([seeds[x % n][i] for x in going], device=self.device)
+                if len(going) == k * n:
+                    logits = step(ids, hf, cf, flat).float()
+                    continue
                 index = torch.tensor(going, device=self.device)
-                ids = torch.tensor([seeds[j][i] for j in going], device=self.device)
-                hs, cs = h[:, index], c[:, index]
-                out = step(ids, hs, cs, {k: v[index] for k, v in ctx.items()})
-                h[:, index], c[:, index], logits[index] = hs, cs, out.float()
-            new |= {f"logits{m}": logits, f"h{m}": h, f"c{m}": c}
-            new |= {f"ctx{m}.{k}": v for k, v in ctx.items()}
+                hs, cs = hf[:, index], cf[:, index]
+                out = step(ids, hs, cs, {key: v[index] for key, v in flat.items()})
+                hf[:, index], cf[:, index], logits[index] = hs, cs, out.float()
+            new |= {f"logits{g}": logits.view(k, n, -1), f"h{g}": h, f"c{g}": c}
+            new |= {f"ctx{g}.{key}": v for key, v in ctx.items()}
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
         for key, value in new.items():
             old = self._state.get(key)
             self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
                                 ).contiguous()
+        self._greedy = self._greedy or any(r.temperature < GREEDY_BELOW for r in rows)
         ids_ = list(range(self._next, self._next + len(rows)))
         self._next += len(rows)
         self._alive += ids_
@@ -362,8 +391,17 @@ class Generation:
             self._rows[i] = (row, [], self.guard.start(row.seed_text) if self.guard else None)
             if len(row.seed_text) == self.max_len:  # nothing left to write
                 self._finish(i)
-        self._compact()
+        if self._compact() is None:
+            self._view()
         return ids_
+
+    def _slots(self, rows: Sequence[Row], m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' person and channel slots as net m reads them: the voice, or its
+        contrast."""
+        pairs = [(r.voice.person, r.voice.channel) if m == 0 else r.voice.contrast
+                 for r in rows]
+        return (torch.tensor([p for p, _ in pairs], device=self.device),
+                torch.tensor([c for _, c in pairs], device=self.device))
 
     def _allowed(self) -> torch.Tensor | None:
         """(n, V): what the guard lets each row draw next (None: all of it, for every row)."""
@@ -377,10 +415,10 @@ class Generation:
         """Draw one character for every row still going."""
         st = self._state
         eom = self.vocab.eom
-        logits = st["logits0"].index_fill(1, self._unk, -torch.inf)
+        logits = self._logits(0).index_fill(1, self._unk, -torch.inf)
         allowed = self._allowed()
         if allowed is not None:
-            logits = logits.masked_fill(~allowed, -torch.inf)
+            logits.masked_fill_(~allowed, -torch.inf)
         logp = logits.log_softmax(-1)
         # Temperature shapes the wording, not the length: whether the message ends here is
         # drawn at the model's own odds (x END_ODDS). Tempering the end mark too made
@@ -389,7 +427,7 @@ class Generation:
         end = p_end * self.end_odds / (1 + p_end * (self.end_odds - 1))
         words = logp.index_fill(1, self._eom, -torch.inf)
         if len(self._nets) > 1 and self.boost:
-            contrast = logp - st["logits1"].log_softmax(-1)
+            contrast = logp - self._logits(1).log_softmax(-1)
             likeliest = words.max(-1, keepdim=True).values
             words = torch.where(words >= likeliest + math.log(self.plausible),
                                 words + self.boost * contrast, -torch.inf)
@@ -402,9 +440,9 @@ class Generation:
         end = torch.where(only_end, torch.ones_like(end), end)
         probs = torch.softmax(scaled.masked_fill(only_end, 0), dim=-1) * (1 - end)
         probs[:, eom] = end[:, 0]
-        nxt = torch.multinomial(probs.to(self._draw_device), 1,
-                                generator=self.generator)[:, 0].to(self.device)
-        nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
+        nxt = draw_one(probs.to(self._draw_device), self.generator).to(self.device)
+        if self._greedy:
+            nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
         for i, token in zip(self._alive, nxt.tolist(), strict=True):
             row, drawn, guard = self._rows[i]
             drawn.append(token)
@@ -421,21 +459,25 @@ class Generation:
 
     def _advance(self, nxt: torch.Tensor) -> None:
         """Step every net's rows past the characters just drawn."""
+        for g, (h, c, ctx) in enumerate(self._flat):
+            k = len(self._groups[g][1])
+            ids = torch.cat([nxt] * k) if k > 1 else nxt  # cat: a few us, repeat: ~50
+            logits = self._groups[g][0](ids, h, c, ctx).float()
+            self._state[f"logits{g}"] = logits.view(k, len(nxt), -1)
+
+    def _logits(self, m: int) -> torch.Tensor:
+        """(n, V): net m's logits for the next character of every row going."""
+        g, j = self._where[m]
+        return self._state[f"logits{g}"][j]
+
+    def _view(self) -> None:
+        """Each group's states and contexts as the stepper takes them, (layers, k * n, H)
+        and (k * n, ...): views, so that its in-place updates land in the state."""
         st = self._state
-        ctx = [{k.split(".", 1)[1]: v for k, v in st.items() if k.startswith(f"ctx{m}.")}
-               for m in range(len(self._steps))]
-        if len(self._steps) == 2 and self._steps[0] is self._steps[1]:
-            # Voice and contrast are rows of one net: one call for both halves (a step costs
-            # about the same for 20 rows as for 40).
-            n = len(nxt)
-            h, c = (torch.cat([st[f"{s}0"], st[f"{s}1"]], 1) for s in "hc")
-            logits = self._steps[0](torch.cat([nxt, nxt]), h, c,
-                                    {k: torch.cat([v, ctx[1][k]]) for k, v in ctx[0].items()})
-            st["h0"], st["h1"], st["c0"], st["c1"] = h[:, :n], h[:, n:], c[:, :n], c[:, n:]
-            st["logits0"], st["logits1"] = logits[:n].float(), logits[n:].float()
-            return
-        for m, step in enumerate(self._steps):
-            st[f"logits{m}"] = step(nxt, st[f"h{m}"], st[f"c{m}"], ctx[m]).float()
+        self._flat = [(st[f"h{g}"].flatten(1, 2), st[f"c{g}"].flatten(1, 2),
+                       {key.split(".", 1)[1]: value.flatten(0, 1)
+                        for key, value in st.items() if key.startswith(f"ctx{g}.")})
+                      for g in range(len(self._groups))]
 
     def take(self, ids: Sequence[int]) -> list[str] | None:
         """The finished texts of `ids` (forgotten here), or None while any is still going."""
@@ -458,6 +500,8 @@ class Generation:
         self._state = {key: value.index_select(_dim(key), index)
                        for key, value in self._state.items()}
         self._alive = [self._alive[k] for k in keep]
+        self._greedy = any(self._rows[i][0].temperature < GREEDY_BELOW for i in self._alive)
+        self._view()
         return index
 
 
