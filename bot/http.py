@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -29,22 +31,37 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length:
 
 
 class _Server(WSGIServer):
-    """One thread per connection, at most MAX_WORKERS of them; server_close joins them."""
+    """One thread per connection, at most MAX_WORKERS of them; server_close joins them.
+
+    With `handed`, it listens on nothing itself: `mimic serve --processes N`'s supervisor
+    accepts the connections and hands each over this Unix socket (bot/processes.py)."""
 
     request_queue_size = 128  # socketserver's 5 resets a burst of concurrent commands
 
     def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler],
-                 workers: int = MAX_WORKERS, reuse_port: bool = False) -> None:
-        self.reuse_port = reuse_port
-        super().__init__(address, handler)
+                 workers: int = MAX_WORKERS, handed: socket.socket | None = None) -> None:
+        super().__init__(address, handler, bind_and_activate=handed is None)
+        if handed is not None:  # serve what the supervisor hands over, on its address
+            self.socket.close()
+            self.socket = handed
+            self.server_name, self.server_port = socket.getfqdn(address[0]), address[1]
+            self.setup_environ()
+        self.handed, self.orphaned = handed is not None, False
         self._slots = threading.BoundedSemaphore(workers)
         self._workers: set[threading.Thread] = set()
         self._workers_lock = threading.Lock()
 
-    def server_bind(self) -> None:
-        if self.reuse_port:  # `mimic serve --processes N`: the kernel spreads connections
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def get_request(self) -> tuple[socket.socket, Any]:
+        if not self.handed:
+            return super().get_request()
+        _message, fds, _flags, _address = socket.recv_fds(self.socket, 1, 1)
+        if not fds:  # the supervisor is gone: stop as it would have asked (SIGTERM), once
+            if not self.orphaned:
+                self.orphaned = True
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise OSError("mimic serve's supervisor closed the connection hand-over")
+        connection = socket.socket(fileno=fds[0])
+        return connection, connection.getpeername()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -104,8 +121,9 @@ def _plain(start_response: Any, status: str, text: str) -> list[bytes]:
 
 
 def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000,
-                     workers: int = MAX_WORKERS, reuse_port: bool = False) -> _Server:
-    """The server for `app`; with `reuse_port`, other processes may listen on the same port."""
+                     workers: int = MAX_WORKERS, handed: socket.socket | None = None) -> _Server:
+    """The server for `app` on host:port; with `handed`, for the connections a supervisor
+    accepted there and hands over that socket."""
     handler = SlackRequestHandler(app)
 
     def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -125,7 +143,7 @@ def make_http_server(app: App, host: str = "0.0.0.0", port: int = 3000,
         except ValueError:  # a body that is not UTF-8 or not form/JSON: not Slack's
             return _plain(start_response, "400 Bad Request", "not a Slack request")
 
-    server = _Server((host, port), _Handler, workers, reuse_port)
+    server = _Server((host, port), _Handler, workers, handed)
     server.set_app(wsgi)
     return server
 

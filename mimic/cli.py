@@ -586,7 +586,7 @@ def serve(
     from slack_sdk.errors import SlackApiError
 
     from mimic.bot.app import SetupError, build_app
-    from mimic.bot.processes import WORKER_ENV, Supervisor
+    from mimic.bot.processes import HANDOVER_ENV, READY, WORKER_ENV, Supervisor
     from mimic.bot.schedule import Elected
     from mimic.exporter.webapi import make_client
 
@@ -595,15 +595,9 @@ def serve(
     store, settings = _store(), get_settings()
     worker = os.environ.get(WORKER_ENV) is not None
     if not worker and (processes or settings.serve_processes) > 1:
-        if http == 0:  # one port for all of them: choose it here
-            import socket
-
-            with socket.socket() as probe:
-                probe.bind((host, 0))
-                http = probe.getsockname()[1]
-        args = ([] if http is None else ["--http", str(http), "--host", host]) + \
-            (["--no-scheduler"] if no_scheduler else [])
-        raise typer.Exit(Supervisor(args, processes or settings.serve_processes).run())
+        raise typer.Exit(Supervisor(["--no-scheduler"] if no_scheduler else [],
+                                    processes or settings.serve_processes,
+                                    None if http is None else (host, http)).run())
     if settings.slack_bot_token is None:
         raise _fail("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-…) from "
                     "your app's OAuth & Permissions page into .env.")
@@ -639,10 +633,16 @@ def serve(
                       f"{'off' if scheduler is None else settings.retrain_cron}"
                       f"{'' if scheduler is None else ' (in one replica at a time)'}.")
         if http is not None:
+            import socket
+
             from mimic.bot.http import make_http_server
 
-            server = make_http_server(slack.bolt, host, http, reuse_port=worker)
+            handover = os.environ.get(HANDOVER_ENV)  # a supervisor's worker: it hands them
+            handed = None if handover is None else socket.socket(fileno=int(handover))
+            server = make_http_server(slack.bolt, host, http, handed=handed)
             console.print(f"Listening on http://{host}:{server.server_port}/slack/events")
+            if handed is not None:
+                handed.send(READY)
             server.serve_forever()
         else:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
