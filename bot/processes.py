@@ -16,6 +16,7 @@ on Ctrl-C or SIGTERM stops them all and waits for them to finish what they took.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ READY = b"ready"  # an HTTP worker's one message to the supervisor: it serves no
 RESTARTS_PER_MINUTE = 3
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.5  # how soon the supervisor notices a dead worker, or that it must stop
+HANDOVER_WAIT_S = 5.0  # the longest a connection waits for a full worker's queue
 
 
 @dataclass
@@ -167,16 +169,25 @@ class Supervisor:
             workers = list(self.workers)
         # While none is ready (all starting), the connection waits in one's queue.
         ready = [w for w in workers if w.serves()] or workers
-        for k in range(len(ready)):
-            worker = ready[(turn + k) % len(ready)]
-            if worker.handover is None:
-                continue
-            try:
-                socket.send_fds(worker.handover, [b"c"], [connection.fileno()])
-                return turn + k + 1
-            except OSError:  # it died (its replacement is starting): the next one
-                worker.ready = False
-                continue
+        # A worker's queue holds a few connections (net.unix.max_dgram_qlen): one that is
+        # full is busy or stuck, so the next is tried; while all are, it waits a while.
+        deadline = time.monotonic() + HANDOVER_WAIT_S
+        while True:
+            for k in range(len(ready)):
+                worker = ready[(turn + k) % len(ready)]
+                if worker.handover is None:
+                    continue
+                try:  # (socket.send_fds drops its flags on Python 3.11)
+                    worker.handover.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                      array.array("i", [connection.fileno()]))],
+                                            socket.MSG_DONTWAIT)
+                    return turn + k + 1
+                except BlockingIOError:  # its queue is full: the next one
+                    continue
+                except OSError:  # it died (its replacement is starting): the next one
+                    worker.ready = False
+            if time.monotonic() >= deadline or self._stopping.wait(0.05):
+                break
         log.warning("no mimic serve process could take a connection; it is closed")
         return turn
 

@@ -90,6 +90,14 @@ def test_connections_are_handed_out_in_turn_to_the_ready_processes() -> None:
         ends[1].close()  # the second dies
         got, turn = burst(6, turn)
         assert got[0] + got[2] == 6 and abs(got[0] - got[2]) <= 1
+        # The first stops taking connections: once its queue is full, the third gets them.
+        stuck = supervisor.workers[0].handover
+        assert stuck is not None
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                stuck.send(b"x", socket.MSG_DONTWAIT)
+        got, turn = burst(4, turn)
+        assert got == [0, 0, 4]
     finally:
         listener.close()
         for worker in supervisor.workers:
