@@ -17,7 +17,7 @@ from mimic.bot.replies import Responder
 from mimic.core.config import Settings
 from mimic.core.store import Coverage, Message, ModelVersion, Store, User, make_engine, upgrade
 from mimic.exporter.importer import import_export
-from mimic.trainer.corpus import BASE, Said, Workspace, load_workspace, resolve
+from mimic.trainer.corpus import BASE, Said, Workspace, load_corpus, load_workspace, resolve
 from mimic.trainer.fit import TrainConfig, evaluate, fit
 from mimic.trainer.lexicon import words
 from mimic.trainer.model import (
@@ -27,9 +27,15 @@ from mimic.trainer.model import (
     load_model,
 )
 from mimic.trainer.privacy import opt_out
-from mimic.trainer.registry import WEIGHTS, active_version, load_version, version_dir
+from mimic.trainer.registry import (
+    WEIGHTS,
+    active_version,
+    load_version,
+    serving,
+    version_dir,
+)
 from mimic.trainer.sampler import Voice, sample
-from mimic.trainer.shared import carry_over, encode, target_stream
+from mimic.trainer.shared import carry_over, encode, loss_on, target_stream
 from mimic.trainer.train import TrainError, _incremental, _warm_start, train
 from mimic.trainer.vocab import Vocab
 from tests import trained, workspace
@@ -235,6 +241,37 @@ def test_dedicated_models_start_from_the_shared_one(world: tuple[Store, Settings
         assert row is not None and row.parent_id == active_version(s, BASE.key).id  # type: ignore[union-attr]
     model, _vocab, slots = load_model(version_dir(settings.data_dir, row) / WEIGHTS)
     assert model.config.conditioned and slots.person("U2") > 0
+
+
+def test_a_dedicated_model_is_served_only_if_it_beats_the_shared_one_on_the_same_messages(
+        world: tuple[Store, Settings]) -> None:
+    """`serving` weighs a dedicated model's held-out loss against the shared model's score for
+    the person. That score was taken on a sample (SCORE_CHARS) when the shared model was
+    published: training the dedicated model takes it again on all of the same messages."""
+    store, settings = world
+    with store.session() as s:
+        bob = resolve(s, "@bob")
+        shared = active_version(s, BASE.key)
+        assert shared is not None
+        # A score from another sample, flattering the shared model: were it kept, Bob's own
+        # model could never be served.
+        s.execute(update(Coverage).where(Coverage.version_id == shared.id,
+                                         Coverage.target == bob.key)
+                  .values(val_loss=0.0, val_loss_anyone=0.0, val_chars=1))
+    train(store, settings, bob, train_overrides=trained.QUICK)
+    with store.session() as s:
+        corpus = load_corpus(s, settings, bob)
+        cover = s.get(Coverage, (shared.id, bob.key))
+        own = active_version(s, bob.key)
+        chosen = serving(s, bob)
+    assert cover is not None and own is not None and chosen is not None
+    model, vocab, slots = load_model(version_dir(settings.data_dir, shared) / WEIGHTS)
+    assert vocab is not None
+    assert cover.val_chars == sum(len(m.text) + 1 for m in corpus.val_said)
+    assert cover.val_loss == pytest.approx(loss_on(model, vocab, slots, bob.key,
+                                                   corpus.val_said))
+    assert cover.val_loss_anyone is not None and cover.val_loss_anyone > 0
+    assert (chosen.row.target == bob.key) == (own.val_loss <= cover.val_loss)
 
 
 def test_own_decay_pulls_the_unseen_back_to_anyone() -> None:

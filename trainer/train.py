@@ -22,10 +22,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mimic.core.config import Settings
-from mimic.core.store import ModelVersion, Store, User
+from mimic.core.store import Coverage, ModelVersion, Store, User
 from mimic.trainer.corpus import (
     BASE,
     Said,
@@ -427,7 +427,7 @@ def train_dedicated(
     seconds = time.perf_counter() - started
     new_loss = evaluate(model, stream(corpus.val_said), device)
     old_loss = _loss_of_dedicated(settings, previous, target, corpus.val_said, device)
-    shared_loss = _loss_of_dedicated(settings, shared, target, corpus.val_said, device)
+    shared_loss = _rescore(store, settings, shared, target, corpus.val_said, device)
     try:
         version = publish(
             store, settings.data_dir, target,
@@ -461,6 +461,30 @@ def _loss_of_dedicated(settings: Settings, version: ModelVersion | None, target:
         return loss_on(model, vocab, slots, target.key, messages, device)
     except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
         return float("inf")
+
+
+def _rescore(store: Store, settings: Settings, shared: ModelVersion, target: Target,
+             messages: list[Said], device: Any) -> float:
+    """The shared model's loss on all of the target's held-out `messages`, written into its
+    coverage row (with anyone's): `serving` compares that row with a dedicated model's loss,
+    and the shared model's publication scored only SCORE_CHARS characters of each target, a
+    noisy sample for the people big enough to get a dedicated model. inf if it cannot score."""
+    try:
+        model, vocab, slots = load_model(version_dir(settings.data_dir, shared) / WEIGHTS,
+                                         device)
+        assert vocab is not None
+        own, anyone = (loss_on(model, vocab, slots, target.key, messages, device, anyone=a)
+                       for a in (False, True))
+    except Exception:  # noqa: BLE001 - any failure to score: the dedicated model is better
+        return float("inf")
+    # No row for a private channel (the shared model skips them), nor for someone who opted
+    # out meanwhile (their row is gone): then nothing is written.
+    with store.session() as session:
+        session.execute(update(Coverage).where(Coverage.version_id == shared.id,
+                                               Coverage.target == target.key)
+                        .values(val_loss=own, val_loss_anyone=anyone,
+                                val_chars=sum(len(m.text) + 1 for m in messages)))
+    return own
 
 
 # -- sizing, and what to retrain ----------------------------------------------------------------
