@@ -426,7 +426,8 @@ def train_dedicated(
                               device, on_progress=show, nproc=settings.nproc)
     seconds = time.perf_counter() - started
     new_loss = evaluate(model, stream(corpus.val_said), device)
-    old_loss = _loss_of_dedicated(settings, previous, target, corpus.val_said, device)
+    old_loss = (None if previous is None else
+                _losses_of(settings, previous, target, corpus.val_said, device)[0])
     shared_loss = _rescore(store, settings, shared, target, corpus.val_said, device)
     try:
         version = publish(
@@ -448,19 +449,20 @@ def train_dedicated(
                         f"{result.stopped_reason}")
 
 
-def _loss_of_dedicated(settings: Settings, version: ModelVersion | None, target: Target,
-                       messages: list[Said], device: Any) -> float | None:
-    """A version's loss on a target's messages, in the target's voice; inf if it does not load
-    (or cannot read them), so a working one replaces it."""
-    if version is None:
-        return None
+def _losses_of(settings: Settings, version: ModelVersion, target: Target,
+               messages: list[Said], device: Any, anyone: Sequence[bool] = (False,)
+               ) -> list[float]:
+    """A version's losses on a target's messages, in the target's voice (False) and/or in
+    anyone's (True); inf if it does not load (or cannot read them), so a working one
+    replaces it."""
     try:
         model, vocab, slots = load_model(version_dir(settings.data_dir, version) / WEIGHTS,
                                          device)
         assert vocab is not None
-        return loss_on(model, vocab, slots, target.key, messages, device)
+        return [loss_on(model, vocab, slots, target.key, messages, device, anyone=a)
+                for a in anyone]
     except Exception:  # noqa: BLE001 - any failure to score means it cannot be kept
-        return float("inf")
+        return [float("inf")] * len(anyone)
 
 
 def _rescore(store: Store, settings: Settings, shared: ModelVersion, target: Target,
@@ -469,14 +471,9 @@ def _rescore(store: Store, settings: Settings, shared: ModelVersion, target: Tar
     coverage row (with anyone's): `serving` compares that row with a dedicated model's loss,
     and the shared model's publication scored only SCORE_CHARS characters of each target, a
     noisy sample for the people big enough to get a dedicated model. inf if it cannot score."""
-    try:
-        model, vocab, slots = load_model(version_dir(settings.data_dir, shared) / WEIGHTS,
-                                         device)
-        assert vocab is not None
-        own, anyone = (loss_on(model, vocab, slots, target.key, messages, device, anyone=a)
-                       for a in (False, True))
-    except Exception:  # noqa: BLE001 - any failure to score: the dedicated model is better
-        return float("inf")
+    own, anyone = _losses_of(settings, shared, target, messages, device, (False, True))
+    if own == float("inf"):
+        return own
     # No row for a private channel (the shared model skips them), nor for someone who opted
     # out meanwhile (their row is gone): then nothing is written.
     with store.session() as session:
