@@ -61,7 +61,11 @@ class _Server(WSGIServer):
                 os.kill(os.getpid(), signal.SIGTERM)
             raise OSError("mimic serve's supervisor closed the connection hand-over")
         connection = socket.socket(fileno=fds[0])
-        return connection, connection.getpeername()
+        try:
+            return connection, connection.getpeername()
+        except OSError:  # the client left while it was being handed over
+            connection.close()
+            raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mimic.core.config import get_settings
@@ -664,5 +665,21 @@ def serve(
     console.print("Stopped.")
 
 
+def main() -> None:
+    """The `mimic` command: a database that cannot be reached (down, restarting, a wrong
+    DATABASE_URL), whenever a command first or next needs it, is named, not a traceback."""
+    try:
+        app()
+    except OperationalError as exc:
+        url = make_url(get_settings().database_url)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        what = ("Is the server running and reachable?" if url.get_backend_name() != "sqlite"
+                else "Is the file readable and writable, and not held by another program?")
+        err.print(f"[bold red]error:[/] the database at "
+                  f"{url.render_as_string(hide_password=True)} cannot be used ({reason}). "
+                  f"{what} Check DATABASE_URL in .env, then run the command again.")
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

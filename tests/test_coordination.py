@@ -173,6 +173,21 @@ def test_a_retrain_that_cannot_reach_the_database_says_so(tmp_path: Path) -> Non
         RetrainRunner(settings).start(None, lambda _event: None)
 
 
+@pytest.mark.parametrize("args", [["models"], ["train", "--base"], ["retrain"]])
+def test_a_command_that_cannot_reach_the_database_names_it_without_a_traceback(
+        tmp_path: Path, args: list[str]) -> None:
+    """A database down or restarting when the command starts or takes its lock."""
+    url = "postgresql://mimic:s3cret@127.0.0.1:1/none"  # nothing listens on port 1
+    env = {**os.environ, "DATABASE_URL": url, "MIMIC_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "mimic.cli", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    said = done.stdout + done.stderr
+    assert "the database at postgresql://mimic:***@127.0.0.1:1/none cannot be used" in said
+    assert "Is the server running" in said and "DATABASE_URL" in said
+    assert "Traceback" not in said and "s3cret" not in said
+
+
 def test_a_bad_cron_is_refused_with_the_setting_named() -> None:
     with pytest.raises(ValidationError, match="not a crontab line"):
         Settings(_env_file=None, MIMIC_RETRAIN_CRON="0 25 * * *")

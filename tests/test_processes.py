@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +171,78 @@ def test_the_processes_stop_when_their_supervisor_is_killed(world: tuple[Store, 
         serve.kill()  # no clean stop of its own: nothing it could do about its workers
         serve.wait()
     assert until(lambda: all(gone(pid) for pid in workers), 60), "a server outlived it"
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_hostile_connections_through_the_hand_over_leave_both_processes_serving(
+        world: tuple[Store, Settings], fake_slack: FakeSlack, tmp_path: Path) -> None:
+    """Clients that reset at once, send half a request and go silent, or send garbage, all
+    pass through the supervisor: each is refused or dropped, no descriptor is left open in
+    any process, and a signed `/mimic` is answered by both processes afterwards."""
+    _store, settings = world
+    fake_slack.add_channel("C1", "general")
+    env = {**replica_env(settings.database_url, settings.data_dir, fake_slack.url),
+           "MIMIC_RATE_LIMIT": "1000"}
+    serve = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", "0",
+                              "--host", "127.0.0.1", "--no-scheduler", "--processes", "2"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    catcher = Catcher()
+    try:
+        urls = listening(serve, 2)
+        assert len(urls) == 2
+        url = urls[0]
+        port = int(url.split(":")[2].split("/")[0])
+        pids = [serve.pid, *children(serve.pid)]
+        assert len(pids) == 3
+
+        def ask(user: str) -> str:
+            response_url = catcher.url()
+            assert slash(url, "@alice", response_url, user=user)[0] == 200
+            return catcher.wait(response_url, timeout=60)[0]["text"]
+
+        assert "mimicking" in ask("U1")  # warm: the model is loaded where it answered
+        before = {pid: _open_fds(pid) for pid in pids}
+        for _ in range(60):  # connect, then reset before a byte is sent
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        silent = []
+        for _ in range(20):  # half a request, then nothing (dropped after the read timeout)
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /slack/events HTTP/1.1\r\nContent-Le")
+            silent.append(sock)
+        for junk, expected in (
+                # TLS to a plain-HTTP port: no request line ever ends, dropped when silent
+                (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), b""),
+                (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.0 404"),
+                (b"\xff" * 3000 + b"\r\n\r\n", b"400"),
+                (b"POST /slack/events HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+                 b"HTTP/1.0 413")):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(junk)
+                sock.settimeout(15)
+                answer = b""
+                with contextlib.suppress(ConnectionError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                assert (expected in answer[:200] if expected else answer == b""), answer[:200]
+                assert b"Traceback" not in answer
+        # Meanwhile, and after, real requests are answered, by both processes in turn.
+        assert all("mimicking" in ask(f"U2{i}") for i in range(4))
+        for sock in silent:
+            sock.close()
+        assert children(serve.pid) == pids[1:], "a process died"
+        # What those connections held is given back (a few descriptors of slack: the pools).
+        assert until(lambda: all(_open_fds(pid) <= before[pid] + 4 for pid in pids), 30), \
+            ({pid: _open_fds(pid) for pid in pids}, before)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        catcher.stop()
