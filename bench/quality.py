@@ -42,6 +42,7 @@ from mimic.trainer.corpus import (
     BASE,
     Said,
     Target,
+    Workspace,
     corpus_chars,
     load_corpus,
     load_workspace,
@@ -102,39 +103,52 @@ def arm_finetune(store: Store, settings: Settings, targets: list[Target], minute
     return {"losses": losses, "base_losses": base_losses, "size": str(base.config)}
 
 
+def timelines(workspace: Workspace) -> dict[str, list[Said]]:
+    """Each channel's messages (trained on and held out), oldest first."""
+    by_channel: dict[str, list[Said]] = {}
+    for m in sorted([*workspace.train, *{m for v in workspace.val.values() for m in v}],
+                    key=lambda m: float(m.ts)):
+        by_channel.setdefault(m.channel, []).append(m)
+    return by_channel
+
+
 def context_loss(model: CharLSTM, vocab: Vocab, slots: Slots, key: str,
                  messages: list[Said], by_channel: dict[str, list[Said]],
-                 limit: int = 60) -> tuple[float, float]:
-    """(loss without, loss with context) over up to `limit` held-out messages of a person:
-    each scored alone after an end mark, then after the CONTEXT_MESSAGES messages that came
-    before it in its channel; only the message's own characters count."""
+                 limit: int = 60, cuts: tuple[int | None, ...] = (0, None)
+                 ) -> tuple[float, ...]:
+    """The loss over up to `limit` held-out messages of a person, once per cut: each message
+    read after at most that many of the newest characters of the CONTEXT_MESSAGES messages
+    that came before it in its channel, laid out as a reply reads them (0: alone after an end
+    mark; None: all of them); only the message's own characters count."""
     person = slots.person(key.split(":", 1)[1])
-    sums = [0.0, 0.0]
+    sums = [0.0] * len(cuts)
     count = 0
     for message in messages[-limit:]:
         channel = by_channel[message.channel]
         index = next(i for i, m in enumerate(channel) if m.ts == message.ts)
-        for which, before in enumerate(([], channel[max(0, index - CONTEXT_MESSAGES):index])):
-            ids, people, channels = [vocab.eom], [], []
-            for m in before:
-                encoded = vocab.encode(m.text) + [vocab.eom]
-                ids += encoded
-                people += [slots.person(m.user)] * len(encoded)
-                channels += [slots.channel(m.channel)] * len(encoded)
-            start = len(ids) - 1
-            encoded = vocab.encode(message.text) + [vocab.eom]
+        ids, people, channels = [], [], []
+        for m in channel[max(0, index - CONTEXT_MESSAGES):index]:
+            encoded = [vocab.eom, *vocab.encode(m.text)]
             ids += encoded
-            people += [person] * len(encoded)
-            channels += [slots.channel(message.channel)] * len(encoded)
-            x = torch.tensor([ids[:-1]])
+            # Position t is conditioned on the author of the character it predicts (its
+            # last predicts the end mark that closes the message: still theirs).
+            people += [slots.person(m.user)] * len(encoded)
+            channels += [slots.channel(m.channel)] * len(encoded)
+        encoded = [vocab.eom, *vocab.encode(message.text), vocab.eom]
+        for which, cut in enumerate(cuts):
+            keep = len(ids) if cut is None else min(cut, len(ids))
+            start = len(ids) - keep
+            x = ids[start:] + encoded[:-1]
+            who = people[start:] + [person] * (len(encoded) - 1)
+            where = channels[start:] + [slots.channel(message.channel)] * (len(encoded) - 1)
             with torch.inference_mode():
-                logits, _ = model(x, None, torch.tensor([people]), torch.tensor([channels]))
-            target = torch.tensor(ids[1:])
-            logp = torch.log_softmax(logits[0].float(), -1)
-            picked = logp[torch.arange(len(target)), target][start:]
-            sums[which] -= picked.sum().item()
+                logits, _ = model(torch.tensor([x]), None, torch.tensor([who]),
+                                  torch.tensor([where]))
+            logp = torch.log_softmax(logits[0, keep:].float(), -1)
+            target = torch.tensor(encoded[1:])
+            sums[which] -= logp[torch.arange(len(target)), target].sum().item()
         count += len(message.text) + 1
-    return sums[0] / count, sums[1] / count
+    return tuple(total / count for total in sums)
 
 
 def arm_conditioned(store: Store, settings: Settings, targets: list[Target], minutes: float,
@@ -159,10 +173,7 @@ def arm_conditioned(store: Store, settings: Settings, targets: list[Target], min
         losses[target.key] = loss_on(model, vocab, slots, target.key, val, device)
         anyone[target.key] = loss_on(model, vocab, slots, target.key, val, device,
                                      anyone=True)
-    by_channel: dict[str, list[Said]] = {}
-    for m in sorted([*workspace.train, *{m for v in workspace.val.values() for m in v}],
-                    key=lambda m: float(m.ts)):
-        by_channel.setdefault(m.channel, []).append(m)
+    by_channel = timelines(workspace)
     for target in targets:
         context[target.key] = context_loss(model, vocab, slots, target.key,
                                            workspace.val[target.key], by_channel)

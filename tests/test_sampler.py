@@ -322,6 +322,31 @@ def test_primer_reads_once_and_serves_every_thread_the_state_read_alone() -> Non
     assert Counting.passes == passes
 
 
+def test_a_reply_reads_only_the_newest_characters_of_its_context() -> None:
+    """Contexts that differ only before their last `chars` characters (end marks included)
+    reach the same state; a difference inside them, or in who wrote them, shows."""
+    from mimic.trainer.sampler import PRIMED_CHARS, Primer
+
+    torch.manual_seed(0)
+    vocab = Vocab.build(["abcdefgh ijk"], min_count=1)
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=8, hidden_size=16, num_layers=2,
+                                 people=4, channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    older = ((1, 0, "hij" * 7), (2, 0, "abc ab"))
+    other = ((3, 1, "kkk"), (2, 0, "abc ab"))  # the same last 7: an end mark, then "abc ab"
+    near = ((1, 0, "hij" * 7), (2, 0, "abd ab"))
+    voice = ((1, 0, "hij" * 7), (3, 0, "abc ab"))
+    with torch.inference_mode():
+        h = [Primer(vocab, chars=7).read(model, [c])[0] for c in (older, other, near, voice)]
+        whole = [Primer(vocab, chars=10**6).read(model, [c])[0] for c in (older, other)]
+    assert torch.equal(h[0], h[1])
+    assert not torch.allclose(h[0], h[2], atol=1e-4) and not torch.allclose(h[0], h[3], atol=1e-4)
+    assert not torch.allclose(whole[0], whole[1], atol=1e-4)  # uncut, the older text counts
+    assert Primer(vocab).chars == PRIMED_CHARS
+
+
 def test_drawing_one_character_is_what_multinomial_draws() -> None:
     """The sampler's own draw takes the same characters from the same generator as
     torch.multinomial, zero-odds characters never."""

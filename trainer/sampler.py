@@ -205,11 +205,12 @@ PRIMED_CACHE = 1024
 # with the 5 channel messages before each held-out message, the workspace model's loss on
 # them fell 1.300 -> 1.267 nats/char (bench.quality).
 CONTEXT_MESSAGES = 5
-# A reply reads at most this many characters of its context (the newest): what matters most
-# is where messages start, and reading costs ~0.1 ms a character (one row, one thread). 100
-# against 200: the same eval figures either way (top 10, own or conversation context), and
-# a burst of mentions' p99 818-981 ms against 818-1,124 (BENCHMARKS.md).
-PRIMED_CHARS = 100
+# A reply reads at most this many characters of its context (the newest): what it says before
+# the reply matters to the model only in its last ~25 characters (held-out loss after the 5
+# messages before: the same to 4 decimals from 25 characters to all of them, +0.026 with none),
+# and reading costs time: 20 contexts in 25 ms at 32 characters, 103 ms at 100 (bench/context.py;
+# `mimic eval` reads the same either way, BENCHMARKS.md).
+PRIMED_CHARS = 32
 
 
 def contrast_net(model: CharLSTM, reference: CharLSTM | None) -> CharLSTM | None:
@@ -226,8 +227,9 @@ class Primer:
     the bot reads requests' contexts on a thread of their own while the sampling thread steps
     the replies already going (bot/batching.py), and the sampling thread then finds them."""
 
-    def __init__(self, vocab: Vocab, size: int = PRIMED_CACHE) -> None:
-        self.vocab, self.size = vocab, size
+    def __init__(self, vocab: Vocab, size: int = PRIMED_CACHE, chars: int = PRIMED_CHARS
+                 ) -> None:
+        self.vocab, self.size, self.chars = vocab, size, chars
         self._cache: OrderedDict[tuple[int, Context], State] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -262,7 +264,7 @@ class Primer:
 
     @torch.inference_mode()
     def _read(self, net: CharLSTM, contexts: list[Context]) -> list[State]:
-        """One packed pass over the contexts' newest PRIMED_CHARS characters."""
+        """One packed pass over the contexts' newest `chars` characters."""
         rows = []
         for context in contexts:
             ids, people, channels = [], [], []
@@ -272,7 +274,7 @@ class Primer:
                 # Position t is conditioned on the author of the character it predicts.
                 people += [person] * len(encoded)
                 channels += [channel] * len(encoded)
-            rows.append((ids[-PRIMED_CHARS:], people[-PRIMED_CHARS:], channels[-PRIMED_CHARS:]))
+            rows.append((ids[-self.chars :], people[-self.chars :], channels[-self.chars :]))
         width = max(len(ids) for ids, _, _ in rows)
 
         def padded(k: int) -> torch.Tensor:
