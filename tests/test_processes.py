@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,27 +109,49 @@ def test_connections_are_handed_out_in_turn_to_the_ready_processes() -> None:
             end.close()
 
 
+@contextlib.contextmanager
+def two_processes(settings: Settings, fake_slack: FakeSlack, tmp_path: Path,
+                  **env: str) -> Iterator[subprocess.Popen[str]]:
+    """`mimic serve --processes 2` over HTTP on a free port; killed if the test left it up."""
+    serve = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", "0",
+                              "--host", "127.0.0.1", "--no-scheduler", "--processes", "2"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**replica_env(settings.database_url,
+                                                           settings.data_dir, fake_slack.url),
+                                             **env})
+    try:
+        yield serve
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+@contextlib.contextmanager
+def asking(url: list[str]) -> Iterator[Callable[[str], str]]:
+    """ask(user): a signed `/mimic @alice` from `user` to url[0], and the reply's text."""
+    catcher = Catcher()
+
+    def ask(user: str) -> str:
+        response_url = catcher.url()
+        assert slash(url[0], "@alice", response_url, user=user)[0] == 200
+        return catcher.wait(response_url, timeout=60)[0]["text"]
+
+    try:
+        yield ask
+    finally:
+        catcher.stop()
+
+
 def test_two_processes_share_a_port_and_a_rate_limit(world: tuple[Store, Settings],
                                                      fake_slack: FakeSlack,
                                                      tmp_path: Path) -> None:
     _store, settings = world
     fake_slack.add_channel("C1", "general")
-    env = replica_env(settings.database_url, settings.data_dir, fake_slack.url)
-    serve = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", "0",
-                              "--host", "127.0.0.1", "--no-scheduler", "--processes", "2"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-    catcher = Catcher()
-
-    def ask(user: str) -> str:
-        response_url = catcher.url()
-        assert slash(url, "@alice", response_url, user=user)[0] == 200
-        return catcher.wait(response_url, timeout=60)[0]["text"]
-
-    try:
-        urls = listening(serve, 2)
-        assert len(urls) == 2 and len(set(urls)) == 1, urls  # one port for both
-        url = urls[0]
+    url: list[str] = []
+    with two_processes(settings, fake_slack, tmp_path) as serve, asking(url) as ask:
+        url += listening(serve, 2)
+        assert len(url) == 2 and len(set(url)) == 1, url  # one port for both
         assert len(children(serve.pid)) == 2
         with ThreadPoolExecutor(12) as pool:  # one person, twelve at once, both processes
             replies = list(pool.map(lambda _i: ask("U5"), range(12)))
@@ -142,32 +165,21 @@ def test_two_processes_share_a_port_and_a_rate_limit(world: tuple[Store, Setting
         assert until(lambda: doomed not in children(serve.pid)
                      and len(children(serve.pid)) == 2, 10)
         assert all("mimicking" in ask(f"U7{i}") for i in range(3))
-        assert listening(serve, 1) == [url] and len(children(serve.pid)) == 2
+        assert listening(serve, 1) == url[:1] and len(children(serve.pid)) == 2
         assert doomed not in children(serve.pid)
         assert all("mimicking" in ask(f"U6{i}") for i in range(4))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-        catcher.stop()
 
 
 def test_the_processes_stop_when_their_supervisor_is_killed(world: tuple[Store, Settings],
                                                             fake_slack: FakeSlack,
                                                             tmp_path: Path) -> None:
     _store, settings = world
-    env = replica_env(settings.database_url, settings.data_dir, fake_slack.url)
-    serve = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", "0",
-                              "--host", "127.0.0.1", "--no-scheduler", "--processes", "2"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-    try:
+    with two_processes(settings, fake_slack, tmp_path) as serve:
         assert len(listening(serve, 2)) == 2
         workers = children(serve.pid)
         assert len(workers) == 2
-    finally:
         serve.kill()  # no clean stop of its own: nothing it could do about its workers
         serve.wait()
     assert until(lambda: all(gone(pid) for pid in workers), 60), "a server outlived it"
@@ -184,26 +196,14 @@ def test_hostile_connections_through_the_hand_over_leave_both_processes_serving(
     any process, and a signed `/mimic` is answered by both processes afterwards."""
     _store, settings = world
     fake_slack.add_channel("C1", "general")
-    env = {**replica_env(settings.database_url, settings.data_dir, fake_slack.url),
-           "MIMIC_RATE_LIMIT": "1000"}
-    serve = subprocess.Popen([sys.executable, "-m", "mimic.cli", "serve", "--http", "0",
-                              "--host", "127.0.0.1", "--no-scheduler", "--processes", "2"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-    catcher = Catcher()
-    try:
-        urls = listening(serve, 2)
-        assert len(urls) == 2
-        url = urls[0]
-        port = int(url.split(":")[2].split("/")[0])
+    url: list[str] = []
+    with two_processes(settings, fake_slack, tmp_path, MIMIC_RATE_LIMIT="1000") as serve, \
+            asking(url) as ask:
+        url += listening(serve, 2)
+        assert len(url) == 2
+        port = int(url[0].split(":")[2].split("/")[0])
         pids = [serve.pid, *children(serve.pid)]
         assert len(pids) == 3
-
-        def ask(user: str) -> str:
-            response_url = catcher.url()
-            assert slash(url, "@alice", response_url, user=user)[0] == 200
-            return catcher.wait(response_url, timeout=60)[0]["text"]
-
         assert "mimicking" in ask("U1")  # warm: the model is loaded where it answered
         before = {pid: _open_fds(pid) for pid in pids}
         for _ in range(60):  # connect, then reset before a byte is sent
@@ -241,8 +241,3 @@ def test_hostile_connections_through_the_hand_over_leave_both_processes_serving(
             ({pid: _open_fds(pid) for pid in pids}, before)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-        catcher.stop()
