@@ -20,6 +20,7 @@ from typing import Protocol
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import delete, func, select
 from sqlalchemy import text as sql
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mimic.bot.batching import Closed, SampleBatcher
@@ -77,6 +78,8 @@ from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 log = logging.getLogger(__name__)
 PRIMING_MESSAGES = 3  # of the target's own, read before a reply (bench/drawing.py)
 LIST_BEST, LIST_MATCHES = 10, 20
+NO_DATABASE = ("mimic can't reach its database right now (it may be restarting), so nothing was "
+               "done. Please try again in a minute; if it keeps happening, tell the admins.")
 FAILED = ("Something went wrong on mimic's side; the admins can find the details in its log. "
           "Please try again in a minute.")
 
@@ -317,6 +320,9 @@ class Responder:
             return Reply(str(exc))
         except Closed:
             return Reply("mimic is restarting; please try again in a minute.")
+        except OperationalError:  # the database is down or restarting: say so, not "a bug"
+            log.exception("mimic's answer to %r could not use the database", what[:100])
+            return Reply(NO_DATABASE)
         except TargetError as exc:
             return Reply(f"{exc} {USAGE}")
         except Exception:

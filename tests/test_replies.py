@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from mimic.bot.models import ModelCache
 from mimic.bot.replies import Reply, Responder
 from mimic.core.config import Settings
-from mimic.core.store import Coverage, Message, ModelVersion, Store, User
+from mimic.core.store import Coverage, Message, ModelVersion, Store, User, make_engine
 from mimic.trainer.corpus import BASE, resolve
 from mimic.trainer.registry import active_version, rollback, serving
 from mimic.trainer.train import train
@@ -86,6 +86,19 @@ def test_errors_are_ephemeral_and_say_what_to_do(
         reply = ask(r, text)
         assert not reply.public and expected.lower() in reply.text.lower(), (text, reply)
         assert "Traceback" not in reply.text
+
+
+def test_a_database_outage_is_named_not_a_failure(
+        responder: Make, world: tuple[Store, Settings]) -> None:
+    """The store goes away (PostgreSQL down or restarting): every request that needs it is
+    told so, ephemerally, without a traceback."""
+    _store, settings = world
+    gone = Store(make_engine("postgresql://mimic:s3cret@127.0.0.1:1/mimic"))  # nobody there
+    r = responder((gone, settings))
+    for text in ("@alice", "status", "list", "optout"):
+        reply = ask(r, text)
+        assert not reply.public and "can't reach its database" in reply.text, (text, reply)
+        assert "Traceback" not in reply.text and "s3cret" not in reply.text
 
 
 def turns_of(reply: Reply) -> tuple[str, list[tuple[str, str]]]:
