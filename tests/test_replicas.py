@@ -245,7 +245,7 @@ def test_mimic_train_stops_at_once_when_its_lock_is_lost(deployment: Deployment)
     lock = ("FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = 'mimic retrain lock'")
     # Held, not merely connecting: cut while its connection is being set up, the run fails
-    # to take the lock instead (a gap of its own, noted; not what this test is about).
+    # to take the lock instead, and says the database cannot be used (test_coordination).
     held = f"FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid IN (SELECT pid {lock})"
     try:
         with deployment.store.engine.connect().execution_options(
