@@ -7,6 +7,7 @@ model finish with it.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -37,6 +38,11 @@ class ModelCache:
                 if row.id in self._models:
                     return self._models[row.id]
             loaded = load_version(self.data_dir, row, self.device, parent)
+            # What a version holds lives as long as it is served: out of the collector's
+            # full passes, which walk every object tracked (see `mimic serve`). Garbage first,
+            # so that none is kept for good.
+            gc.collect()
+            gc.freeze()
             with self._lock:
                 self._models[row.id] = loaded
                 self._models.move_to_end(row.id)

@@ -234,7 +234,8 @@ def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Voc
 
 def test_one_step_at_a_time_is_the_model_itself() -> None:
     """The sampler's hand-written LSTM step (contexts, adapters and habits precomputed per
-    row) gives the logits the model's own forward pass gives, for every voice."""
+    row) gives the logits the model's own forward pass gives, for every voice; with 8-bit
+    weights, the same next-character odds to within 0.05 in log-probability."""
     from mimic.trainer.sampler import _Stepper
 
     torch.manual_seed(0)
@@ -247,12 +248,36 @@ def test_one_step_at_a_time_is_the_model_itself() -> None:
     people, channels = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0])
     with torch.inference_mode():
         expected, _ = model(x, None, people[:, None].expand(4, 7), channels[:, None].expand(4, 7))
-        step = _Stepper(model)
-        ctx = step.contexts(people, channels)
-        h, c = torch.zeros(2, 4, 16), torch.zeros(2, 4, 16)
-        for t in range(7):
-            logits = step(x[:, t], h, c, ctx)
-            assert torch.allclose(logits, expected[:, t], atol=1e-5)
+        for int8, close in ((False, 1e-5), (True, 0.05)):
+            step = _Stepper(model, int8=int8)
+            assert bool(step.packed) == int8  # (this torch has the int8 kernel on CPU)
+            ctx = step.contexts(people, channels)
+            h, c = torch.zeros(2, 4, 16), torch.zeros(2, 4, 16)
+            for t in range(7):
+                logits = step(x[:, t], h, c, ctx)
+                assert torch.allclose(logits.log_softmax(-1), expected[:, t].log_softmax(-1),
+                                      atol=close)
+
+
+def test_a_step_is_built_once_for_the_weights_it_has() -> None:
+    """The bot reuses a net's step from batch to batch, but a net trained since (its weights
+    changed in place) gets a new one: never logits from the weights it had before."""
+    from mimic.trainer.sampler import stepper
+
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2)).eval()
+    cpu = torch.device("cpu")
+    first = stepper(model, cpu)
+    assert stepper(model, cpu) is first
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # as an optimizer step does
+    again = stepper(model, cpu)
+    assert again is not first
+    x = torch.randint(30, (1, 1))
+    with torch.inference_mode():
+        expected, _ = model(x)
+        got = again(x[:, 0], torch.zeros(2, 1, 16), torch.zeros(2, 1, 16), {})
+    assert torch.allclose(got.log_softmax(-1), expected[:, 0].log_softmax(-1), atol=0.05)
 
 
 def test_reading_many_contexts_at_once_is_reading_each() -> None:
