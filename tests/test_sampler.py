@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,10 @@ def test_a_step_is_built_once_for_the_weights_it_has() -> None:
         expected, _ = model(x)
         got = again(x[:, 0], torch.zeros(2, 1, 16), torch.zeros(2, 1, 16), {})
     assert torch.allclose(got.log_softmax(-1), expected[:, 0].log_softmax(-1), atol=0.05)
+    # Kept by net, but never keeping one alive: a model the bot's cache let go is freed.
+    gone = weakref.ref(model)
+    del model, first, again
+    assert gone() is None
 
 
 def test_reading_many_contexts_at_once_is_reading_each() -> None:

@@ -55,10 +55,11 @@ class DrawResult:
 
 # On CPU, the sampler's big products (each layer's recurrent weights, layer 1's input weights and
 # the output layer) run on 8-bit copies of the weights, the activations quantized as they come
-# (PyTorch's dynamic quantization, fbgemm): a step for one reply 0.69 -> 0.50 ms, for 20 1.77 ->
-# 1.23 ms, the three products alone 3.4x faster (they no longer stream 4.9 MB of float weights
-# from L3 each character), while the held-out loss read through them moves 1.3095 -> 1.3097
-# nats/char (KL 0.0001; BENCHMARKS.md, "What a reply waits for").
+# (PyTorch's dynamic quantization, fbgemm): a step for one reply 0.80 -> 0.60 ms, for 20 1.75 ->
+# 1.46 ms (the three products alone 389 -> 114 us for one reply: they no longer stream 4.9 MB of
+# float weights from L3 each character), while the held-out loss read through them moves
+# 1.3207 -> 1.3210 nats/char (`python -m bench.sampling`; BENCHMARKS.md, "What a reply waits
+# for").
 INT8 = True
 
 
@@ -87,7 +88,9 @@ class _Stepper:
     has no such kernel, float ones. Built once per net and weights (`stepper`)."""
 
     def __init__(self, model: CharLSTM, int8: bool = False) -> None:
-        self.model = model
+        # Weakly: `stepper` keeps steps by net, and a step must not keep its net alive. Whoever
+        # steps holds the net (a Generation does).
+        self._model = weakref.ref(model)
         cfg = model.config
         self.layers, self.hidden, self.embed = cfg.num_layers, cfg.hidden_size, cfg.embed_dim
         self.adapted = bool(model.adapters)
@@ -131,7 +134,9 @@ class _Stepper:
         """What each row's context adds, for rows with these slots (n,): layer 0's gates
         ("g"), and with adapters, each layer's and the head's context factor ("b<i>") and
         layer 0's adapter input from the context ("ca")."""
-        model, cfg = self.model, self.model.config
+        model = self._model()
+        assert model is not None, "a step outlived its net"
+        cfg = model.config
         if not cfg.conditioned:
             return {}
         k = model.context(people[:, None], channels[:, None], people[:, None])[:, 0]
