@@ -56,10 +56,9 @@ class DrawResult:
 # On CPU, the sampler's big products (each layer's recurrent weights, layer 1's input weights and
 # the output layer) run on 8-bit copies of the weights, the activations quantized as they come
 # (PyTorch's dynamic quantization, fbgemm): a step for one reply 0.80 -> 0.60 ms, for 20 1.75 ->
-# 1.46 ms (the three products alone 389 -> 114 us for one reply: they no longer stream 4.9 MB of
-# float weights from L3 each character), while the held-out loss read through them moves
-# 1.3207 -> 1.3210 nats/char (`python -m bench.sampling`; BENCHMARKS.md, "What a reply waits
-# for").
+# 1.46 ms (the products no longer stream 4.9 MB of float weights from L3 each character), while
+# the held-out loss read through them moves 1.3207 -> 1.3210 nats/char (`python -m
+# bench.sampling`; BENCHMARKS.md, "What a reply waits for").
 INT8 = True
 
 
