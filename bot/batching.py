@@ -139,7 +139,7 @@ class SampleBatcher:
             _fail_all(waiting, self._reads)
 
     def _work(self) -> None:
-        batches: dict[int, _Batch] = {}  # by model version id
+        batches: dict[tuple[int, ...], _Batch] = {}  # by what is stepped (see _admit)
         waiting: list[_Job] = []  # over MAX_ROWS for now, or just arrived
         stopping = False
         try:
@@ -163,19 +163,27 @@ class SampleBatcher:
         with self._lock:
             self._closed = True
 
-    def _admit(self, batches: dict[int, _Batch], jobs: list[_Job]) -> list[_Job]:
-        """Add jobs' rows to their model's batch; returns those that must wait for room."""
+    def _admit(self, batches: dict[tuple[int, ...], _Batch], jobs: list[_Job]
+               ) -> list[_Job]:
+        """Add jobs' rows to their model's batch; returns those that must wait for room. A
+        dedicated model loaded with the shared one it is drawn against (bot/models.py) writes
+        in the shared model's batch."""
         later: list[_Job] = []
         for job in jobs:
-            key = job.loaded.version_id
+            loaded, own = job.loaded, None
+            model, reference = loaded.model, loaded.reference
+            if reference is not None and reference.config.conditioned:
+                model, reference, own = reference, None, loaded.model
+            # Rows share a batch when they share its net and what reads and guards them.
+            key = (id(model), id(reference), id(loaded.guard), id(loaded.primer))
             batch = batches.get(key) or _Batch(Generation(
-                job.loaded.model, job.loaded.vocab, reference=job.loaded.reference,
-                guard=job.loaded.guard, primer=job.loaded.primer, device=self.device))
+                model, loaded.vocab, reference=reference, guard=loaded.guard,
+                primer=loaded.primer, device=self.device))
             if len(batch.generation) and len(batch.generation) + len(job.rows) > MAX_ROWS:
                 later.append(job)
                 continue
             try:
-                job.ids = batch.generation.add(job.rows)
+                job.ids = batch.generation.add(job.rows, own)
             except Exception as exc:  # noqa: BLE001 - the request gets it, not the thread
                 job.future.set_exception(exc)
                 continue
@@ -183,7 +191,7 @@ class SampleBatcher:
             batches[key] = batch
         return later
 
-    def _advance(self, batches: dict[int, _Batch]) -> None:
+    def _advance(self, batches: dict[tuple[int, ...], _Batch]) -> None:
         """One character for every model's batch; answer the jobs whose rows all ended."""
         for key, batch in list(batches.items()):
             try:

@@ -2,11 +2,13 @@
 
 Each request asks the registry which version is active (one indexed query), so a promotion or
 rollback takes effect on the next request without a restart; requests already holding the old
-model finish with it.
+model finish with it. A dedicated model is loaded with its parent from the cache: one copy of
+the shared model, whose batch then also writes the dedicated model's replies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from collections import OrderedDict
@@ -15,7 +17,8 @@ from pathlib import Path
 import torch
 
 from mimic.core.store import ModelVersion
-from mimic.trainer.registry import LoadedModel, load_version
+from mimic.trainer.model import CheckpointError
+from mimic.trainer.registry import LoadedModel, RegistryError, load_version
 
 
 class ModelCache:
@@ -37,7 +40,12 @@ class ModelCache:
             with self._lock:
                 if row.id in self._models:
                     return self._models[row.id]
-            loaded = load_version(self.data_dir, row, self.device, parent)
+            shared = None
+            if parent is not None:
+                # A broken parent: load_version serves the dedicated model without it.
+                with contextlib.suppress(CheckpointError, RegistryError, OSError, ValueError):
+                    shared = self.get(parent)
+            loaded = load_version(self.data_dir, row, self.device, parent, shared)
             # What a version holds lives as long as it is served: out of the collector's
             # full passes, which walk every object tracked (see `mimic serve`). Garbage first,
             # so that none is kept for good.

@@ -48,9 +48,10 @@ class WatchedBatcher(SampleBatcher):
         self.release = threading.Event()
         self.sizes: list[dict[int, int]] = []
 
-    def _advance(self, batches: dict[int, _Batch]) -> None:
-        with self.changed:
-            self.sizes.append({k: len(b.generation) for k, b in batches.items()})
+    def _advance(self, batches: dict[tuple[int, ...], _Batch]) -> None:
+        with self.changed:  # by the version of the batch's first request
+            self.sizes.append({b.jobs[0].loaded.version_id: len(b.generation)
+                               for b in batches.values()})
             self.changed.notify_all()
         self.release.wait(30)
         super()._advance(batches)
@@ -79,21 +80,26 @@ def test_requests_arriving_mid_generation_join_the_batch() -> None:
 
 
 def test_requests_over_the_row_cap_wait_for_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    def size(batches: dict[tuple[int, ...], _Batch]) -> int:
+        (batch,) = batches.values()
+        return len(batch.generation)
+
     monkeypatch.setattr(batching, "MAX_ROWS", 4)
     batcher = SampleBatcher()
-    batches: dict[int, _Batch] = {}
-    jobs = [_Job(loaded(1), [Row("a", 1.0)] * n) for n in (3, 2, 1, 6)]
+    batches: dict[tuple[int, ...], _Batch] = {}
+    served = loaded(1)  # one version, as the bot's cache gives every request
+    jobs = [_Job(served, [Row("a", 1.0)] * n) for n in (3, 2, 1, 6)]
     waiting = batcher._admit(batches, jobs)
-    assert [len(j.rows) for j in waiting] == [2, 6] and len(batches[1].generation) == 4
+    assert [len(j.rows) for j in waiting] == [2, 6] and size(batches) == 4
     while batches:
         batcher._advance(batches)
     assert all(j.future.result(0)[0].startswith("a") for j in jobs[:1] + jobs[2:3])
     waiting = batcher._admit(batches, waiting)
-    assert [len(j.rows) for j in waiting] == [6] and len(batches[1].generation) == 2
+    assert [len(j.rows) for j in waiting] == [6] and size(batches) == 2
     while batches:
         batcher._advance(batches)
     # A request bigger than the cap goes alone rather than never.
-    assert batcher._admit(batches, waiting) == [] and len(batches[1].generation) == 6
+    assert batcher._admit(batches, waiting) == [] and size(batches) == 6
 
 
 def test_a_failure_reaches_only_its_request() -> None:

@@ -285,6 +285,59 @@ def test_a_step_is_built_once_for_the_weights_it_has() -> None:
     assert gone() is None
 
 
+def test_a_dedicated_models_rows_write_in_the_shared_batch_what_they_write_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written by dedicated nets in their shared model's batch, beside its own rows and
+    joining and ending at different steps, write what each writes in a batch of its own drawn
+    against the shared model: greedily, with float products (int8's activation scales follow
+    the whole batch)."""
+    import copy
+
+    from mimic.trainer import sampler
+    from mimic.trainer.sampler import Generation, Voice
+
+    monkeypatch.setattr(sampler, "INT8", False)
+    vocab = Vocab(list("abcdefghij "))
+    torch.manual_seed(0)
+    shared = CharLSTM(ModelConfig(len(vocab), embed_dim=8, hidden_size=16, num_layers=2,
+                                  people=4, channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():
+        for p in shared.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    own = [copy.deepcopy(shared) for _ in range(2)]
+    with torch.no_grad():
+        for net in own:
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    greedy = 1e-4
+    said = ((2, 1, "abc def"), (3, 1, "gh"))
+    mine = [Row("a", greedy, Voice(1, 1, (0, 1))), Row("", greedy, Voice(2, 0, (0, 0)), said)]
+    theirs = [[Row("bb", greedy, Voice(3, 1, (0, 1)), said), Row("", greedy, Voice(1, 2, (0, 2)))],
+              [Row("c", greedy, Voice(2, 2, (0, 2)))]]
+
+    def alone(net: CharLSTM, rows: list[Row], reference: CharLSTM | None) -> list[str]:
+        batch = Generation(net, vocab, reference=reference, max_len=9, stop_at_eom=False)
+        ids = batch.add(rows)
+        while batch.active:
+            batch.step()
+        return batch.take(ids) or []
+
+    batch = Generation(shared, vocab, max_len=9, stop_at_eom=False)
+    ids = [batch.add(mine)]
+    batch.step()
+    ids.append(batch.add(theirs[0], own[0]))
+    batch.step()
+    batch.step()
+    ids.append(batch.add(theirs[1], own[1]))
+    while batch.active:
+        batch.step()
+    assert [batch.take(i) for i in ids] == [alone(shared, mine, None),
+                                             alone(own[0], theirs[0], shared),
+                                             alone(own[1], theirs[1], shared)]
+    with pytest.raises(ValueError, match="conditioned"):
+        Generation(own[0], vocab, reference=shared).add(theirs[1], own[1])
+
+
 def test_reading_many_contexts_at_once_is_reading_each() -> None:
     """What a reply reads first: rows of different lengths read in one packed call end in
     the state each reaches read alone, whoever wrote each character."""

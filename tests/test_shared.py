@@ -13,6 +13,7 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
+from mimic.bot.batching import SampleBatcher, _Batch, _Job
 from mimic.bot.models import ModelCache
 from mimic.bot.replies import Responder
 from mimic.core.config import Settings
@@ -286,6 +287,34 @@ def test_a_dedicated_model_is_served_only_if_it_beats_the_shared_one_on_the_same
                                                    corpus.val_said))
     assert cover.val_loss_anyone is not None and cover.val_loss_anyone > 0
     assert (chosen.row.target == bob.key) == (own.val_loss <= cover.val_loss)
+
+
+def test_a_dedicated_model_is_loaded_with_the_cached_shared_one_and_writes_in_its_batch(
+        world: tuple[Store, Settings]) -> None:
+    """The bot's cache loads a dedicated model with the shared model it already holds (one
+    copy of its net, its word guard and primer), and the sampling thread writes the dedicated
+    model's replies in the shared model's batch."""
+    store, settings = world
+    with store.session() as s:
+        bob = resolve(s, "@bob")
+    train(store, settings, bob, train_overrides=trained.QUICK)
+    with store.session() as s:
+        own = active_version(s, bob.key)
+        assert own is not None and own.parent_id is not None
+        parent = s.get(ModelVersion, own.parent_id)
+        s.expunge_all()
+    cache = ModelCache(settings.data_dir)
+    dedicated = cache.get(own, parent)
+    shared = cache.get(parent)  # type: ignore[arg-type]
+    assert len(cache) == 2 and dedicated.reference is shared.model
+    assert dedicated.primer is shared.primer and dedicated.guard is shared.guard
+    batcher = SampleBatcher()
+    jobs = [_Job(shared, [shared.row("user:U1")] * 2), _Job(dedicated, [dedicated.row(bob.key)])]
+    batches: dict[tuple[int, ...], _Batch] = {}
+    assert batcher._admit(batches, jobs) == [] and len(batches) == 1
+    while batches:
+        batcher._advance(batches)
+    assert [len(job.future.result(0)) for job in jobs] == [2, 1]
 
 
 def test_own_decay_pulls_the_unseen_back_to_anyone() -> None:

@@ -76,11 +76,13 @@ class LoadedModel:
     reference: CharLSTM | None = None  # what a dedicated model is drawn against
     slots: Slots = Slots()
     guard: WordGuard | None = None
-    # The LSTM states after reading recent contexts (bounded; shared by the bot's threads).
-    primer: Primer = field(init=False, compare=False)
+    # The LSTM states after reading recent contexts (bounded; shared by the bot's threads, and
+    # with the shared model a dedicated one is drawn against, when loaded with it).
+    primer: Primer = field(default=None, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "primer", Primer(self.vocab))  # frozen: set once, here
+        if self.primer is None:  # frozen: set once, here
+            object.__setattr__(self, "primer", Primer(self.vocab))
 
     def prime(self, rows: Sequence[Row]) -> None:
         """Read the rows' contexts into the primer now, on the calling thread, for every net
@@ -113,16 +115,25 @@ class LoadedModel:
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
-                 parent: ModelVersion | None = None) -> LoadedModel:
+                 parent: ModelVersion | None = None, shared: LoadedModel | None = None
+                 ) -> LoadedModel:
     """A version ready to serve. A dedicated model comes with its `parent` (the shared model it
     was fine-tuned from) as the reference it is drawn against, when that still loads and
     shares its vocabulary, and with the workspace's lexicon from whichever of the two has
-    one."""
+    one. With `shared`, the parent already loaded (the bot's cache), its net, word guard and
+    primer are used rather than copies: the bot then writes the dedicated model's replies in
+    the shared model's batch (bot/batching.py)."""
     folder = version_dir(data_dir, row)
     model, vocab, slots = load_model(folder / WEIGHTS, device)
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
     reference, lexicons = None, [folder / LEXICON]
+    if shared is not None and row.target != "base" and shared.vocab == vocab:
+        guard = (WordGuard(Lexicon.load(folder / LEXICON), vocab)
+                 if (folder / LEXICON).exists() else shared.guard)
+        return LoadedModel(row.id, row.version, model, vocab,
+                           NoveltyIndex.load(folder / NOVELTY), shared.model, slots, guard,
+                           shared.primer)
     if parent is not None and row.target != "base":
         try:
             shared, shared_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,

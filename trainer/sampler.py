@@ -8,7 +8,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -357,6 +357,40 @@ class Primer:
         return [(h[:, j], c[:, j]) for j in range(len(rows))]
 
 
+@dataclass(eq=False)
+class _OwnNet:
+    """Rows of a Generation written by a net of their own: where they are in the batch, and
+    that net's logits (m, V), states (layers, m, H) and row contexts for them."""
+
+    net: CharLSTM  # held here: its step holds it weakly
+    step: _Stepper
+    positions: list[int]
+    logits: torch.Tensor
+    h: torch.Tensor
+    c: torch.Tensor
+    ctx: dict[str, torch.Tensor]
+    where: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.where = torch.tensor(self.positions, device=self.logits.device)
+
+    def keep(self, moved: dict[int, int]) -> bool:
+        """Follow a compaction (old batch position → new, for the rows kept); False once
+        none of these rows is left."""
+        kept = [j for j, p in enumerate(self.positions) if p in moved]
+        if not kept:
+            return False
+        if len(kept) < len(self.positions):
+            index = torch.tensor(kept, device=self.logits.device)
+            self.logits, self.h, self.c = (self.logits.index_select(0, index),
+                                           self.h.index_select(1, index).contiguous(),
+                                           self.c.index_select(1, index).contiguous())
+            self.ctx = {key: v.index_select(0, index) for key, v in self.ctx.items()}
+        self.positions = [moved[self.positions[j]] for j in kept]
+        self.where = torch.tensor(self.positions, device=self.logits.device)
+        return True
+
+
 class Generation:
     """Messages being generated together, one character a step. Rows may join between steps
     (the bot adds requests that arrive while others are being written: continuous batching)
@@ -369,6 +403,11 @@ class Generation:
     row's contrast voice (see BOOST): read by `reference` when given (the shared model a
     dedicated one was fine-tuned from, or an older mimic's base), else by the model itself.
     With a `guard`, no character that would make a word the workspace never used is drawn.
+
+    A conditioned model's batch also takes rows written by a net of their own (`add(rows,
+    net)`: a dedicated model fine-tuned from it), drawn against its "anyone" rows: the bot
+    writes every reply of a workspace in one batch, where a batch per dedicated model stepped
+    two nets for its one reply and held up every other reply in the meantime.
     """
 
     def __init__(self, model: CharLSTM, vocab: Vocab, *, reference: CharLSTM | None = None,
@@ -405,6 +444,7 @@ class Generation:
         self._rows: dict[int, tuple[Row, list[int], Any]] = {}  # id → (row, drawn, guard)
         self._done: dict[int, str] = {}
         self._next = 0
+        self._own: list[_OwnNet] = []  # rows written by nets of their own
 
     @property
     def active(self) -> bool:
@@ -415,42 +455,40 @@ class Generation:
         return len(self._alive)
 
     @torch.inference_mode()
-    def add(self, rows: Sequence[Row]) -> list[int]:
-        """Start generating `rows`; returns their ids for `take`."""
+    def add(self, rows: Sequence[Row], net: CharLSTM | None = None) -> list[int]:
+        """Start generating `rows`; returns their ids for `take`. With `net`, the rows are
+        written by that net (a dedicated model fine-tuned from this batch's conditioned model,
+        with its slots and vocabulary) and drawn against this model's rows for their contrast
+        voice."""
         for row in rows:
             _check(row.temperature, self.top_k)
             if len(row.seed_text) > self.max_len:
                 raise ValueError(f"seed_text ({len(row.seed_text)} chars) is longer than "
                                  f"max_len {self.max_len}")
+        if net is not None and self._groups[0][1] != [0, 1]:
+            raise ValueError("rows with a net of their own need a conditioned model's batch, "
+                             "drawn against its own \"anyone\" rows")
         if not rows:
             return []
-        n = len(rows)
+        n, start = len(rows), len(self._alive)
         # The end mark that starts the new message, then its seed, in the row's voice: step
         # by step (seeds are short, most are empty), all rows at once.
         seeds = [[self.vocab.eom, *self.vocab.encode(r.seed_text)] for r in rows]
+        # Rows with a net of their own are in this model's batch for their contrast only: its
+        # voice slice reads them in the contrast voice too (their person may be new to it).
+        mine = rows if net is None else [replace(r, voice=Voice(*r.voice.contrast,
+                                                                r.voice.contrast))
+                                         for r in rows]
         new: dict[str, torch.Tensor] = {}
         for g, (step, members) in enumerate(self._groups):
-            k = len(members)
-            parts = [step.contexts(*self._slots(rows, m)) for m in members]
-            ctx = {key: torch.stack([part[key] for part in parts]) for key in parts[0]}
-            # The contexts are read once: who reads them does not depend on the voice.
-            h, c = (t.unsqueeze(1).repeat(1, k, 1, 1) for t in self._primer.read(
-                self._nets[members[0]], [r.context for r in rows]))
-            flat = {key: v.flatten(0, 1) for key, v in ctx.items()}
-            hf, cf = h.flatten(1, 2), c.flatten(1, 2)  # views: the steps update h and c
-            logits = torch.zeros(k * n, len(self.vocab), device=self.device)
-            for i in range(max(map(len, seeds))):
-                going = [j * n + r for j in range(k) for r in range(n) if i < len(seeds[r])]
-                ids = torch.tensor([seeds[x % n][i] for x in going], device=self.device)
-                if len(going) == k * n:
-                    logits = step(ids, hf, cf, flat).float()
-                    continue
-                index = torch.tensor(going, device=self.device)
-                hs, cs = hf[:, index], cf[:, index]
-                out = step(ids, hs, cs, {key: v[index] for key, v in flat.items()})
-                hf[:, index], cf[:, index], logits[index] = hs, cs, out.float()
-            new |= {f"logits{g}": logits.view(k, n, -1), f"h{g}": h, f"c{g}": c}
+            logits, h, c, ctx = self._start(step, self._nets[members[0]], members, mine, seeds)
+            new |= {f"logits{g}": logits, f"h{g}": h, f"c{g}": c}
             new |= {f"ctx{g}.{key}": v for key, v in ctx.items()}
+        if net is not None:
+            own_step = stepper(net, self.device)
+            logits, h, c, ctx = self._start(own_step, net, [0], rows, seeds)
+            self._own.append(_OwnNet(net, own_step, list(range(start, start + n)), logits[0],
+                                     h[:, 0], c[:, 0], {k: v[0] for k, v in ctx.items()}))
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
         for key, value in new.items():
@@ -468,6 +506,32 @@ class Generation:
         if self._compact() is None:
             self._view()
         return ids_
+
+    def _start(self, step: _Stepper, net: CharLSTM, members: list[int], rows: Sequence[Row],
+               seeds: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                dict[str, torch.Tensor]]:
+        """A group's (or a net of its own's) first logits (k, n, V), states (layers, k, n, H)
+        and row contexts (k, n, ...) for new rows: their contexts read, then their seeds."""
+        k, n = len(members), len(rows)
+        parts = [step.contexts(*self._slots(rows, m)) for m in members]
+        ctx = {key: torch.stack([part[key] for part in parts]) for key in parts[0]}
+        # The contexts are read once: who reads them does not depend on the voice.
+        h, c = (t.unsqueeze(1).repeat(1, k, 1, 1)
+                for t in self._primer.read(net, [r.context for r in rows]))
+        flat = {key: v.flatten(0, 1) for key, v in ctx.items()}
+        hf, cf = h.flatten(1, 2), c.flatten(1, 2)  # views: the steps update h and c
+        logits = torch.zeros(k * n, len(self.vocab), device=self.device)
+        for i in range(max(map(len, seeds))):
+            going = [j * n + r for j in range(k) for r in range(n) if i < len(seeds[r])]
+            ids = torch.tensor([seeds[x % n][i] for x in going], device=self.device)
+            if len(going) == k * n:
+                logits = step(ids, hf, cf, flat).float()
+                continue
+            index = torch.tensor(going, device=self.device)
+            hs, cs = hf[:, index], cf[:, index]
+            out = step(ids, hs, cs, {key: v[index] for key, v in flat.items()})
+            hf[:, index], cf[:, index], logits[index] = hs, cs, out.float()
+        return logits.view(k, n, -1), h, c, ctx
 
     def _slots(self, rows: Sequence[Row], m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' person and channel slots as net m reads them: the voice, or its
@@ -489,7 +553,10 @@ class Generation:
         """Draw one character for every row still going."""
         st = self._state
         eom = self.vocab.eom
-        logits = self._logits(0).index_fill(1, self._unk, -torch.inf)
+        logits = self._logits(0)
+        for own in self._own:
+            logits = logits.index_copy(0, own.where, own.logits)
+        logits = logits.index_fill(1, self._unk, -torch.inf)
         allowed = self._allowed()
         if allowed is not None:
             logits.masked_fill_(~allowed, -torch.inf)
@@ -538,6 +605,8 @@ class Generation:
             ids = torch.cat([nxt] * k) if k > 1 else nxt  # cat: a few us, repeat: ~50
             logits = self._groups[g][0](ids, h, c, ctx).float()
             self._state[f"logits{g}"] = logits.view(k, len(nxt), -1)
+        for own in self._own:
+            own.logits = own.step(nxt.index_select(0, own.where), own.h, own.c, own.ctx).float()
 
     def _logits(self, m: int) -> torch.Tensor:
         """(n, V): net m's logits for the next character of every row going."""
@@ -574,6 +643,8 @@ class Generation:
         self._state = {key: value.index_select(_dim(key), index)
                        for key, value in self._state.items()}
         self._alive = [self._alive[k] for k in keep]
+        moved = {old: new for new, old in enumerate(keep)}
+        self._own = [own for own in self._own if own.keep(moved)]
         self._greedy = any(self._rows[i][0].temperature < GREEDY_BELOW for i in self._alive)
         self._view()
         return index
