@@ -329,11 +329,14 @@ def test_a_dedicated_models_rows_write_in_the_shared_batch_what_they_write_alone
     batch.step()
     batch.step()
     ids.append(batch.add(theirs[1], own[1]))
+    ids.append(batch.add(theirs[0][:1], own[0]))  # beside rows of the same net
     while batch.active:
         batch.step()
     assert [batch.take(i) for i in ids] == [alone(shared, mine, None),
                                              alone(own[0], theirs[0], shared),
-                                             alone(own[1], theirs[1], shared)]
+                                             alone(own[1], theirs[1], shared),
+                                             alone(own[0], theirs[0][:1], shared)]
+    assert batch._own == [] and len(batch) == 0
     with pytest.raises(ValueError, match="conditioned"):
         Generation(own[0], vocab, reference=shared).add(theirs[1], own[1])
 

@@ -374,6 +374,14 @@ class _OwnNet:
     def __post_init__(self) -> None:
         self.where = torch.tensor(self.positions, device=self.logits.device)
 
+    def extend(self, more: _OwnNet) -> None:
+        """Take `more`'s rows (of the same net) too."""
+        self.logits = torch.cat([self.logits, more.logits])
+        self.h, self.c = (torch.cat([self.h, more.h], 1), torch.cat([self.c, more.c], 1))
+        self.ctx = {key: torch.cat([v, more.ctx[key]]) for key, v in self.ctx.items()}
+        self.positions += more.positions
+        self.where = torch.tensor(self.positions, device=self.logits.device)
+
     def keep(self, moved: dict[int, int]) -> bool:
         """Follow a compaction (old batch position → new, for the rows kept); False once
         none of these rows is left."""
@@ -487,8 +495,13 @@ class Generation:
         if net is not None:
             own_step = stepper(net, self.device)
             logits, h, c, ctx = self._start(own_step, net, [0], rows, seeds)
-            self._own.append(_OwnNet(net, own_step, list(range(start, start + n)), logits[0],
-                                     h[:, 0], c[:, 0], {k: v[0] for k, v in ctx.items()}))
+            joined = _OwnNet(net, own_step, list(range(start, start + n)), logits[0], h[:, 0],
+                             c[:, 0], {k: v[0] for k, v in ctx.items()})
+            same = next((own for own in self._own if own.net is net), None)
+            if same is None:
+                self._own.append(joined)
+            else:  # one step a character for all of a net's rows
+                same.extend(joined)
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
         for key, value in new.items():
