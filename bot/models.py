@@ -33,6 +33,8 @@ class ModelCache:
         with self._lock:
             if row.id in self._models:
                 self._models.move_to_end(row.id)
+                if parent is not None and parent.id in self._models:  # what it is drawn
+                    self._models.move_to_end(parent.id)  # against is in use too
                 return self._models[row.id]
             loading = self._loading.setdefault(row.id, threading.Lock())
         # One thread loads a version; others asking for it wait rather than load it again.

@@ -308,6 +308,9 @@ def test_a_dedicated_model_is_loaded_with_the_cached_shared_one_and_writes_in_it
     shared = cache.get(parent)  # type: ignore[arg-type]
     assert len(cache) == 2 and dedicated.reference is shared.model
     assert dedicated.primer is shared.primer and dedicated.guard is shared.guard
+    cache.get(own)
+    cache.get(own, parent)  # its shared model is in use too: last to be evicted
+    assert list(cache._models) == [own.id, parent.id]  # type: ignore[union-attr]
     batcher = SampleBatcher()
     jobs = [_Job(shared, [shared.row("user:U1")] * 2), _Job(dedicated, [dedicated.row(bob.key)])]
     batches: dict[tuple[int, ...], _Batch] = {}
