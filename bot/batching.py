@@ -4,7 +4,10 @@ while others are being written joins their batch at the next character.
 Twenty listener threads each running torch at once fight over the same cores (measured: 20
 concurrent 4 x 280 draws took 6 s each on 2 cores, against 0.13 s for one alone). Here all
 rows of one model advance together, one character a step, whose cost grows far slower than
-the number of rows; a request is answered as soon as its own rows end.
+the number of rows; a request is answered as soon as its own rows end. A dedicated model's
+rows join the batch of the shared model they are drawn against (only their own net's step is
+extra): a batch of their own stepped two nets for one reply, and every fifth round of the
+latency bench, holding three of them, was its slowest.
 
 A second thread reads the requests' contexts (the messages a reply answers) before they join:
 reading is a long packed pass per batch of contexts (20 of 200 characters: ~140 ms), which on
