@@ -303,7 +303,8 @@ def test_a_dedicated_model_is_loaded_with_the_cached_shared_one_and_writes_in_it
         assert own is not None and own.parent_id is not None
         parent = s.get(ModelVersion, own.parent_id)
         s.expunge_all()
-    cache = ModelCache(settings.data_dir)
+    now = [0.0]
+    cache = ModelCache(settings.data_dir, idle_s=60, clock=lambda: now[0])
     dedicated = cache.get(own, parent)
     shared = cache.get(parent)  # type: ignore[arg-type]
     assert len(cache) == 2 and dedicated.reference is shared.model
@@ -311,6 +312,10 @@ def test_a_dedicated_model_is_loaded_with_the_cached_shared_one_and_writes_in_it
     cache.get(own)
     cache.get(own, parent)  # its shared model is in use too: last to be evicted
     assert list(cache._models) == [own.id, parent.id]  # type: ignore[union-attr]
+    now[0] = 59.0
+    assert cache.get(parent) is shared and len(cache) == 2
+    now[0] = 61.0  # the dedicated model has gone unasked for a minute: dropped
+    assert cache.get(parent) is shared and list(cache._models) == [parent.id]  # type: ignore[union-attr]
     batcher = SampleBatcher()
     jobs = [_Job(shared, [shared.row("user:U1")] * 2), _Job(dedicated, [dedicated.row(bob.key)])]
     batches: dict[tuple[int, ...], _Batch] = {}
