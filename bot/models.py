@@ -24,9 +24,9 @@ from mimic.core.store import ModelVersion
 from mimic.trainer.model import CheckpointError
 from mimic.trainer.registry import LoadedModel, RegistryError, load_version
 
-# Resident on the chitchat bench: the shared model 62 MB, a dedicated one 16-20 MB (it shares
-# the shared model's net): room for the shared model, its predecessor for a while, and the
-# dedicated models of a busy hour.
+# Resident on the chitchat bench (measured once, the process before and after each load): the
+# shared model 62 MB, a dedicated one 16-20 MB (it shares the shared model's net). Room for the
+# shared model, its predecessor for a while, and the dedicated models of a busy hour.
 SIZE = 32
 IDLE_S = 3600.0
 
