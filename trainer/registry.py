@@ -128,24 +128,22 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
     reference, lexicons = None, [folder / LEXICON]
+    parent_guard, primer = None, None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
-        guard = (WordGuard(Lexicon.load(folder / LEXICON), vocab)
-                 if (folder / LEXICON).exists() else shared.guard)
-        return LoadedModel(row.id, row.version, model, vocab,
-                           NoveltyIndex.load(folder / NOVELTY), shared.model, slots, guard,
-                           shared.primer)
-    if parent is not None and row.target != "base":
+        reference, parent_guard, primer = shared.model, shared.guard, shared.primer
+    elif parent is not None and row.target != "base":
         try:
-            shared, shared_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
-                                                      device)
-            reference = shared if shared_vocab == vocab else None
+            net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
+                                                   device)
+            reference = net if parent_vocab == vocab else None
             lexicons.append(version_dir(data_dir, parent) / LEXICON)
         except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
     lexicon = next((Lexicon.load(p) for p in lexicons if p.exists()), None)
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference, slots,
-                       WordGuard(lexicon, vocab) if lexicon is not None else None)
+                       WordGuard(lexicon, vocab) if lexicon is not None else parent_guard,
+                       primer)
 
 
 def parent_of(session: Session, row: ModelVersion) -> ModelVersion | None:

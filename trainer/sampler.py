@@ -372,15 +372,19 @@ class _OwnNet:
     where: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.where = torch.tensor(self.positions, device=self.logits.device)
+        self._place(self.positions)
+
+    def _place(self, positions: list[int]) -> None:
+        """Where the rows are in the batch, as a list and as the index a step takes."""
+        self.positions = positions
+        self.where = torch.tensor(positions, device=self.logits.device)
 
     def extend(self, more: _OwnNet) -> None:
         """Take `more`'s rows (of the same net) too."""
         self.logits = torch.cat([self.logits, more.logits])
         self.h, self.c = (torch.cat([self.h, more.h], 1), torch.cat([self.c, more.c], 1))
         self.ctx = {key: torch.cat([v, more.ctx[key]]) for key, v in self.ctx.items()}
-        self.positions += more.positions
-        self.where = torch.tensor(self.positions, device=self.logits.device)
+        self._place(self.positions + more.positions)
 
     def keep(self, moved: dict[int, int]) -> bool:
         """Follow a compaction (old batch position → new, for the rows kept); False once
@@ -394,8 +398,7 @@ class _OwnNet:
                                            self.h.index_select(1, index).contiguous(),
                                            self.c.index_select(1, index).contiguous())
             self.ctx = {key: v.index_select(0, index) for key, v in self.ctx.items()}
-        self.positions = [moved[self.positions[j]] for j in kept]
-        self.where = torch.tensor(self.positions, device=self.logits.device)
+        self._place([moved[self.positions[j]] for j in kept])
         return True
 
 
