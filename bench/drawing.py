@@ -7,10 +7,12 @@ range of sizes), draws 100 messages per person and seed for each setting and pri
 starts, real words, distinct word pairs) and length; and the LSTM rows stepped per message
 (the cost).
 
-A setting is `boost,temp,odds[,prime[,guard[,plausible]]]`: the weight of the contrast with
-anyone (see trainer/sampler.py: BOOST), the temperature, the end mark's odds factor, how many
-of the person's last messages are read first (0: start from an end mark alone), whether the
-word guard is on (1) or off (0), and the plausibility floor (PLAUSIBLE).
+A setting is `boost,temp,odds[,prime[,guard[,plausible[,long]]]]`: the weight of the contrast
+with anyone (see trainer/sampler.py: BOOST), the temperature, the end mark's odds factor, how
+many of the person's last messages are read first (0: start from an end mark alone), whether
+the word guard is on (1) or off (0), the plausibility floor (PLAUSIBLE), and whether replies
+past the workspace's long-message length are drawn to an end (1, LONG_QUANTILE) or not (0).
+Besides the mean length, "long" is the share of messages longer than 99 % of the workspace's.
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
@@ -21,6 +23,7 @@ import argparse
 import statistics
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ import torch
 from bench.workspace import chitchat, machine
 from mimic.trainer.corpus import load_corpus, load_workspace, recent
 from mimic.trainer.novelty import WINDOW
-from mimic.trainer.reading import Reading, Vocabulary, read
+from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
 from mimic.trainer.report import Attributor, default_targets, random_targets
 from mimic.trainer.sampler import BOOST, DEFAULT_TEMPERATURE, END_ODDS, PLAUSIBLE, Generation
@@ -44,12 +47,13 @@ SHOWN = ("first_word_real", "capitalised", "real_words", "distinct_2")
 def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting: list[float],
          seed: int) -> tuple[list[str], int]:
     """SAMPLES novel, non-blank messages (fewer if some are refused) and the rows stepped."""
-    boost, temperature, odds, prime, guard, plausible = setting
+    boost, temperature, odds, prime, guard, plausible, long = setting
     generation = Generation(loaded.model, loaded.vocab, reference=loaded.reference,
                             guard=loaded.guard if guard else None, boost=boost, end_odds=odds,
                             plausible=plausible, generator=torch.Generator().manual_seed(seed))
     row = loaded.row(key, temperature=temperature, context=context[len(context) - int(prime):]
                      if prime else [])
+    row = row if long else replace(row, long_after=0)
     ids = generation.add([row] * SAMPLES)
     stepped = 0
     while generation.active:
@@ -90,27 +94,29 @@ def main() -> None:
                                                 found.parent), corpus,
                            recent(session, settings, person, PRIME, before=before)))
     vocabulary = Vocabulary.of(m.text for m in workspace.train)
+    long = long_length(m.text for m in workspace.train)
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
-    real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train))
+    real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train), long=long)
             for _p, _m, corpus, _c in chosen]
     real_fidelity = statistics.mean(attributor.accuracy(corpus.val[-SAMPLES:], person.label)
                                     or 0.0 for person, _m, corpus, _c in chosen)
-    print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds")
+    print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds; long: "
+          f"over {long} characters (99 % of the workspace's messages are not)")
     header = (f"{'boost,temp,odds,prime,guard':>28} {'fidelity':>9} "
               + " ".join(f"{name[:11]:>11}" for name in SHOWN)
-              + f" {'chars':>6} {'rows/msg':>9} {'seconds':>8}")
+              + f" {'chars':>6} {'long':>6} {'rows/msg':>9} {'seconds':>8}")
     print(header)
 
     def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
         means = [statistics.mean(getattr(r, f) for r in readings if getattr(r, f) is not None)
-                 for f in (*SHOWN, "length")]
-        return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-1])
-                + f" {means[-1]:>6.0f}{extra}")
+                 for f in (*SHOWN, "length", "long")]
+        return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-2])
+                + f" {means[-2]:>6.0f} {means[-1]:>6.1%}{extra}")
 
     print(line("real held-out messages", real_fidelity, real, ""))
     for setting in args.settings:
         values = [float(x) for x in setting.split(",")]
-        values += [PRIME, 1, PLAUSIBLE][len(values) - 3:]
+        values += [PRIME, 1, PLAUSIBLE, 1][len(values) - 3:]
         fidelity, readings, stepped, served = [], [], 0, 0
         start = time.perf_counter()
         for seed in range(args.seeds):
@@ -120,7 +126,7 @@ def main() -> None:
                 stepped, served = stepped + rows, served + len(texts)
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
                 readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
-                                     min(len(texts), len(corpus.val[-SAMPLES:])) or None))
+                                     min(len(texts), len(corpus.val[-SAMPLES:])) or None, long))
         mark = "  (default)" if setting == DEFAULTS else ""
         print(line(setting, statistics.mean(fidelity), readings,
                    f" {stepped / max(1, served):>9.0f} {time.perf_counter() - start:>8.0f}"

@@ -467,7 +467,8 @@ def eval_(
     for title, name, fmt in READER:
         short = {"first word real": "1st word", "starts with a capital": "capital",
                  "real words": "words", "real word pairs": "pairs",
-                 "distinct word pairs": "distinct-2", "characters a message": "chars"}[title]
+                 "distinct word pairs": "distinct-2", "characters a message": "chars",
+                 "longer than 99 % of the workspace's": "long"}[title]
         columns += [(short, f"model.{name}", fmt), ("real", f"real.{name}", fmt)]
     columns += [("leaks", "leak_filtered", percent)]
     overall = report.overall()

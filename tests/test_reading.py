@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mimic.trainer.reading import Vocabulary, first_letter_capital, pairs, read
+from mimic.trainer.reading import (
+    Vocabulary,
+    first_letter_capital,
+    long_length,
+    pairs,
+    read,
+)
 
 
 def test_reading_counts_what_a_reader_notices() -> None:
@@ -16,6 +22,10 @@ def test_reading_counts_what_a_reader_notices() -> None:
     assert reading.real_pairs == pytest.approx(4 / 6)  # not "jy cat", not "cat dog"
     assert reading.distinct_2 == pytest.approx(4 / 6)  # "the cat", "cat sat" twice
     assert reading.length == pytest.approx((12 + 10 + 2 + 11) / 4)
+    assert reading.long is None  # no threshold given
+    assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
+                long=10).long == pytest.approx(2 / 4)  # 12 and 11 characters
+    assert long_length(["x" * n for n in range(1, 201)]) == 198  # 99 % stay within
     # Variety at equal numbers: the first three messages repeat no pair.
     assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
                 variety=3).distinct_2 == pytest.approx(1.0)

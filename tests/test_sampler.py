@@ -15,6 +15,7 @@ from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.sampler import (
     END_ODDS,
+    LONG_SLOPE,
     NoNovelText,
     Row,
     draw,
@@ -193,6 +194,23 @@ def test_temperature_shapes_the_words_not_the_length() -> None:
     mean = (1 - end) / end  # geometric
     assert 0.75 * mean < sum(lengths) / len(lengths) < 1.25 * mean
     assert set("".join(texts)) == {"a"}  # the wording is as sharp as asked
+
+
+def test_a_reply_past_the_workspaces_long_message_is_drawn_to_an_end() -> None:
+    """A model that almost never ends a message (1e-4 a character) runs to max_len; a row with
+    `long_after` ends soon after that length, at no cost to rows without one in its batch."""
+    vocab = Vocab(list("ab"))
+    model = fixed_odds(vocab, [1e-4, 1e-9, 0.5, 0.5])
+    rows = [Row(long_after=40)] * 100 + [Row()] * 100
+    lengths = [len(t) for t in sample_rows(model, vocab, rows, generator=gen(0))]
+    bounded, free = lengths[:100], lengths[100:]
+    assert sum(n < 40 for n in bounded) <= 3  # before it, the model's own odds
+    assert max(bounded) < 40 + 30 * LONG_SLOPE * 40  # 30 doublings: certain by then
+    assert sum(n == 280 for n in free) >= 90
+    # However short the length and unlikely the end, the odds stay numbers: every message ends.
+    never = fixed_odds(vocab, [1e-30, 1e-9, 0.5, 0.5])
+    assert all(0 < len(t) < 20 for t in sample_rows(never, vocab, [Row(long_after=1)] * 50,
+                                                     generator=gen(1)))
 
 
 def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:

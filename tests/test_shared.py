@@ -30,13 +30,14 @@ from mimic.trainer.model import (
 )
 from mimic.trainer.privacy import opt_out
 from mimic.trainer.registry import (
+    LENGTHS,
     WEIGHTS,
     active_version,
     load_version,
     serving,
     version_dir,
 )
-from mimic.trainer.sampler import Voice, sample
+from mimic.trainer.sampler import LONG_QUANTILE, Voice, sample
 from mimic.trainer.shared import carry_over, encode, loss_on, target_stream
 from mimic.trainer.train import TrainError, _incremental, _warm_start, train
 from mimic.trainer.vocab import Vocab
@@ -191,6 +192,26 @@ def test_replies_start_with_real_words(world: tuple[Store, Settings]) -> None:
         assert found and not [(w, t) for t in texts for w in words(t) if w not in known]
 
 
+def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
+        world: tuple[Store, Settings]) -> None:
+    """The shared model's version records the length LONG_QUANTILE of the workspace's
+    messages stay within; every reply drawn from it is drawn to an end past that. A damaged
+    record is a damaged version (the bot then serves the one before)."""
+    store, settings = world
+    with store.session() as s:
+        row = active_version(s, BASE.key)
+        shared = load_workspace(s, settings, settings.min_chars)
+    assert row is not None
+    texts = {m.text for m in [*shared.train, *(m for v in shared.val.values() for m in v)]}
+    lengths = sorted(map(len, texts))
+    loaded = load_version(settings.data_dir, row, "cpu")
+    assert loaded.long_message == lengths[int(LONG_QUANTILE * (len(lengths) - 1))] > 0
+    assert loaded.row("user:U1").long_after == loaded.long_message
+    (version_dir(settings.data_dir, row) / LENGTHS).write_text('{"long_message": "many"}')
+    with pytest.raises(ValueError, match="whole number"):
+        load_version(settings.data_dir, row, "cpu")
+
+
 def test_a_loaded_model_is_out_of_the_collectors_way(world: tuple[Store, Settings]) -> None:
     """What the bot loads lives as long as it serves: it is frozen out of the collector's full
     passes (which walked 240k objects in 110-180 ms, holding up every request)."""
@@ -309,6 +330,11 @@ def test_a_dedicated_model_is_loaded_with_the_cached_shared_one_and_writes_in_it
     shared = cache.get(parent)  # type: ignore[arg-type]
     assert len(cache) == 2 and dedicated.reference is shared.model
     assert dedicated.primer is shared.primer and dedicated.guard is shared.guard
+    # Its replies run as long as the workspace's messages, loaded with the shared model or not.
+    assert not (version_dir(settings.data_dir, own) / LENGTHS).exists()
+    assert dedicated.long_message == shared.long_message > 0
+    assert load_version(settings.data_dir, own, "cpu", parent).long_message == \
+        shared.long_message
     cache.get(own)
     cache.get(own, parent)  # its shared model is in use too: last to be evicted
     assert list(cache._models) == [own.id, parent.id]  # type: ignore[union-attr]

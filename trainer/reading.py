@@ -6,7 +6,9 @@ each beside the same figure for the people's real held-out messages.
 - real words / real word pairs: words, and pairs of consecutive words, the workspace uses;
 - distinct-2: distinct word pairs over all word pairs, a measure of variety (compared at equal
   numbers of messages: `read(..., variety=n)`);
-- length: characters a message.
+- length: characters a message;
+- long: the share of messages longer than 99 % of the workspace's (`long_length`): replies
+  that run on where people stop.
 """
 
 from __future__ import annotations
@@ -56,9 +58,19 @@ class Reading:
     real_pairs: float | None
     distinct_2: float | None
     length: float | None
+    long: float | None = None
 
     FIELDS = ("first_word_real", "capitalised", "real_words", "real_pairs", "distinct_2",
-              "length")
+              "length", "long")
+
+
+LONG = 0.99  # "long": longer than this share of the workspace's messages
+
+
+def long_length(texts: Iterable[str], share: float = LONG) -> int:
+    """The length `share` of `texts` stay within (0 for none)."""
+    lengths = sorted(len(text) for text in texts)
+    return lengths[int(share * (len(lengths) - 1))] if lengths else 0
 
 
 def first_letter_capital(text: str) -> bool | None:
@@ -67,9 +79,11 @@ def first_letter_capital(text: str) -> bool | None:
     return None if letter is None else letter.isupper()
 
 
-def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = None) -> Reading:
+def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = None,
+         long: int | None = None) -> Reading:
     """What a reader sees in `texts`; distinct-2 over the first `variety` of them (all by
-    default): pass the same number for the texts compared, as the share falls with more."""
+    default): pass the same number for the texts compared, as the share falls with more. With
+    `long` (`long_length` of the workspace's messages), the share longer than that."""
     firsts = [found[0] in vocabulary.words for t in texts if (found := words(t))]
     capitals = [c for t in texts if (c := first_letter_capital(t)) is not None]
     every_word = [w for t in texts for w in words(t)]
@@ -80,4 +94,5 @@ def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = Non
         real_words=_share([w in vocabulary.words for w in every_word]),
         real_pairs=_share([p in vocabulary.pairs for p in every_pair]),
         distinct_2=len(set(every_pair)) / len(every_pair) if every_pair else None,
-        length=sum(map(len, texts)) / len(texts) if texts else None)
+        length=sum(map(len, texts)) / len(texts) if texts else None,
+        long=_share([len(t) > long for t in texts]) if long is not None else None)

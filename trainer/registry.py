@@ -5,6 +5,7 @@ place, and its row is added only after that, so a crash never leaves a half mode
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,11 +23,19 @@ from mimic.trainer.corpus import BASE, Target
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
-from mimic.trainer.sampler import DEFAULT_TEMPERATURE, Primer, Row, Voice, contrast_net
+from mimic.trainer.reading import long_length
+from mimic.trainer.sampler import (
+    DEFAULT_TEMPERATURE,
+    LONG_QUANTILE,
+    Primer,
+    Row,
+    Voice,
+    contrast_net,
+)
 from mimic.trainer.vocab import Vocab
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
-WEIGHTS, NOVELTY, LEXICON = "model.pt", "novelty.npy", "lexicon.txt"
+WEIGHTS, NOVELTY, LEXICON, LENGTHS = "model.pt", "novelty.npy", "lexicon.txt", "lengths.json"
 
 
 class RegistryError(RuntimeError):
@@ -76,6 +85,7 @@ class LoadedModel:
     reference: CharLSTM | None = None  # what a dedicated model is drawn against
     slots: Slots = Slots()
     guard: WordGuard | None = None
+    long_message: int = 0  # past this many characters a reply is drawn to an end (0: never)
     # The LSTM states after reading recent contexts (bounded; shared by the bot's threads, and
     # with the shared model a dedicated one is drawn against, when loaded with it).
     primer: Primer = field(default=None, compare=False)  # type: ignore[assignment]
@@ -111,7 +121,25 @@ class LoadedModel:
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
-        return Row(seed_text, temperature, self.voice(target, where), read)
+        return Row(seed_text, temperature, self.voice(target, where), read, self.long_message)
+
+
+def save_lengths(path: Path, texts: Sequence[str]) -> None:
+    """How long the workspace's messages run (LENGTHS): the length LONG_QUANTILE of `texts`
+    stay within, past which replies are drawn to an end (trainer/sampler.py)."""
+    path.write_text(json.dumps({"quantile": LONG_QUANTILE,
+                                "long_message": long_length(texts, LONG_QUANTILE)}))
+
+
+def load_lengths(path: Path) -> int:
+    """The long-message length save_lengths wrote (ValueError if the file is not one)."""
+    try:
+        long = json.loads(path.read_text())["long_message"]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a mimic lengths file ({exc})") from None
+    if not isinstance(long, int) or isinstance(long, bool) or long < 0:
+        raise ValueError(f"{path}: long_message must be a whole number >= 0, not {long!r}")
+    return long
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
@@ -119,30 +147,33 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
                  ) -> LoadedModel:
     """A version ready to serve. A dedicated model comes with its `parent` (the shared model it
     was fine-tuned from) as the reference it is drawn against, when that still loads and
-    shares its vocabulary, and with the workspace's lexicon from whichever of the two has
-    one. With `shared`, the parent already loaded (the bot's cache), its net, word guard and
-    primer are used rather than copies: the bot then writes the dedicated model's replies in
-    the shared model's batch (bot/batching.py)."""
+    shares its vocabulary, and with the workspace's lexicon and message lengths from whichever
+    of the two has them. With `shared`, the parent already loaded (the bot's cache), its net,
+    word guard, lengths and primer are used rather than copies: the bot then writes the
+    dedicated model's replies in the shared model's batch (bot/batching.py)."""
     folder = version_dir(data_dir, row)
     model, vocab, slots = load_model(folder / WEIGHTS, device)
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
-    reference, lexicons = None, [folder / LEXICON]
-    parent_guard, primer = None, None
+    reference, lexicons, lengths = None, [folder / LEXICON], [folder / LENGTHS]
+    parent_guard, parent_long, primer = None, 0, None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
+        parent_long = shared.long_message
     elif parent is not None and row.target != "base":
         try:
             net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
                                                    device)
             reference = net if parent_vocab == vocab else None
             lexicons.append(version_dir(data_dir, parent) / LEXICON)
+            lengths.append(version_dir(data_dir, parent) / LENGTHS)
         except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
     lexicon = next((Lexicon.load(p) for p in lexicons if p.exists()), None)
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference, slots,
                        WordGuard(lexicon, vocab) if lexicon is not None else parent_guard,
+                       next((load_lengths(p) for p in lengths if p.exists()), parent_long),
                        primer)
 
 

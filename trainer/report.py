@@ -42,7 +42,7 @@ from mimic.trainer.corpus import (
 )
 from mimic.trainer.device import pick_device
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
-from mimic.trainer.reading import Reading, Vocabulary, read
+from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import (
     LoadedModel,
     Serving,
@@ -325,6 +325,7 @@ def evaluate_targets(
     # The workspace's training half: each target's held-out messages are not in it, so real
     # held-out text can score below 1 (it may use words nobody used before).
     workspace_vocabulary = Vocabulary.of(m.text for m in workspace.train)
+    long = long_length(m.text for m in workspace.train)
     rows: list[TargetRow] = []
     markov: dict[str, list[str]] = {}
     generated: dict[str, list[str]] = {}
@@ -363,8 +364,8 @@ def evaluate_targets(
             leak_raw=leak_rate(raw, loaded.novelty), leak_filtered=leak_rate(kept,
                                                                             loaded.novelty),
             leak_markov=leak_rate(baseline, loaded.novelty),
-            model=read(kept, vocabulary, equal), real=read(real, vocabulary, equal),
-            markov=read(baseline, vocabulary, equal),
+            model=read(kept, vocabulary, equal, long), real=read(real, vocabulary, equal, long),
+            markov=read(baseline, vocabulary, equal, long),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
             history=_history(version_dir(settings.data_dir, found.row))))
@@ -481,7 +482,8 @@ READER = [("first word real", "first_word_real", percent),
           ("real words", "real_words", percent),
           ("real word pairs", "real_pairs", percent),
           ("distinct word pairs", "distinct_2", lambda v: number(v, 2)),
-          ("characters a message", "length", lambda v: number(v, 0))]
+          ("characters a message", "length", lambda v: number(v, 0)),
+          ("longer than 99 % of the workspace's", "long", percent)]
 
 
 def write_report(report: Report, folder: Path) -> Path:

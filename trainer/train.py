@@ -6,7 +6,7 @@ A version folder holds: model.pt (weights + config + vocabulary + the ids that h
 loaded with weights_only=True), config.json, metrics.json, loss.png, novelty.npy (the index the
 sampler uses to refuse verbatim copies: of every public message for the shared model, of the
 target's own for a dedicated one) and, for the shared model, the workspace's lexicon (the
-words drawing may use).
+words drawing may use) and lengths.json (how long its messages run).
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ from mimic.trainer.model import (
 )
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import (
+    LENGTHS,
     LEXICON,
     NOVELTY,
     WEIGHTS,
     NotAllowed,
     active_version,
+    load_lengths,
     publish,
+    save_lengths,
     version_dir,
 )
 from mimic.trainer.shared import (
@@ -161,8 +164,9 @@ def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | N
         "chars_trained": result.chars_trained, "stopped": result.stopped_reason,
         "history": result.history}, indent=2))
     NoveltyIndex.build(novelty_texts).save(folder / NOVELTY)
-    if lexicon_texts is not None:
+    if lexicon_texts is not None:  # the shared model's: the workspace's words and lengths
         Lexicon.build(lexicon_texts).save(folder / LEXICON)
+        save_lengths(folder / LENGTHS, lexicon_texts)
     _plot(result.history, label, folder / "loss.png")
 
 
@@ -171,6 +175,8 @@ def _verify(folder: Path) -> None:
     NoveltyIndex.load(folder / NOVELTY)
     if (folder / LEXICON).exists():
         Lexicon.load(folder / LEXICON)
+    if (folder / LENGTHS).exists():
+        load_lengths(folder / LENGTHS)
 
 
 def _show_progress(console: Console | None, label: str, cfg: TrainConfig
