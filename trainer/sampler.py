@@ -519,14 +519,13 @@ class Generation:
                 same.extend(joined)
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
-        # Length so far, and the characters over which the end's odds double past long_after
-        # (infinite without one: the factor stays 1).
+        # Length so far, and how fast the end's log-odds grow past long_after (0 without one).
         new |= {"length": torch.tensor([[float(len(r.seed_text))] for r in rows],
                                        device=self.device),
-                "long": torch.tensor([[r.long_after or math.inf] for r in rows],
-                                     device=self.device),
-                "halving": torch.tensor([[r.long_after * LONG_SLOPE or math.inf] for r in rows],
-                                        device=self.device)}
+                "long": torch.tensor([[float(r.long_after)] for r in rows], device=self.device),
+                "rate": torch.tensor([[math.log(2) / (r.long_after * LONG_SLOPE)
+                                       if r.long_after else 0.0] for r in rows],
+                                     device=self.device)}
         for key, value in new.items():
             old = self._state.get(key)
             self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
@@ -600,10 +599,10 @@ class Generation:
         # Temperature shapes the wording, not the length: whether the message ends here is
         # drawn at the model's own odds (x END_ODDS). Tempering the end mark too made
         # messages at 0.6 2.5x as long as the person's (it is rarely the likeliest symbol).
-        # Its odds are doubled every "halving" characters past "long" too: in log-odds, as the
+        # Past "long", its odds double every LONG_SLOPE of it too: in log-odds, as the
         # doublings past a short length overflow a float.
-        log_odds = (st["length"] - st["long"]).clamp_(min=0).div_(st["halving"])
-        log_odds.mul_(math.log(2)).add_(self._log_end_odds)
+        log_odds = (st["length"] - st["long"]).clamp_(min=0).mul_(st["rate"])
+        log_odds.add_(self._log_end_odds)
         log_end = logp[:, eom : eom + 1]
         end = torch.sigmoid(log_end - torch.log1p(-log_end.exp()) + log_odds)
         words = logp.index_fill(1, self._eom, -torch.inf)
