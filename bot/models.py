@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from mimic.core.store import ModelVersion
-from mimic.trainer.model import CheckpointError
-from mimic.trainer.registry import LoadedModel, RegistryError, load_version
+from mimic.trainer.registry import UNLOADABLE, LoadedModel, load_version
 
 # Resident on the chitchat bench (measured once, the process before and after each load): the
 # shared model 62 MB, a dedicated one 16-20 MB (it shares the shared model's net). Room for the
@@ -59,7 +58,7 @@ class ModelCache:
             shared = None
             if parent is not None:
                 # A broken parent: load_version serves the dedicated model without it.
-                with contextlib.suppress(CheckpointError, RegistryError, OSError, ValueError):
+                with contextlib.suppress(*UNLOADABLE):
                     shared = self.get(parent)
             loaded = load_version(self.data_dir, row, self.device, parent, shared)
             # What a version holds lives as long as it is served: out of the collector's

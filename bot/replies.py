@@ -63,11 +63,10 @@ from mimic.trainer.corpus import (
     recent,
     resolve,
 )
-from mimic.trainer.model import CheckpointError
 from mimic.trainer.privacy import opt_in, opt_out
 from mimic.trainer.registry import (
+    UNLOADABLE,
     LoadedModel,
-    RegistryError,
     Serving,
     active_version,
     fallback,
@@ -417,7 +416,7 @@ class Responder:
         """The chosen version, or, if its files are damaged, the one active before it."""
         try:
             return self.cache.get(chosen.row, chosen.parent)
-        except (CheckpointError, RegistryError, OSError, ValueError) as exc:
+        except UNLOADABLE as exc:
             with self.store.session() as session:
                 previous = fallback(session, chosen.row, target)
             if previous is None:

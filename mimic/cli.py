@@ -345,7 +345,7 @@ def sample(
     from mimic.bot.replies import PRIMING_MESSAGES
     from mimic.trainer.corpus import may_have_model, recent
     from mimic.trainer.device import pick_device
-    from mimic.trainer.registry import load_version, serving
+    from mimic.trainer.registry import RegistryError, load_served, serving
     from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
     store, settings = _store(), get_settings()
@@ -364,7 +364,10 @@ def sample(
         raise _fail(f"{chosen.label} has no model yet: `mimic train --all` (or `mimic train "
                     f"{chosen.label}` for a dedicated one).")
     device = pick_device(settings.device)
-    loaded = load_version(settings.data_dir, found.row, device, found.parent)
+    try:
+        loaded = load_served(settings.data_dir, found, device, chosen.label)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
     try:
         result = reply(loaded, chosen.key, n=n, temperature=temp, top_k=top_k,
                        seed_text=seed, context=context, device=device)

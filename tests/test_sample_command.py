@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mimic.core.config import Settings
 from mimic.core.store import Channel, Store
+from mimic.trainer.registry import LENGTHS
 
 
 def mimic(settings: Settings, cwd: Path, *args: str,
@@ -39,6 +40,13 @@ def test_sample_prints_novel_inert_messages_and_explains_errors(
         failed = mimic(settings, tmp_path, "sample", *args)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+
+    # A damaged version: named, with what to do, not a traceback.
+    (settings.data_dir / "models" / "base" / "1" / LENGTHS).write_text('{"long_message": 1')
+    failed = mimic(settings, tmp_path, "sample", "@alice")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    said = " ".join(failed.stderr.split())
+    assert "the workspace model v1 does not load" in said and "mimic rollback base" in said
 
 
 def test_models_piped_prints_whole_names_in_plain_columns(world: tuple[Store, Settings],

@@ -42,6 +42,10 @@ class RegistryError(RuntimeError):
     pass
 
 
+# What loading a version whose files are missing or damaged raises.
+UNLOADABLE = (CheckpointError, RegistryError, OSError, ValueError)
+
+
 class NotAllowed(RegistryError):
     """The target may no longer have a model (its person opted out while it trained)."""
 
@@ -175,6 +179,23 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
                        WordGuard(lexicon, vocab) if lexicon is not None else parent_guard,
                        next((load_lengths(p) for p in lengths if p.exists()), parent_long),
                        primer)
+
+
+def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str
+                 ) -> LoadedModel:
+    """`found`'s version loaded, or a RegistryError that names it and what to do (the
+    shell's commands; the bot serves the version before instead: bot/replies.py)."""
+    try:
+        return load_version(data_dir, found.row, device, found.parent)
+    except UNLOADABLE as exc:
+        if found.row.target == BASE.key:
+            which, fix, arg = "the workspace model", "`mimic train --base`", "base"
+        else:  # it also reads the workspace model's lexicon and lengths
+            which, arg = f"{label}'s own model", label
+            fix = f"`mimic train {label}`, or `mimic train --base` if the file is the workspace's"
+        raise RegistryError(f"{which} v{found.row.version} does not load ({exc}). Retrain it "
+                            f"({fix}) or go back to the version before (`mimic rollback "
+                            f"{arg}`).") from None
 
 
 def parent_of(session: Session, row: ModelVersion) -> ModelVersion | None:

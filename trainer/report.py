@@ -45,9 +45,10 @@ from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import (
     LoadedModel,
+    RegistryError,
     Serving,
     active_version,
-    load_version,
+    load_served,
     serving,
     version_dir,
 )
@@ -331,7 +332,10 @@ def evaluate_targets(
     generated: dict[str, list[str]] = {}
     for target, found, corpus, primings in chosen:
         say(f"evaluating {target.label}")
-        loaded = load_version(settings.data_dir, found.row, device, found.parent)
+        try:
+            loaded = load_served(settings.data_dir, found, device, target.label)
+        except RegistryError as exc:
+            raise EvalError(str(exc)) from None
         val_loss, anyone_loss = _losses(loaded, target, corpus, device)
         rng = _seed_for(seed, target)
         asked = [loaded.row(target.key, temperature=TEMPERATURE, context=before, where=where)
