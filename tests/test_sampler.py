@@ -213,6 +213,33 @@ def test_a_reply_past_the_workspaces_long_message_is_drawn_to_an_end() -> None:
                                                      generator=gen(1)))
 
 
+def test_a_reply_ends_before_the_cut_where_the_workspaces_long_messages_reach_it() -> None:
+    """Where the workspace's long-message length is near max_len (speeches), the end is still
+    drawn early enough that no reply runs to the cut and stops mid-word."""
+    vocab = Vocab(list("ab"))
+    model = fixed_odds(vocab, [1e-4, 1e-9, 0.5, 0.5])
+    lengths = [len(t) for t in sample_rows(model, vocab, [Row(long_after=275)] * 200,
+                                           generator=gen(0))]
+    assert max(lengths) < 280
+    assert sum(n > 150 for n in lengths) >= 190  # the model's own odds until then
+
+
+def test_each_row_ends_at_its_own_end_odds() -> None:
+    """The factor on the end mark's odds is a row's (each model has its own, fitted): rows of
+    one batch with x1 and x4 get the geometric lengths of their own odds."""
+    vocab = Vocab(list("ab"))
+    model = fixed_odds(vocab, [0.1, 1e-9, 0.5, 0.5])
+    rows = [Row(end_odds=1.0)] * 300 + [Row(end_odds=4.0)] * 300
+    lengths = [len(t) for t in sample_rows(model, vocab, rows, generator=gen(2))]
+    for factor, got in ((1.0, lengths[:300]), (4.0, lengths[300:])):
+        end = 0.1 * factor / (1 + 0.1 * (factor - 1))
+        mean = (1 - end) / end
+        assert 0.8 * mean < sum(got) / len(got) < 1.2 * mean, factor
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="end_odds"):
+            sample_rows(model, vocab, [Row(end_odds=bad)])
+
+
 def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:
     """The person writes a and b equally often; everyone else mostly a. Drawn against the
     workspace, b (the person's habit) wins; c is boosted most of all (the workspace never

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
+import math
 import random
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from mimic.trainer.registry import (
     serving,
     version_dir,
 )
-from mimic.trainer.sampler import LONG_QUANTILE, Voice, sample
+from mimic.trainer.sampler import END_ODDS, LONG_QUANTILE, Voice, sample
 from mimic.trainer.shared import carry_over, encode, loss_on, target_stream
 from mimic.trainer.train import TrainError, _incremental, _warm_start, train
 from mimic.trainer.vocab import Vocab
@@ -195,8 +197,10 @@ def test_replies_start_with_real_words(world: tuple[Store, Settings]) -> None:
 def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
         world: tuple[Store, Settings]) -> None:
     """The shared model's version records the length LONG_QUANTILE of the workspace's
-    messages stay within; every reply drawn from it is drawn to an end past that. A damaged
-    record is a damaged version (the bot then serves the one before)."""
+    messages stay within, and the end odds fitted to its people's message lengths; every reply
+    drawn from it is drawn to an end past that, at those odds. A version from before the fit
+    uses END_ODDS; a damaged record is a damaged version (the bot then serves the one
+    before)."""
     store, settings = world
     with store.session() as s:
         row = active_version(s, BASE.key)
@@ -207,9 +211,21 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
     loaded = load_version(settings.data_dir, row, "cpu")
     assert loaded.long_message == lengths[int(LONG_QUANTILE * (len(lengths) - 1))] > 0
     assert loaded.row("user:U1").long_after == loaded.long_message
-    (version_dir(settings.data_dir, row) / LENGTHS).write_text('{"long_message": "many"}')
-    with pytest.raises(ValueError, match="whole number"):
-        load_version(settings.data_dir, row, "cpu")
+    path = version_dir(settings.data_dir, row) / LENGTHS
+    recorded = json.loads(path.read_text())
+    fit = recorded["fit"]
+    assert loaded.end_odds == recorded["end_odds"] == min(
+        fit["measured"], key=lambda m: abs(math.log(max(m[1], 0.1) / fit["target"])))[0]
+    assert loaded.row("user:U1").end_odds == loaded.end_odds
+    assert fit["measured"][0][0] == END_ODDS and fit["target"] > 0
+    path.write_text(json.dumps({"long_message": 7}))
+    assert load_version(settings.data_dir, row, "cpu").end_odds == END_ODDS
+    for damaged, why in (('{"long_message": "many"}', "whole number"),
+                         ('{"long_message": 7, "end_odds": -2}', "end_odds"),
+                         ("[7]", "not a mimic lengths file")):
+        path.write_text(damaged)
+        with pytest.raises(ValueError, match=why):
+            load_version(settings.data_dir, row, "cpu")
 
 
 def test_a_loaded_model_is_out_of_the_collectors_way(world: tuple[Store, Settings]) -> None:

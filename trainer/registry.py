@@ -6,6 +6,7 @@ place, and its row is added only after that, so a crash never leaves a half mode
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,9 +24,9 @@ from mimic.trainer.corpus import BASE, Target
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
-from mimic.trainer.reading import long_length
 from mimic.trainer.sampler import (
     DEFAULT_TEMPERATURE,
+    END_ODDS,
     LONG_QUANTILE,
     Primer,
     Row,
@@ -90,6 +91,7 @@ class LoadedModel:
     slots: Slots = Slots()
     guard: WordGuard | None = None
     long_message: int = 0  # past this many characters a reply is drawn to an end (0: never)
+    end_odds: float = END_ODDS  # the factor on the end mark's odds, fitted (trainer/lengths.py)
     # The LSTM states after reading recent contexts (bounded; shared by the bot's threads, and
     # with the shared model a dedicated one is drawn against, when loaded with it).
     primer: Primer = field(default=None, compare=False)  # type: ignore[assignment]
@@ -125,25 +127,40 @@ class LoadedModel:
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
-        return Row(seed_text, temperature, self.voice(target, where), read, self.long_message)
+        return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
+                   self.end_odds)
 
 
-def save_lengths(path: Path, texts: Sequence[str]) -> None:
-    """How long the workspace's messages run (LENGTHS): the length LONG_QUANTILE of `texts`
-    stay within, past which replies are drawn to an end (trainer/sampler.py)."""
-    path.write_text(json.dumps({"quantile": LONG_QUANTILE,
-                                "long_message": long_length(texts, LONG_QUANTILE)}))
+@dataclass(frozen=True)
+class Lengths:
+    """How a version's replies are drawn to an end (LENGTHS): faster past `long_message`
+    characters (the length LONG_QUANTILE of the workspace's messages stay within; 0: never),
+    and at `end_odds` x the model's own odds of ending (fitted: trainer/lengths.py)."""
+
+    long_message: int = 0
+    end_odds: float = END_ODDS
 
 
-def load_lengths(path: Path) -> int:
-    """The long-message length save_lengths wrote (ValueError if the file is not one)."""
+def save_lengths(path: Path, lengths: Lengths, fit: dict[str, Any] | None = None) -> None:
+    """Write LENGTHS, with how `end_odds` was fitted for people to read."""
+    path.write_text(json.dumps({"quantile": LONG_QUANTILE, "long_message": lengths.long_message,
+                                "end_odds": lengths.end_odds, **({"fit": fit} if fit else {})}))
+
+
+def load_lengths(path: Path) -> Lengths:
+    """What save_lengths wrote (ValueError if the file is not one). Versions trained before
+    the end's odds were fitted have none: END_ODDS."""
     try:
-        long = json.loads(path.read_text())["long_message"]
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        found = json.loads(path.read_text())
+        long, odds = found["long_message"], found.get("end_odds", END_ODDS)
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a mimic lengths file ({exc})") from None
     if not isinstance(long, int) or isinstance(long, bool) or long < 0:
         raise ValueError(f"{path}: long_message must be a whole number >= 0, not {long!r}")
-    return long
+    if (not isinstance(odds, int | float) or isinstance(odds, bool) or not math.isfinite(odds)
+            or odds <= 0):
+        raise ValueError(f"{path}: end_odds must be a number > 0, not {odds!r}")
+    return Lengths(long, float(odds))
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
@@ -160,10 +177,10 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
     reference, lexicons, lengths = None, [folder / LEXICON], [folder / LENGTHS]
-    parent_guard, parent_long, primer = None, 0, None
+    parent_guard, parent_lengths, primer = None, Lengths(), None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
-        parent_long = shared.long_message
+        parent_lengths = Lengths(shared.long_message, shared.end_odds)
     elif parent is not None and row.target != "base":
         try:
             net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
@@ -174,11 +191,11 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
         except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
     lexicon = next((Lexicon.load(p) for p in lexicons if p.exists()), None)
+    found = next((load_lengths(p) for p in lengths if p.exists()), parent_lengths)
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference, slots,
                        WordGuard(lexicon, vocab) if lexicon is not None else parent_guard,
-                       next((load_lengths(p) for p in lengths if p.exists()), parent_long),
-                       primer)
+                       found.long_message, found.end_odds, primer)
 
 
 def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str

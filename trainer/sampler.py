@@ -37,7 +37,10 @@ PLAUSIBLE = 0.1
 # Sharper wording runs longer (it rarely reaches the places people stop), so the end mark's
 # odds are raised to keep replies as long as the person's: x1.2 gives 56 characters against
 # their 56 (top 10, `bench.drawing`, 2 seeds; x2, tuned before replies read the person's last
-# messages first, had come to give 41; x1: 62).
+# messages first, had come to give 41; x1: 62). How much longer depends on the model and the
+# workspace (Shakespeare's: 167 characters against 118 at x1.2), so this is where the trainer
+# starts fitting a model's own factor to its people's message lengths (trainer/lengths.py);
+# versions trained before that use this.
 END_ODDS = 1.2
 # ... and a reply that runs on past where the workspace's messages stop is drawn to an end: past
 # the length LONG_QUANTILE of them stay within (the trainer records it with the shared model:
@@ -47,6 +50,10 @@ END_ODDS = 1.2
 # their mean was 63 characters against 56; with q95 (149) and 2 %: 1.2 %, none, and 58, fidelity
 # 0.914 against 0.906 (`bench.drawing`, 2 seeds; 4 %: 4.3 %, 59).
 LONG_QUANTILE, LONG_SLOPE = 0.95, 0.02
+# ... and starts early enough that by the cut (max_len) those odds have doubled this many
+# times: where a workspace's long messages reach the cut (Shakespeare's speeches: q95 267
+# characters), 36 % of replies ran to it and stopped mid-word before the end was drawn at all.
+CUT_DOUBLINGS = 16
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
 
 
@@ -252,14 +259,16 @@ Context = tuple[tuple[int, int, str], ...]  # messages read first: (person, chan
 class Row:
     """One message to generate: the text it starts with, its temperature, its voice, the
     messages before it (a thread to answer, or recent messages, so that it starts where
-    messages start), and the length past which it is drawn to an end (0: none; see
-    LONG_QUANTILE)."""
+    messages start), the length past which it is drawn to an end (0: none; see
+    LONG_QUANTILE), and the factor on the end mark's odds (see END_ODDS; a model's own is
+    fitted to its people's message lengths when it is trained: trainer/lengths.py)."""
 
     seed_text: str = ""
     temperature: float = DEFAULT_TEMPERATURE
     voice: Voice = Voice()
     context: Context = ()
     long_after: int = 0
+    end_odds: float = END_ODDS
 
 
 class Guard(Protocol):
@@ -424,7 +433,8 @@ class Generation:
     row's contrast voice (see BOOST): read by `reference` when given (the shared model a
     dedicated one was fine-tuned from, or an older mimic's base), else by the model itself.
     With a `guard`, no character that would make a word the workspace never used is drawn.
-    Past its `long_after` characters, a row's end mark grows likelier (see LONG_QUANTILE).
+    Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
+    row's end mark grows likelier (see LONG_QUANTILE).
 
     A conditioned model's batch also takes rows written by a net of their own (`add(rows,
     net)`: a dedicated model fine-tuned from it), drawn against its "anyone" rows: the bot
@@ -436,13 +446,11 @@ class Generation:
                  guard: Guard | None = None, top_k: int | None = None, max_len: int = 280,
                  generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", stop_at_eom: bool = True,
-                 boost: float = BOOST, end_odds: float = END_ODDS,
-                 plausible: float = PLAUSIBLE,
+                 boost: float = BOOST, plausible: float = PLAUSIBLE,
                  primer: Primer | None = None) -> None:
         self.model, self.vocab, self.top_k, self.max_len = model, vocab, top_k, max_len
         # Others than the defaults only to compare them (bench/drawing.py).
-        self.boost, self.end_odds, self.plausible = boost, end_odds, plausible
-        self._log_end_odds = math.log(end_odds) if end_odds > 0 else -math.inf
+        self.boost, self.plausible = boost, plausible
         self.generator, self.device, self.guard = generator, torch.device(device), guard
         self.stop_at_eom = stop_at_eom
         self._draw_device = generator.device if generator is not None else self.device
@@ -488,6 +496,8 @@ class Generation:
             if len(row.seed_text) > self.max_len:
                 raise ValueError(f"seed_text ({len(row.seed_text)} chars) is longer than "
                                  f"max_len {self.max_len}")
+            if not 0 <= row.end_odds < math.inf:  # also rejects NaN
+                raise ValueError(f"end_odds must be a finite factor >= 0, got {row.end_odds!r}")
         if net is not None and self._groups[0][1] != [0, 1]:
             raise ValueError("rows with a net of their own need a conditioned model's batch, "
                              "drawn against its own \"anyone\" rows")
@@ -519,13 +529,17 @@ class Generation:
                 same.extend(joined)
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         new |= {"greedy": temps < GREEDY_BELOW, "temps": temps.clamp(min=GREEDY_BELOW)[:, None]}
-        # Length so far, and how fast the end's log-odds grow past long_after (0 without one).
+        # Length so far, the end's log-odds factor, where they start to grow (0: never) and
+        # how fast.
+        cap = self.max_len / (1 + CUT_DOUBLINGS * LONG_SLOPE)
+        longs = [min(float(r.long_after), cap) if r.long_after else 0.0 for r in rows]
         new |= {"length": torch.tensor([[float(len(r.seed_text))] for r in rows],
                                        device=self.device),
-                "long": torch.tensor([[float(r.long_after)] for r in rows], device=self.device),
-                "rate": torch.tensor([[math.log(2) / (r.long_after * LONG_SLOPE)
-                                       if r.long_after else 0.0] for r in rows],
-                                     device=self.device)}
+                "odds": torch.tensor([[math.log(r.end_odds) if r.end_odds else -math.inf]
+                                      for r in rows], device=self.device),
+                "long": torch.tensor([[x] for x in longs], device=self.device),
+                "rate": torch.tensor([[math.log(2) / (x * LONG_SLOPE) if x else 0.0]
+                                      for x in longs], device=self.device)}
         for key, value in new.items():
             old = self._state.get(key)
             self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
@@ -597,12 +611,12 @@ class Generation:
             logits.masked_fill_(~allowed, -torch.inf)
         logp = logits.log_softmax(-1)
         # Temperature shapes the wording, not the length: whether the message ends here is
-        # drawn at the model's own odds (x END_ODDS). Tempering the end mark too made
+        # drawn at the model's own odds (x the row's end_odds). Tempering the end mark too made
         # messages at 0.6 2.5x as long as the person's (it is rarely the likeliest symbol).
         # Past "long", its odds double every LONG_SLOPE of it too: in log-odds, as the
         # doublings past a short length overflow a float.
         log_odds = (st["length"] - st["long"]).clamp_(min=0).mul_(st["rate"])
-        log_odds.add_(self._log_end_odds)
+        log_odds.add_(st["odds"])
         log_end = logp[:, eom : eom + 1]
         end = torch.sigmoid(log_end - torch.log1p(-log_end.exp()) + log_odds)
         words = logp.index_fill(1, self._eom, -torch.inf)

@@ -6,7 +6,8 @@ A version folder holds: model.pt (weights + config + vocabulary + the ids that h
 loaded with weights_only=True), config.json, metrics.json, loss.png, novelty.npy (the index the
 sampler uses to refuse verbatim copies: of every public message for the shared model, of the
 target's own for a dedicated one) and, for the shared model, the workspace's lexicon (the
-words drawing may use) and lengths.json (how long its messages run).
+words drawing may use) and lengths.json (where its replies are drawn to an end, and the factor
+on the end mark's odds fitted to its people's message lengths: trainer/lengths.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from mimic.trainer.corpus import (
 from mimic.trainer.device import pick_device
 from mimic.trainer.distributed import fit_parallel
 from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, throughput
-from mimic.trainer.lexicon import Lexicon
+from mimic.trainer.lengths import PEOPLE, Fit, fit_end_odds
+from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import (
     CharLSTM,
     ModelConfig,
@@ -51,11 +53,14 @@ from mimic.trainer.model import (
     size_for,
 )
 from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.reading import long_length
 from mimic.trainer.registry import (
     LENGTHS,
     LEXICON,
     NOVELTY,
     WEIGHTS,
+    Lengths,
+    LoadedModel,
     NotAllowed,
     active_version,
     load_lengths,
@@ -63,6 +68,7 @@ from mimic.trainer.registry import (
     save_lengths,
     version_dir,
 )
+from mimic.trainer.sampler import LONG_QUANTILE
 from mimic.trainer.shared import (
     carry_over,
     encode,
@@ -153,7 +159,7 @@ def _plot(history: list[dict[str, Any]], title: str, path: Path) -> None:
 
 def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | None,
                    label: str, result: FitResult, train_cfg: TrainConfig,
-                   novelty_texts: Sequence[str], lexicon_texts: Sequence[str] | None,
+                   novelty: NoveltyIndex, words: tuple[Lexicon, Lengths, Fit | None] | None,
                    meta: dict[str, Any]) -> None:
     save_checkpoint(model, model.config, folder / WEIGHTS, vocab, slots)
     (folder / "config.json").write_text(json.dumps({
@@ -163,10 +169,13 @@ def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | N
         "best_val_loss": result.best_val_loss, "steps": result.steps,
         "chars_trained": result.chars_trained, "stopped": result.stopped_reason,
         "history": result.history}, indent=2))
-    NoveltyIndex.build(novelty_texts).save(folder / NOVELTY)
-    if lexicon_texts is not None:  # the shared model's: the workspace's words and lengths
-        Lexicon.build(lexicon_texts).save(folder / LEXICON)
-        save_lengths(folder / LENGTHS, lexicon_texts)
+    novelty.save(folder / NOVELTY)
+    if words is not None:  # the shared model's: the workspace's words and lengths
+        lexicon, lengths, fit = words
+        lexicon.save(folder / LEXICON)
+        save_lengths(folder / LENGTHS, lengths, None if fit is None else {
+            "target": round(fit.target, 1), "length": round(fit.length, 1),
+            "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in fit.measured]})
     _plot(result.history, label, folder / "loss.png")
 
 
@@ -359,17 +368,20 @@ def train_shared(
     new_loss = evaluate(model, encode(vocab, slots, held), device)
     old_loss = _loss_of_shared(settings, previous, held, device)
     scores = score(model, vocab, slots, workspace, list(workspace.chars), device)
+    every = list(dict.fromkeys([*(m.text for m in workspace.train),
+                                *(m.text for v in workspace.val.values() for m in v)]))
+    novelty, lexicon = NoveltyIndex.build(every), Lexicon.build(every)
+    lengths, fit = _fit_lengths(model.cpu(), vocab, slots, novelty, lexicon, workspace, every)
     seconds = time.perf_counter() - started
     coverage = [{"target": key, "slot": (slots.person if key.startswith("user:")
                                          else slots.channel)(key.split(":", 1)[1]),
                  "chars": workspace.chars[key], "val_chars": chars, "val_loss": own,
                  "val_loss_anyone": anyone} for key, (chars, own, anyone) in scores.items()]
-    every = list(dict.fromkeys([*(m.text for m in workspace.train),
-                                *(m.text for v in workspace.val.values() for m in v)]))
     version = publish(
         store, settings.data_dir, BASE,
         write=lambda folder: _write_version(
-            folder, model.cpu(), vocab, slots, BASE.label, result, cfg, every, every,
+            folder, model, vocab, slots, BASE.label, result, cfg, novelty,
+            (lexicon, lengths, fit),
             {"device": str(device), "warm_start": warm is not None,
              "people": len(slots.people), "channels": len(slots.channels)}),
         verify=_verify,
@@ -383,7 +395,28 @@ def train_shared(
     how = "warm start" if warm is not None else "from scratch"
     return Outcome(BASE, version.status, version.version, old_loss, new_loss,
                    note=f"{how}, {len(slots.people)} people and {len(slots.channels)} "
-                        f"channels covered; stopped: {result.stopped_reason}")
+                        f"channels covered; stopped: {result.stopped_reason}"
+                        + ("" if fit is None else f"; {fit.describe()}"))
+
+
+def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIndex,
+                 lexicon: Lexicon, workspace: Workspace, every: Sequence[str]
+                 ) -> tuple[Lengths, Fit | None]:
+    """Where the new model's replies are drawn to an end: past the length LONG_QUANTILE of the
+    workspace's messages stay within, at the end odds fitted to its biggest senders' message
+    lengths (trained ones; END_ODDS where nobody has a vector of their own)."""
+    long = long_length(every, LONG_QUANTILE)
+    texts: dict[str, list[str]] = {user: [] for user in workspace.people[:PEOPLE]}
+    for m in workspace.train:
+        if m.user in texts:
+            texts[m.user].append(m.text)
+    people = [(user, said) for user, said in texts.items() if said]
+    if not people:
+        return Lengths(long), None
+    candidate = LoadedModel(0, 0, model, vocab, novelty, slots=slots,
+                            guard=WordGuard(lexicon, vocab), long_message=long)
+    fit = fit_end_odds(candidate, people)
+    return Lengths(long, fit.end_odds), fit
 
 
 # -- dedicated models -------------------------------------------------------------------------
@@ -440,7 +473,7 @@ def train_dedicated(
             store, settings.data_dir, target,
             write=lambda folder: _write_version(
                 folder, model.cpu(), vocab, slots, target.label, result, cfg,
-                corpus.train + corpus.val, None, {"device": str(device)}),
+                NoveltyIndex.build(corpus.train + corpus.val), None, {"device": str(device)}),
             verify=_verify,
             row={"parent_id": shared.id, "data_watermark": corpus.watermark,
                  "data_digest": corpus.digest, "chars_trained": result.chars_trained,

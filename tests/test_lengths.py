@@ -1,0 +1,49 @@
+"""The end mark's odds fitted to the people's message lengths (trainer/lengths.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimic.trainer.lengths import MEASUREMENTS, ODDS, fit_end_odds
+from mimic.trainer.model import CharLSTM, ModelConfig
+from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.registry import LoadedModel
+from mimic.trainer.vocab import Vocab
+
+
+def ending_at(p: float) -> LoadedModel:
+    """A model that ends a message with probability `p` at every character, whatever came
+    before: at end-odds factor x its messages are geometric, of mean (1 - e) / e with
+    e = p x / (1 + p (x - 1))."""
+    vocab = Vocab(list("ab"))
+    model = CharLSTM(ModelConfig(len(vocab), embed_dim=4, hidden_size=8, num_layers=1))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.log(torch.tensor([p, 1e-9, (1 - p) / 2, (1 - p) / 2])))
+    return LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]))
+
+
+def test_the_fitted_factor_makes_replies_as_long_as_the_peoples_messages() -> None:
+    """People whose messages run 10 characters on average (one 4, one 16): a model that
+    ends at 0.2 a character writes 3.3 at the default factor; the fit finds the factor
+    (0.4) under which it writes 10, within a few measurements, and is deterministic."""
+    loaded = ending_at(0.2)
+    people = [("U1", ["ab" * 2, "b" * 4]), ("U2", ["a" * 16])]
+    fit = fit_end_odds(loaded, people)
+    assert fit.target == 10
+    assert abs(fit.length / fit.target - 1) < 0.08
+    assert 0.3 < fit.end_odds < 0.55
+    assert len(fit.measured) <= MEASUREMENTS
+    assert fit_end_odds(loaded, people) == fit
+    assert "against the people's 10" in fit.describe()
+
+
+def test_a_length_out_of_reach_stops_at_the_edge_of_the_range() -> None:
+    """No factor in range makes a model that ends half the time write 280-character
+    messages (longer ones count as the cut): the fit stops at the smallest factor."""
+    fit = fit_end_odds(ending_at(0.5), [("U1", ["a" * 400])])
+    assert fit.target == 280
+    assert fit.end_odds == ODDS[0]
+    with pytest.raises(ValueError, match="at least one person"):
+        fit_end_odds(ending_at(0.5), [])
