@@ -8,8 +8,10 @@ starts, real words, distinct word pairs) and length; and the LSTM rows stepped p
 (the cost).
 
 A setting is `boost,temp,odds[,prime[,guard[,plausible[,long]]]]`: the weight of the contrast
-with anyone (see trainer/sampler.py: BOOST), the temperature, the end mark's odds factor
-("fit": the one fitted to the model's people when it was trained, trainer/lengths.py), how
+with anyone (see trainer/sampler.py: BOOST; "own": each model's, DEDICATED_BOOST for a
+dedicated one), the temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x
+hotter), the end mark's odds factor ("fit": the one fitted to the model's people when it
+was trained, trainer/lengths.py), how
 many of the person's last messages are read first (0: start from an end mark alone), whether
 the word guard is on (1) or off (0), the plausibility floor (PLAUSIBLE), and whether replies
 past the workspace's long-message length are drawn to an end (1, LONG_QUANTILE) or not (0).
@@ -36,11 +38,11 @@ from mimic.trainer.novelty import WINDOW
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
 from mimic.trainer.report import Attributor, default_targets, random_targets
-from mimic.trainer.sampler import BOOST, DEFAULT_TEMPERATURE, PLAUSIBLE, Generation
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, PLAUSIBLE, Generation
 
 SAMPLES = 100
 PRIME = 3
-DEFAULTS = f"{BOOST:g},{DEFAULT_TEMPERATURE:g},fit,{PRIME},1"
+DEFAULTS = f"own,{DEFAULT_TEMPERATURE:g},fit,{PRIME},1"
 SETTINGS = ["0,0.6,2,3,1", DEFAULTS, "1,0.6,2,0,1", "1,0.6,2,3,0", "2,0.6,2,3,1",
             "1,0.8,2,3,1", "1,1,2,3,1"]
 SHOWN = ("first_word_real", "capitalised", "real_words", "distinct_2")
@@ -51,12 +53,13 @@ def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting:
     """SAMPLES novel, non-blank messages (fewer if some are refused) and the rows stepped."""
     boost, temperature, odds, prime, guard, plausible, long = setting
     generation = Generation(loaded.model, loaded.vocab, reference=loaded.reference,
-                            guard=loaded.guard if guard else None, boost=boost,
-                            plausible=plausible, generator=torch.Generator().manual_seed(seed))
+                            guard=loaded.guard if guard else None, plausible=plausible,
+                            generator=torch.Generator().manual_seed(seed))
     row = loaded.row(key, temperature=temperature, context=context[len(context) - int(prime):]
                      if prime else [])
     row = row if long else replace(row, long_after=0)
     row = row if math.isnan(odds) else replace(row, end_odds=odds)
+    row = row if math.isnan(boost) else replace(row, boost=boost)
     ids = generation.add([row] * SAMPLES)
     stepped = 0
     while generation.active:
@@ -118,7 +121,7 @@ def main() -> None:
 
     print(line("real held-out messages", real_fidelity, real, ""))
     for setting in args.settings:
-        values = [math.nan if x == "fit" else float(x) for x in setting.split(",")]
+        values = [math.nan if x in ("fit", "own") else float(x) for x in setting.split(",")]
         values += [PRIME, 1, PLAUSIBLE, 1][len(values) - 3:]
         fidelity, readings, stepped, served = [], [], 0, 0
         start = time.perf_counter()

@@ -14,6 +14,9 @@ from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.sampler import (
+    BOOST,
+    DEDICATED_BOOST,
+    DEDICATED_HEAT,
     END_ODDS,
     LONG_SLOPE,
     NoNovelText,
@@ -224,6 +227,16 @@ def test_a_reply_ends_before_the_cut_where_the_workspaces_long_messages_reach_it
     assert sum(n > 150 for n in lengths) >= 190  # the model's own odds until then
 
 
+def test_a_reply_is_ended_as_its_versions_lengths_say() -> None:
+    """reply() (`mimic sample`'s path, without the bot's batch) draws the version's rows: a
+    model that almost never ends is drawn to an end past its long-message length."""
+    vocab = Vocab(list("ab"))
+    model = fixed_odds(vocab, [1e-4, 1e-9, 0.5, 0.5])
+    loaded = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), long_message=40)
+    texts = reply(loaded, "user:U1", n=30, generator=gen(3)).texts
+    assert len(texts) == 30 and max(map(len, texts)) < 40 + 30 * LONG_SLOPE * 40
+
+
 def test_each_row_ends_at_its_own_end_odds() -> None:
     """The factor on the end mark's odds is a row's (each model has its own, fitted): rows of
     one batch with x1 and x4 get the geometric lengths of their own odds."""
@@ -258,6 +271,9 @@ def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:
 
 
 def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Vocab]) -> None:
+    """reply() draws the version's own rows: against its reference when it has one (a
+    dedicated model: DEDICATED_BOOST, DEDICATED_HEAT x the temperature asked), and ended as its
+    lengths say."""
     model, vocab = trained
     other = ["the weather is lovely today", "shall we go for a walk later"] * 60
     torch.manual_seed(1)
@@ -268,10 +284,16 @@ def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Voc
         torch.device("cpu"))
     with_reference = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]), reference)
     plain = LoadedModel(1, 1, model, vocab, NoveltyIndex.build([]))
+    assert (with_reference.row("user:U1", temperature=1.2).boost,
+            with_reference.row("user:U1", temperature=1.2).temperature) == \
+        (DEDICATED_BOOST, pytest.approx(1.2 * DEDICATED_HEAT))
+    assert with_reference.row("user:U1", temperature=2.0).temperature == 2.0  # the most there is
+    assert (plain.row("user:U1", temperature=1.2).boost,
+            plain.row("user:U1", temperature=1.2).temperature) == (BOOST, 1.2)
     for loaded in (with_reference, plain):
         served = reply(loaded, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts
-        direct = sample(model, vocab, n=20, reference=loaded.reference, temperature=1.0,
-                        generator=gen(4))
+        direct = sample_rows(model, vocab, [loaded.row("user:U1", temperature=1.0)] * 20,
+                             reference=loaded.reference, generator=gen(4))
         first_round = [t for t in direct if t.strip()]  # blanks are drawn again after it
         assert served[: len(first_round)] == first_round
     assert reply(with_reference, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts != \

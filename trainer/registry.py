@@ -25,6 +25,9 @@ from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.sampler import (
+    BOOST,
+    DEDICATED_BOOST,
+    DEDICATED_HEAT,
     DEFAULT_TEMPERATURE,
     END_ODDS,
     LONG_QUANTILE,
@@ -123,12 +126,16 @@ class LoadedModel:
     def row(self, target: str, *, seed_text: str = "", temperature: float = DEFAULT_TEMPERATURE,
             where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
         """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
-        oldest first, said in `where`)."""
+        oldest first, said in `where`); a dedicated model's with its own boost, hotter (see
+        DEDICATED_BOOST)."""
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
+        boost = BOOST
+        if self.reference is not None:
+            boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
-                   self.end_odds)
+                   self.end_odds, boost)
 
 
 @dataclass(frozen=True)
