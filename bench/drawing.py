@@ -15,7 +15,8 @@ was trained, trainer/lengths.py), how
 many of the person's last messages are read first (0: start from an end mark alone), whether
 the word guard is on (1) or off (0), the plausibility floor (PLAUSIBLE), and whether replies
 past the workspace's long-message length are drawn to an end (1, LONG_QUANTILE) or not (0).
-Besides the mean length, "long" is the share of messages longer than 99 % of the workspace's.
+Besides the mean length, "long" is the share of messages longer than 99 % of the workspace's,
+and "cut" the share that ran to the 280-character cut (and stopped there, mid-word as a rule).
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
@@ -41,6 +42,7 @@ from mimic.trainer.report import Attributor, default_targets, random_targets
 from mimic.trainer.sampler import DEFAULT_TEMPERATURE, PLAUSIBLE, Generation
 
 SAMPLES = 100
+MAX_LEN = 280  # Generation's cut: "cut" is the share of messages that ran to it
 PRIME = 3
 DEFAULTS = f"own,{DEFAULT_TEMPERATURE:g},fit,{PRIME},1"
 SETTINGS = ["0,0.6,2,3,1", DEFAULTS, "1,0.6,2,0,1", "1,0.6,2,3,0", "2,0.6,2,3,1",
@@ -110,7 +112,7 @@ def main() -> None:
           f"over {long} characters (99 % of the workspace's messages are not)")
     header = (f"{'boost,temp,odds,prime,guard':>28} {'fidelity':>9} "
               + " ".join(f"{name[:11]:>11}" for name in SHOWN)
-              + f" {'chars':>6} {'long':>6} {'rows/msg':>9} {'seconds':>8}")
+              + f" {'chars':>6} {'long':>6} {'cut':>6} {'rows/msg':>9} {'seconds':>8}")
     print(header)
 
     def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
@@ -123,19 +125,21 @@ def main() -> None:
     for setting in args.settings:
         values = [math.nan if x in ("fit", "own") else float(x) for x in setting.split(",")]
         values += [PRIME, 1, PLAUSIBLE, 1][len(values) - 3:]
-        fidelity, readings, stepped, served = [], [], 0, 0
+        fidelity, readings, stepped, served, cut = [], [], 0, 0, 0
         start = time.perf_counter()
         for seed in range(args.seeds):
             for person, loaded, corpus, context in chosen:
                 texts, rows = draw(loaded, person.key, context, values,
                                    seed * 1_000_003 + zlib.crc32(person.key.encode()))
                 stepped, served = stepped + rows, served + len(texts)
+                cut += sum(len(t) >= MAX_LEN for t in texts)
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
                 readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
                                      min(len(texts), len(corpus.val[-SAMPLES:])) or None, long))
         mark = "  (default)" if setting == DEFAULTS else ""
         print(line(setting, statistics.mean(fidelity), readings,
-                   f" {stepped / max(1, served):>9.0f} {time.perf_counter() - start:>8.0f}"
+                   f" {cut / max(1, served):>6.1%} {stepped / max(1, served):>9.0f}"
+                   f" {time.perf_counter() - start:>8.0f}"
                    f"{mark}"), flush=True)
 
 
