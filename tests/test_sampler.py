@@ -251,6 +251,8 @@ def test_each_row_ends_at_its_own_end_odds() -> None:
     for bad in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="end_odds"):
             sample_rows(model, vocab, [Row(end_odds=bad)])
+        with pytest.raises(ValueError, match="boost"):
+            sample_rows(model, vocab, [Row(boost=bad)])
 
 
 def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:

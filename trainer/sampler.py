@@ -31,15 +31,15 @@ BOOST = 3.0
 # (which sharpens): at 1.2 the replies' distinct word pairs are 0.96 x the people's own (0.74 x
 # at 0.6), and the word guard keeps every word real at any temperature.
 DEFAULT_TEMPERATURE = 1.2
+# ... but only among characters the person's voice itself finds plausible: at least this share
+# of its likeliest character's probability (else its rare slips would be boosted too).
+PLAUSIBLE = 0.1
 # A dedicated model (fine-tuned on one person's text alone) is that person's voice already, and
 # sharper than the shared model's: drawn at BOOST and 1.2, chitchat's top 10, all with their
 # own models, wrote with 0.87 x the people's variety (distinct-2; fidelity 0.965). Its rows are
 # drawn at DEDICATED_BOOST and DEDICATED_HEAT x the temperature asked: 0.94 x, fidelity 0.955
 # (`bench.drawing`, 2 seeds; the shared model's rows at 2 and 1.3: fidelity 0.916 -> 0.848).
 DEDICATED_BOOST, DEDICATED_HEAT = 2.5, 7 / 6
-# ... but only among characters the person's voice itself finds plausible: at least this share
-# of its likeliest character's probability (else its rare slips would be boosted too).
-PLAUSIBLE = 0.1
 # Sharper wording runs longer (it rarely reaches the places people stop), so the end mark's
 # odds are raised to keep replies as long as the person's: x1.2 gives 56 characters against
 # their 56 (top 10, `bench.drawing`, 2 seeds; x2, tuned before replies read the person's last
