@@ -395,8 +395,8 @@ def train_shared(
     how = "warm start" if warm is not None else "from scratch"
     return Outcome(BASE, version.status, version.version, old_loss, new_loss,
                    note=f"{how}, {len(slots.people)} people and {len(slots.channels)} "
-                        f"channels covered; stopped: {result.stopped_reason}"
-                        + ("" if fit is None else f"; {fit.describe()}"))
+                        "channels covered; " + ("" if fit is None else f"{fit.describe()}; ")
+                        + f"stopped: {result.stopped_reason}")
 
 
 def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIndex,
