@@ -10,13 +10,13 @@ starts, real words, distinct word pairs) and length; and the LSTM rows stepped p
 A setting is `boost,temp,odds[,prime[,guard[,plausible[,long]]]]`: the weight of the contrast
 with anyone (see trainer/sampler.py: BOOST; "own": each model's, DEDICATED_BOOST for a
 dedicated one), the temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x
-hotter), the end mark's odds factor ("fit": the one fitted to the model's people when it
-was trained, trainer/lengths.py), how
-many of the person's last messages are read first (0: start from an end mark alone), whether
-the word guard is on (1) or off (0), the plausibility floor (PLAUSIBLE), and whether replies
-past the workspace's long-message length are drawn to an end (1, LONG_QUANTILE) or not (0).
-Besides the mean length, "long" is the share of messages longer than 99 % of the workspace's,
-and "cut" the share that ran to the 280-character cut (and stopped there, mid-word as a rule).
+hotter), the end mark's odds factor ("fit": the one fitted to the model's people when it was
+trained, trainer/lengths.py), how many of the person's last messages are read first (0: start
+from an end mark alone), whether the word guard is on (1) or off (0), the plausibility floor
+(PLAUSIBLE), and whether replies past the workspace's long-message length are drawn to an end
+(1, LONG_QUANTILE) or not (0). Besides the mean length, "long" is the share of messages longer
+than 99 % of the workspace's, and "cut" the share that ran to the 280-character cut (MAX_LEN,
+and stopped there, mid-word as a rule).
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
@@ -39,10 +39,9 @@ from mimic.trainer.novelty import WINDOW
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
 from mimic.trainer.report import Attributor, default_targets, random_targets
-from mimic.trainer.sampler import DEFAULT_TEMPERATURE, PLAUSIBLE, Generation
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE, MAX_LEN, PLAUSIBLE, Generation
 
 SAMPLES = 100
-MAX_LEN = 280  # Generation's cut: "cut" is the share of messages that ran to it
 PRIME = 3
 DEFAULTS = f"own,{DEFAULT_TEMPERATURE:g},fit,{PRIME},1"
 SETTINGS = ["0,0.6,2,3,1", DEFAULTS, "1,0.6,2,0,1", "1,0.6,2,3,0", "2,0.6,2,3,1",

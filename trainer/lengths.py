@@ -20,19 +20,19 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.report import PRIMING
-from mimic.trainer.sampler import END_ODDS, sample_rows
+from mimic.trainer.sampler import END_ODDS, MAX_LEN, sample_rows
 
 PEOPLE = 20  # the people with the most text, each weighted alike
 REPLIES = 400  # drawn per measurement, in one batch: their mean length within ~5 %
 MEASUREMENTS = 5
 CLOSE = 0.03  # stop when the mean is this close (relative)
 ODDS = (0.25, 64.0)  # the factors tried stay in this range
-MAX_LEN = 280  # a reply's cut (the bot's): longer messages count as this long
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class Fit:
     length: float  # the replies' mean length at end_odds
     target: float  # the people's
     measured: tuple[tuple[float, float], ...]  # (factor, mean length) in the order tried
+
+    def record(self) -> dict[str, Any]:
+        """What lengths.json keeps of the fit, for people to read."""
+        return {"target": round(self.target, 1), "length": round(self.length, 1),
+                "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in self.measured]}
 
     def describe(self) -> str:
         return (f"replies end at x{self.end_odds:.2f} the model's odds: {self.length:.0f} "
@@ -58,13 +63,14 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
     each = max(1, replies // len(people))
     rows = [loaded.row(f"user:{user}", context=[(user, t) for t in texts[-PRIMING:]])
             for user, texts in people]
+    # Messages longer than the cut count as that long: no reply can be longer.
     target = max(1.0, statistics.mean(statistics.mean(min(len(t), MAX_LEN) for t in texts)
                                       for _user, texts in people))
 
     def mean_length(odds: float) -> float:
         drawn = sample_rows(loaded.model, loaded.vocab,
                             [replace(row, end_odds=odds) for row in rows for _ in range(each)],
-                            reference=loaded.reference, guard=loaded.guard, max_len=MAX_LEN,
+                            reference=loaded.reference, guard=loaded.guard,
                             generator=torch.Generator().manual_seed(seed))
         return statistics.mean(statistics.mean(len(t) for t in drawn[i : i + each])
                                for i in range(0, len(drawn), each))

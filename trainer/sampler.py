@@ -60,6 +60,7 @@ LONG_QUANTILE, LONG_SLOPE = 0.95, 0.02
 # times: where a workspace's long messages reach the cut (Shakespeare's speeches: q95 267
 # characters), 36 % of replies ran to it and stopped mid-word before the end was drawn at all.
 CUT_DOUBLINGS = 16
+MAX_LEN = 280  # a message's cut, in characters (seed included), unless a caller asks for another
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
 
 
@@ -452,7 +453,7 @@ class Generation:
     """
 
     def __init__(self, model: CharLSTM, vocab: Vocab, *, reference: CharLSTM | None = None,
-                 guard: Guard | None = None, top_k: int | None = None, max_len: int = 280,
+                 guard: Guard | None = None, top_k: int | None = None, max_len: int = MAX_LEN,
                  generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", stop_at_eom: bool = True,
                  plausible: float = PLAUSIBLE, primer: Primer | None = None) -> None:
@@ -734,7 +735,7 @@ def sample_rows(
     reference: CharLSTM | None = None,
     guard: Guard | None = None,
     top_k: int | None = None,
-    max_len: int = 280,
+    max_len: int = MAX_LEN,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     stop_at_eom: bool = True,
@@ -773,7 +774,7 @@ def sample(
     seed_text: str = "",
     voice: Voice = Voice(),
     context: Context = (),
-    max_len: int = 280,
+    max_len: int = MAX_LEN,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     stop_at_eom: bool = True,
@@ -800,7 +801,7 @@ def draw(
     seed_text: str = "",
     voice: Voice = Voice(),
     context: Context = (),
-    max_len: int = 280,
+    max_len: int = MAX_LEN,
     tries: int = 5,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",

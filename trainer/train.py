@@ -173,9 +173,7 @@ def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | N
     if words is not None:  # the shared model's: the workspace's words and lengths
         lexicon, lengths, fit = words
         lexicon.save(folder / LEXICON)
-        save_lengths(folder / LENGTHS, lengths, None if fit is None else {
-            "target": round(fit.target, 1), "length": round(fit.length, 1),
-            "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in fit.measured]})
+        save_lengths(folder / LENGTHS, lengths, None if fit is None else fit.record())
     _plot(result.history, label, folder / "loss.png")
 
 
