@@ -7,16 +7,17 @@ range of sizes), draws 100 messages per person and seed for each setting and pri
 starts, real words, distinct word pairs) and length; and the LSTM rows stepped per message
 (the cost).
 
-A setting is `boost,temp,odds[,prime[,guard[,plausible[,long]]]]`: the weight of the contrast
-with anyone (see trainer/sampler.py: BOOST; "own": each model's, DEDICATED_BOOST for a
+A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words]]]]]`: the weight of the
+contrast with anyone (see trainer/sampler.py: BOOST; "own": each model's, DEDICATED_BOOST for a
 dedicated one), the temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x
 hotter), the end mark's odds factor ("fit": the one fitted to the model's people when it was
 trained, trainer/lengths.py), how many of the person's last messages are read first (0: start
 from an end mark alone), whether the word guard is on (1) or off (0), the plausibility floor
-(PLAUSIBLE), and whether replies past the workspace's long-message length are drawn to an end
-(1, LONG_QUANTILE) or not (0). Besides the mean length, "long" is the share of messages longer
-than 99 % of the workspace's, and "cut" the share that ran to the 280-character cut (MAX_LEN,
-and stopped there, mid-word as a rule).
+(PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end (1,
+LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own": OWN_WORDS;
+0: not at all; trainer/wording.py). Besides the mean length, "long" is the share of messages
+longer than 99 % of the workspace's, and "cut" the share that ran to the 280-character cut
+(MAX_LEN, and stopped there, mid-word as a rule).
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
@@ -24,6 +25,7 @@ and stopped there, mid-word as a rule).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -35,6 +37,7 @@ import torch
 
 from bench.workspace import chitchat, machine
 from mimic.trainer.corpus import load_corpus, load_workspace, recent
+from mimic.trainer.lexicon import WordGuard
 from mimic.trainer.novelty import WINDOW
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
@@ -52,12 +55,12 @@ SHOWN = ("first_word_real", "capitalised", "real_words", "distinct_2")
 def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting: list[float],
          seed: int) -> tuple[list[str], int]:
     """SAMPLES novel, non-blank messages (fewer if some are refused) and the rows stepped."""
-    boost, temperature, odds, prime, guard, plausible, long = setting
+    boost, temperature, odds, prime, guard, plausible, long, weight = setting
     generation = Generation(loaded.model, loaded.vocab, reference=loaded.reference,
-                            guard=loaded.guard if guard else None, plausible=plausible,
-                            generator=torch.Generator().manual_seed(seed))
-    row = loaded.row(key, temperature=temperature, context=context[len(context) - int(prime):]
-                     if prime else [])
+                            guard=guarded(loaded, weight) if guard else None,
+                            plausible=plausible, generator=torch.Generator().manual_seed(seed))
+    row = loaded.row(key, temperature=temperature,
+                     context=context[max(0, len(context) - int(prime)):] if prime else [])
     row = row if long else replace(row, long_after=0)
     row = row if math.isnan(odds) else replace(row, end_odds=odds)
     row = row if math.isnan(boost) else replace(row, boost=boost)
@@ -68,6 +71,19 @@ def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting:
         generation.step()
     texts = generation.take(ids) or []
     return [t for t in texts if t.strip() and not loaded.novelty.has_copy(t, WINDOW)], stepped
+
+
+@functools.cache
+def _guard(guard: WordGuard, weight: float) -> WordGuard:
+    return WordGuard(guard.lexicon, guard.vocab, guard.wording, weight)
+
+
+def guarded(loaded: LoadedModel, weight: float) -> WordGuard | None:
+    """The model's word guard, weighing its targets' own words `weight` times (nan: its
+    own weight, OWN_WORDS); one guard per weight, so that its caches last the run."""
+    if loaded.guard is None or math.isnan(weight):
+        return loaded.guard
+    return _guard(loaded.guard, weight)
 
 
 def main() -> None:
@@ -89,6 +105,8 @@ def main() -> None:
         people = default_targets(store, settings)
     if len(people) < 2:
         raise SystemExit(f"no trained model in {args.folder}: run `python -m bench.quality`")
+    # As many of each person's last messages as the settings read first.
+    reads = max([PRIME] + [int(s.split(",")[3]) for s in args.settings if s.count(",") >= 3])
     with store.session() as session:
         workspace = load_workspace(session, settings, settings.min_chars)
         chosen = []
@@ -99,7 +117,7 @@ def main() -> None:
             before = corpus.val_said[0].ts if corpus.val_said else None
             chosen.append((person, load_version(settings.data_dir, found.row, "cpu",
                                                 found.parent), corpus,
-                           recent(session, settings, person, PRIME, before=before)))
+                           recent(session, settings, person, reads, before=before)))
     vocabulary = Vocabulary.of(m.text for m in workspace.train)
     long = long_length(m.text for m in workspace.train)
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
@@ -123,7 +141,7 @@ def main() -> None:
     print(line("real held-out messages", real_fidelity, real, ""))
     for setting in args.settings:
         values = [math.nan if x in ("fit", "own") else float(x) for x in setting.split(",")]
-        values += [PRIME, 1, PLAUSIBLE, 1][len(values) - 3:]
+        values += [PRIME, 1, PLAUSIBLE, 1, math.nan][len(values) - 3:]
         fidelity, readings, stepped, served, cut = [], [], 0, 0, 0
         start = time.perf_counter()
         for seed in range(args.seeds):

@@ -328,7 +328,11 @@ def test_states_are_small_values_and_batches_stack(guard: WordGuard) -> None:
     states = [guard.start(s) for s in ("", "tac", "https:", "3")]
     assert all(isinstance(s, tuple) and hash(s) == hash(s) for s in states)
     assert guard.advance(states[1], SMALL.stoi["o"]) == guard.start("taco")
-    masks = guard.masks(states)
-    assert masks is not None and masks.shape == (4, len(SMALL))
-    assert masks[2].all() and masks[3].all() and not masks[1].all()
-    assert guard.masks([states[2], states[3]]) is None
+    biases = guard.biases([(s, "") for s in states])
+    assert biases is not None and biases.shape == (4, len(SMALL))
+    assert (biases[2] == 0).all() and (biases[3] == 0).all()
+    # Without counted words, the bias is the mask: 0 where allowed, -inf elsewhere.
+    mask = guard.allowed(states[1])
+    assert mask is not None and torch.equal(biases[1] == 0, mask)
+    assert torch.isinf(biases[1][~mask]).all() and not mask.all()
+    assert guard.biases([(states[2], ""), (states[3], "user:U1")]) is None

@@ -16,9 +16,10 @@ from mimic.exporter.importer import import_export
 from mimic.trainer.corpus import BASE, load_corpus, load_workspace, resolve, targets_with_data
 from mimic.trainer.model import load_model
 from mimic.trainer.privacy import opt_in, opt_out
-from mimic.trainer.registry import WEIGHTS, version_dir
+from mimic.trainer.registry import WEIGHTS, WORDING, version_dir
 from mimic.trainer.sampler import Voice, sample
 from mimic.trainer.train import train
+from mimic.trainer.wording import Wording
 from tests import trained, workspace
 
 
@@ -66,6 +67,19 @@ def test_no_canary_and_no_opted_out_words_in_public_models(forgotten_bob: tuple)
     for line in workspace.BOB:
         assert line not in blob
     assert not any(word in blob for word in ("boat", "tide", "sailed"))
+
+
+def test_the_word_counts_hold_no_private_or_opted_out_words(forgotten_bob: tuple) -> None:
+    """What replies prefer (each target's own words) is counted from the shared model's
+    messages alone: nobody opted out, no private channel, none of their words."""
+    store, settings = forgotten_bob
+    with store.session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.target == BASE.key,
+                                                   ModelVersion.status == "active")).one()
+        folder = version_dir(settings.data_dir, row)
+    wording = Wording.load(folder / WORDING)
+    assert set(wording.targets) == {"user:U1", "channel:C1"}
+    assert not {"canary", "boat", "tide", "sailed"} & set(wording.words)
 
 
 def test_the_corpora_themselves_exclude_them(forgotten_bob: tuple) -> None:

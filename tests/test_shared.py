@@ -4,6 +4,7 @@ models)."""
 
 from __future__ import annotations
 
+import collections
 import gc
 import itertools
 import json
@@ -34,6 +35,7 @@ from mimic.trainer.privacy import opt_out
 from mimic.trainer.registry import (
     LENGTHS,
     WEIGHTS,
+    WORDING,
     active_version,
     load_version,
     serving,
@@ -43,6 +45,7 @@ from mimic.trainer.sampler import END_ODDS, LONG_QUANTILE, Voice, sample
 from mimic.trainer.shared import carry_over, encode, loss_on, target_stream
 from mimic.trainer.train import TrainError, _incremental, _warm_start, train
 from mimic.trainer.vocab import Vocab
+from mimic.trainer.wording import Wording
 from tests import trained, workspace
 from tests.slack_export import write_export
 
@@ -226,6 +229,36 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
         path.write_text(damaged)
         with pytest.raises(ValueError, match=why):
             load_version(settings.data_dir, row, "cpu")
+
+
+def test_the_shared_model_counts_its_peoples_words(world: tuple[Store, Settings]) -> None:
+    """The shared model's version counts the words of everyone and every channel it covers,
+    in the messages it trained on (their held-out newest tenth unseen), and its replies
+    prefer their target's own. A version from before words were counted weighs none; a
+    damaged count is a damaged version (the bot then serves the one before)."""
+    store, settings = world
+    with store.session() as s:
+        row = active_version(s, BASE.key)
+        shared = load_workspace(s, settings, settings.min_chars)
+    assert row is not None
+    path = version_dir(settings.data_dir, row) / WORDING
+    wording = Wording.load(path)
+    assert set(wording.targets) == set(shared.chars) == {"user:U1", "user:U2", "channel:C1",
+                                                          "channel:C2"}
+    counted = collections.Counter(w for m in shared.train for w in words(m.text))
+    assert dict(zip(wording.words, wording.counts.tolist(), strict=True)) == counted
+    index, uses = wording.targets["user:U1"]
+    assert {wording.words[i]: n for i, n in zip(index, uses.tolist(), strict=True)} == \
+        collections.Counter(w for m in shared.train if m.user == "U1" for w in words(m.text))
+    loaded = load_version(settings.data_dir, row, "cpu")
+    assert loaded.guard is not None and loaded.guard.wording is not None
+    assert loaded.row("user:U1").own_words == "user:U1"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=WORDING):
+        load_version(settings.data_dir, row, "cpu")
+    path.unlink()
+    older = load_version(settings.data_dir, row, "cpu")
+    assert older.guard is not None and older.guard.wording is None
 
 
 def test_a_loaded_model_is_out_of_the_collectors_way(world: tuple[Store, Settings]) -> None:

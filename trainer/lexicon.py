@@ -15,17 +15,21 @@ through no other.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mimic.trainer.vocab import Vocab
+
+if TYPE_CHECKING:
+    from mimic.trainer.wording import Prior, Wording
 
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _WORD_CHARS = re.compile(r"\w+")
@@ -165,6 +169,9 @@ def _scheme_next(schemes: Sequence[str]) -> dict[str, set[str]]:
 _URL_OPENER = {s[:-1]: s[-1] for s in _SCHEMES}  # "http" -> ":", "www" -> "."
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_+-")
 _CACHE_LIMIT = 100_000  # masks kept; cleared past this (seed texts can bring endless words)
+# (target, state) rows of word weights kept, ~1 KB each: people x the states their replies
+# reach (a 60-character reply reaches ~25 new ones for a person's first few replies).
+_BIASES = 30_000
 
 
 def _classify(char: str) -> tuple[int, str, str]:
@@ -213,11 +220,18 @@ class WordGuard:
     - Should a state ever allow nothing (a vocabulary without the needed characters), it is
       unconstrained (None), never an all-False mask.
 
-    Masks are cached per state and shared: callers must not modify them in place.
+    With a `wording`, `biases` also weighs each character by how much its row's target uses
+    the words it leads to against the workspace (trainer/wording.py), `weight` times.
+
+    Masks and biases are cached per state and shared: callers must not modify them in place.
     """
 
-    def __init__(self, lexicon: Lexicon, vocab: Vocab) -> None:
-        self.vocab = vocab
+    def __init__(self, lexicon: Lexicon, vocab: Vocab, wording: Wording | None = None,
+                 weight: float | None = None) -> None:
+        from mimic.trainer.wording import OWN_WORDS
+
+        self.vocab, self.wording = vocab, wording
+        self.weight = OWN_WORDS if weight is None else weight
         self._n = len(vocab)
         # Id 0 (EOM) ends the message like whitespace; UNK decodes to U+FFFD, punctuation.
         self._chars = [(_SPACE, "\n", "\n"), _classify("\ufffd"),
@@ -248,8 +262,10 @@ class WordGuard:
         self._everything = frozenset(range(self._n))
         self._strict_cache: dict[State, frozenset[int]] = {}
         self._allowed_cache: dict[State, torch.Tensor | None] = {}
+        self._bias_cache: OrderedDict[tuple[str, State], torch.Tensor | None] = OrderedDict()
         self._tensors: dict[frozenset[int], torch.Tensor] = {}
-        self._all = torch.ones(self._n, dtype=torch.bool)
+        self._floats: dict[frozenset[int], torch.Tensor] = {}
+        self._zeros = torch.zeros(self._n)
         self._seen: dict[str, tuple[int, str, str]] = {}
 
     # -- states -------------------------------------------------------------------------
@@ -319,21 +335,89 @@ class WordGuard:
             return self._allowed_cache[state]
         except KeyError:
             pass
-        ids = self._strict(state)
-        if state[0] == _WORD_MODE and not ids:
-            ids = self._enders  # a word nothing continues (a seed's) ends here
-        mask = None if not ids or len(ids) == self._n else self._tensor(ids)
+        ids = self._allowed_ids(state)
+        mask = None if ids is None else self._tensor(ids)
         if len(self._allowed_cache) >= _CACHE_LIMIT:
             self._allowed_cache.clear()
         self._allowed_cache[state] = mask
         return mask
 
-    def masks(self, states: Sequence[State]) -> torch.Tensor | None:
-        """`allowed` for a batch as one (len(states), len(vocab)) mask; None if all are."""
-        rows = [self.allowed(s) for s in states]
-        if all(r is None for r in rows):
+    def _allowed_ids(self, state: State) -> frozenset[int] | None:
+        """The ids `allowed` lets through; None for every id."""
+        ids = self._strict(state)
+        if state[0] == _WORD_MODE and not ids:
+            ids = self._enders  # a word nothing continues (a seed's) ends here
+        return None if not ids or len(ids) == self._n else ids
+
+    def biases(self, rows: Sequence[tuple[State, str]]) -> torch.Tensor | None:
+        """What to add to the logits of each (state, target key) row, as one (len(rows),
+        len(vocab)) tensor: -inf where `allowed` says no, the target's word weights elsewhere
+        (0 for a key without counted words: ""); None if every row may draw anything at
+        no weight."""
+        found = []
+        cache = self._bias_cache
+        for state, key in rows:
+            try:
+                found.append(cache[key, state])
+                cache.move_to_end((key, state))
+            except KeyError:
+                found.append(self._bias(state, key))
+        if all(r is None for r in found):
             return None
-        return torch.stack([self._all if r is None else r for r in rows])
+        return torch.stack([self._zeros if r is None else r for r in found])
+
+    def _bias(self, state: State, key: str) -> torch.Tensor | None:
+        ids = self._allowed_ids(state)
+        prior = self.wording.prior(key) if self.wording is not None and self.weight else None
+        weights = self._weights(state, prior) if prior is not None else {}
+        if weights:  # one row of its own (built as a list: a few torch calls cost more)
+            row = [0.0 if ids is None or i in ids else -math.inf for i in range(self._n)]
+            for i, weight in weights.items():
+                row[i] += self.weight * weight
+            bias: torch.Tensor | None = torch.tensor(row)
+        else:  # shared by every state that allows the same
+            bias = None if ids is None else self._forbidding(ids)
+        self._bias_cache[key, state] = bias
+        if len(self._bias_cache) > _BIASES:  # the least recently drawn go first
+            self._bias_cache.popitem(last=False)
+        return bias
+
+    def _forbidding(self, ids: frozenset[int]) -> torch.Tensor:
+        """0 for `ids`, -inf for the rest."""
+        bias = self._floats.get(ids)
+        if bias is None:
+            bias = torch.zeros(self._n).masked_fill_(~self._tensor(ids), -math.inf)
+            if len(self._floats) >= _CACHE_LIMIT:
+                self._floats.clear()
+            self._floats[ids] = bias
+        return bias
+
+    def _weights(self, state: State, prior: Prior) -> dict[int, float]:
+        """r(x') - r(x) for each allowed id that takes the word so far, x, to x' (a longer
+        prefix, or, for an ender, the word itself): see trainer/wording.py."""
+        mode = state[0]
+        if mode not in (*_OUTSIDE, _WORD_MODE):
+            return {}
+        word = state[1] if mode == _WORD_MODE else ""
+        here = prior.ratio(word)
+        if here is None:  # a word the workspace never used (a seed's): nothing to weigh
+            return {}
+        allowed = self._strict(state)
+        by_low: dict[str, list[int]] = {}  # "a" and "A" lead to the same words
+        for i in allowed:
+            kind, low, _ = self._chars[i]
+            if kind in (_LETTER, _DIGIT, _APOS):
+                by_low.setdefault(low, []).append(i)
+        weights = {}
+        for low, ids in by_low.items():
+            after = prior.ratio(word + low)
+            if after is not None:
+                weights |= dict.fromkeys(ids, after - here)
+        if mode == _WORD_MODE:
+            whole = prior.ratio(word[:-1] if word.endswith("'") else word, whole=True)
+            if whole is not None:
+                weights |= {i: whole - here for i in allowed & self._enders}
+        return weights
 
     def _strict(self, state: State) -> frozenset[int]:
         """The ids the rules allow, without fallbacks (may be none), cached."""

@@ -37,9 +37,11 @@ from mimic.trainer.sampler import (
     contrast_net,
 )
 from mimic.trainer.vocab import Vocab
+from mimic.trainer.wording import Wording
 
 # A version folder's files (with config.json, metrics.json and loss.png for people to read).
 WEIGHTS, NOVELTY, LEXICON, LENGTHS = "model.pt", "novelty.npy", "lexicon.txt", "lengths.json"
+WORDING = "wording.npz"
 
 
 class RegistryError(RuntimeError):
@@ -135,7 +137,7 @@ class LoadedModel:
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
-                   self.end_odds, boost)
+                   self.end_odds, boost, target)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     if vocab is None:
         raise RegistryError(f"{folder / WEIGHTS} has no vocabulary")
     reference, lexicons, lengths = None, [folder / LEXICON], [folder / LENGTHS]
+    wordings = [folder / WORDING]
     parent_guard, parent_lengths, primer = None, Lengths(), None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
@@ -195,14 +198,17 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
             reference = net if parent_vocab == vocab else None
             lexicons.append(version_dir(data_dir, parent) / LEXICON)
             lengths.append(version_dir(data_dir, parent) / LENGTHS)
+            wordings.append(version_dir(data_dir, parent) / WORDING)
         except CheckpointError:  # a deleted or broken base: serve plainly, not not at all
             reference = None
     lexicon = next((Lexicon.load(p) for p in lexicons if p.exists()), None)
     found = next((load_lengths(p) for p in lengths if p.exists()), parent_lengths)
+    # Versions from before words were counted have none: their replies weigh no words.
+    wording = next((Wording.load(p) for p in wordings if p.exists()), None)
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference, slots,
-                       WordGuard(lexicon, vocab) if lexicon is not None else parent_guard,
-                       found.long_message, found.end_odds, primer)
+                       WordGuard(lexicon, vocab, wording) if lexicon is not None
+                       else parent_guard, found.long_message, found.end_odds, primer)
 
 
 def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str

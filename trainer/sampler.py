@@ -269,8 +269,9 @@ class Row:
     messages before it (a thread to answer, or recent messages, so that it starts where
     messages start), the length past which it is drawn to an end (0: none; see
     LONG_QUANTILE), the factor on the end mark's odds (see END_ODDS; a model's own is
-    fitted to its people's message lengths when it is trained: trainer/lengths.py), and the
-    weight of the contrast with its contrast voice (see BOOST)."""
+    fitted to its people's message lengths when it is trained: trainer/lengths.py), the
+    weight of the contrast with its contrast voice (see BOOST), and the target ("user:U1")
+    whose own words it prefers, through the guard (trainer/wording.py; "": none)."""
 
     seed_text: str = ""
     temperature: float = DEFAULT_TEMPERATURE
@@ -279,15 +280,16 @@ class Row:
     long_after: int = 0
     end_odds: float = END_ODDS
     boost: float = BOOST
+    own_words: str = ""
 
 
 class Guard(Protocol):
-    """What keeps words real while drawing (trainer/lexicon.py: WordGuard)."""
+    """What keeps words real while drawing, and weighs them by whose they are
+    (trainer/lexicon.py: WordGuard)."""
 
     def start(self, text: str) -> Any: ...
     def advance(self, state: Any, char_id: int) -> Any: ...
-    def allowed(self, state: Any) -> torch.Tensor | None: ...
-    def masks(self, states: Sequence[Any]) -> torch.Tensor | None: ...
+    def biases(self, rows: Sequence[tuple[Any, str]]) -> torch.Tensor | None: ...
 
 
 def _dim(key: str) -> int:
@@ -442,7 +444,8 @@ class Generation:
     all, seed included. UNK is never drawn. Every character is drawn contrasted with the
     row's contrast voice (see BOOST): read by `reference` when given (the shared model a
     dedicated one was fine-tuned from, or an older mimic's base), else by the model itself.
-    With a `guard`, no character that would make a word the workspace never used is drawn.
+    With a `guard`, no character that would make a word the workspace never used is drawn,
+    and a row's words are weighed by its target's use of them (Row.own_words).
     Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
     row's end mark grows likelier (see LONG_QUANTILE).
 
@@ -603,12 +606,15 @@ class Generation:
         return (torch.tensor([p for p, _ in pairs], device=self.device),
                 torch.tensor([c for _, c in pairs], device=self.device))
 
-    def _allowed(self) -> torch.Tensor | None:
-        """(n, V): what the guard lets each row draw next (None: all of it, for every row)."""
+    def _biases(self) -> torch.Tensor | None:
+        """(n, V): what the guard adds to each row's logits: -inf for what it may not draw
+        next, its target's word weights (None: nothing, for every row)."""
         if self.guard is None:
             return None
-        masks = self.guard.masks([self._rows[i][2] for i in self._alive])
-        return masks if masks is None or masks.device == self.device else masks.to(self.device)
+        biases = self.guard.biases([(self._rows[i][2], self._rows[i][0].own_words)
+                                    for i in self._alive])
+        return biases if biases is None or biases.device == self.device else biases.to(
+            self.device)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -619,9 +625,9 @@ class Generation:
         for own in self._own:
             logits = logits.index_copy(0, own.where, own.logits)
         logits = logits.index_fill(1, self._unk, -torch.inf)
-        allowed = self._allowed()
-        if allowed is not None:
-            logits.masked_fill_(~allowed, -torch.inf)
+        biases = self._biases()
+        if biases is not None:
+            logits.add_(biases)
         logp = logits.log_softmax(-1)
         # Temperature shapes the wording, not the length: whether the message ends here is
         # drawn at the model's own odds (x the row's end_odds). Tempering the end mark too made

@@ -6,8 +6,10 @@ A version folder holds: model.pt (weights + config + vocabulary + the ids that h
 loaded with weights_only=True), config.json, metrics.json, loss.png, novelty.npy (the index the
 sampler uses to refuse verbatim copies: of every public message for the shared model, of the
 target's own for a dedicated one) and, for the shared model, the workspace's lexicon (the
-words drawing may use) and lengths.json (where its replies are drawn to an end, and the factor
-on the end mark's odds fitted to its people's message lengths: trainer/lengths.py).
+words drawing may use), wording.npz (how often each covered person and channel used each
+word: the words their replies prefer, trainer/wording.py) and lengths.json (where its replies
+are drawn to an end, and the factor on the end mark's odds fitted to its people's message
+lengths: trainer/lengths.py).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from mimic.trainer.registry import (
     LEXICON,
     NOVELTY,
     WEIGHTS,
+    WORDING,
     Lengths,
     LoadedModel,
     NotAllowed,
@@ -79,6 +82,7 @@ from mimic.trainer.shared import (
     validation_sample,
 )
 from mimic.trainer.vocab import Vocab
+from mimic.trainer.wording import Wording
 
 # How the shared model is conditioned (bench/conditioning.py compares the choices).
 CONDITIONING = {"context_dim": 32, "rank": 16, "habits": 8}
@@ -159,7 +163,8 @@ def _plot(history: list[dict[str, Any]], title: str, path: Path) -> None:
 
 def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | None,
                    label: str, result: FitResult, train_cfg: TrainConfig,
-                   novelty: NoveltyIndex, words: tuple[Lexicon, Lengths, Fit | None] | None,
+                   novelty: NoveltyIndex,
+                   words: tuple[Lexicon, Wording, Lengths, Fit | None] | None,
                    meta: dict[str, Any]) -> None:
     save_checkpoint(model, model.config, folder / WEIGHTS, vocab, slots)
     (folder / "config.json").write_text(json.dumps({
@@ -171,8 +176,9 @@ def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | N
         "history": result.history}, indent=2))
     novelty.save(folder / NOVELTY)
     if words is not None:  # the shared model's: the workspace's words and lengths
-        lexicon, lengths, fit = words
+        lexicon, wording, lengths, fit = words
         lexicon.save(folder / LEXICON)
+        wording.save(folder / WORDING)
         save_lengths(folder / LENGTHS, lengths, None if fit is None else fit.record())
     _plot(result.history, label, folder / "loss.png")
 
@@ -182,6 +188,8 @@ def _verify(folder: Path) -> None:
     NoveltyIndex.load(folder / NOVELTY)
     if (folder / LEXICON).exists():
         Lexicon.load(folder / LEXICON)
+    if (folder / WORDING).exists():
+        Wording.load(folder / WORDING)
     if (folder / LENGTHS).exists():
         load_lengths(folder / LENGTHS)
 
@@ -369,7 +377,10 @@ def train_shared(
     every = list(dict.fromkeys([*(m.text for m in workspace.train),
                                 *(m.text for v in workspace.val.values() for m in v)]))
     novelty, lexicon = NoveltyIndex.build(every), Lexicon.build(every)
-    lengths, fit = _fit_lengths(model.cpu(), vocab, slots, novelty, lexicon, workspace, every)
+    wording = Wording.build(((m.user, m.channel, m.text) for m in workspace.train),
+                            set(workspace.chars))
+    guard = WordGuard(lexicon, vocab, wording)
+    lengths, fit = _fit_lengths(model.cpu(), vocab, slots, novelty, guard, workspace, every)
     seconds = time.perf_counter() - started
     coverage = [{"target": key, "slot": (slots.person if key.startswith("user:")
                                          else slots.channel)(key.split(":", 1)[1]),
@@ -379,7 +390,7 @@ def train_shared(
         store, settings.data_dir, BASE,
         write=lambda folder: _write_version(
             folder, model, vocab, slots, BASE.label, result, cfg, novelty,
-            (lexicon, lengths, fit),
+            (lexicon, wording, lengths, fit),
             {"device": str(device), "warm_start": warm is not None,
              "people": len(slots.people), "channels": len(slots.channels)}),
         verify=_verify,
@@ -398,7 +409,7 @@ def train_shared(
 
 
 def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIndex,
-                 lexicon: Lexicon, workspace: Workspace, every: Sequence[str]
+                 guard: WordGuard, workspace: Workspace, every: Sequence[str]
                  ) -> tuple[Lengths, Fit | None]:
     """Where the new model's replies are drawn to an end: past the length LONG_QUANTILE of the
     workspace's messages stay within, at the end odds fitted to its biggest senders' message
@@ -412,7 +423,7 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
     if not people:
         return Lengths(long), None
     candidate = LoadedModel(0, 0, model, vocab, novelty, slots=slots,
-                            guard=WordGuard(lexicon, vocab), long_message=long)
+                            guard=guard, long_message=long)
     fit = fit_end_odds(candidate, people)
     return Lengths(long, fit.end_odds), fit
 

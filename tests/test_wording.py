@@ -1,0 +1,142 @@
+"""Each person's own words (trainer/wording.py): counted, stored, and preferred by the guard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mimic.trainer.lexicon import Lexicon, WordGuard, words
+from mimic.trainer.sampler import Row, sample_rows
+from mimic.trainer.vocab import Vocab
+from mimic.trainer.wording import SMOOTHING, Wording
+from tests.test_sampler import fixed_odds, gen
+
+SAID = [("U1", "C1", "The cat sat, the cat ran"), ("U1", "C2", "cats don't care"),
+        ("U2", "C1", "the dog sat"), ("U2", "C1", "dogs and cats"), ("U3", "C1", "the end")]
+COVERED = {"user:U1", "user:U2", "channel:C1"}
+
+
+def built() -> Wording:
+    return Wording.build(SAID, COVERED)
+
+
+def test_counts_each_covered_target_and_the_workspace() -> None:
+    wording = built()
+    assert wording.words == sorted({w for _u, _c, text in SAID for w in words(text)})
+    total = dict(zip(wording.words, wording.counts.tolist(), strict=True))
+    assert total["the"] == 4 and total["cat"] == 2 and total["don't"] == 1
+    assert set(wording.targets) == COVERED  # U3 and C2 are not covered: not counted
+    index, uses = wording.targets["user:U1"]
+    assert {wording.words[i]: n for i, n in zip(index, uses, strict=True)} == {
+        "the": 2, "cat": 2, "sat": 1, "ran": 1, "cats": 1, "don't": 1, "care": 1}
+    assert wording.prior("user:U3") is None and wording.prior("") is None
+    assert wording.prior("user:U1") is wording.prior("user:U1")  # kept: the guard caches by it
+
+
+def test_the_ratio_is_the_persons_use_against_the_workspaces() -> None:
+    prior = built().prior("user:U1")
+    assert prior is not None
+    assert prior.ratio("") == pytest.approx(0.0)  # all words: the same mass for both
+    # U1 wrote 9 of the workspace's 17 words; "cat" 2 of its 2 ("cat" and "cats": 3 of 4).
+    share = (2 / 9) / (2 / 17)
+    assert prior.ratio("cat", whole=True) == pytest.approx(
+        math.log((share + SMOOTHING) / (1 + SMOOTHING)))
+    assert prior.ratio("cat") == pytest.approx(
+        math.log(((3 / 9) / (4 / 17) + SMOOTHING) / (1 + SMOOTHING)))
+    # A word they never used is rarer by the smoothing's floor, not impossible.
+    assert prior.ratio("dog", whole=True) == pytest.approx(
+        math.log(SMOOTHING / (1 + SMOOTHING)))
+    assert prior.ratio("zebra") is None and prior.ratio("ca", whole=True) is None
+
+
+def test_save_and_load_give_the_same_counts(tmp_path: Path) -> None:
+    wording = built()
+    wording.save(tmp_path / "w.npz")
+    again = Wording.load(tmp_path / "w.npz")
+    assert again.words == wording.words and again.counts.tolist() == wording.counts.tolist()
+    assert {k: (i.tolist(), u.tolist()) for k, (i, u) in again.targets.items()} == {
+        k: (i.tolist(), u.tolist()) for k, (i, u) in wording.targets.items()}
+    empty = Wording.build([], set())
+    empty.save(tmp_path / "e.npz")
+    assert Wording.load(tmp_path / "e.npz").words == []
+
+
+def test_a_damaged_file_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "w.npz"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="w.npz"):
+        Wording.load(path)
+    built().save(path)
+    good = dict(np.load(path))
+    for name, bad in [("index", good["index"] + 10_000), ("offsets", good["offsets"][:-1]),
+                      ("uses", -good["uses"]), ("format", np.array([99])),
+                      ("words", np.frombuffer(b"b\na", dtype=np.uint8))]:
+        np.savez(path, **{**good, name: bad})
+        with pytest.raises(ValueError, match="w.npz"):
+            Wording.load(path)
+    np.savez(path, **{k: v for k, v in good.items() if k != "uses"})
+    with pytest.raises(ValueError, match="not a mimic wording file"):
+        Wording.load(path)
+
+
+VOCAB = Vocab(list("abcdeghnorst' "))
+
+
+def test_a_words_weights_add_up_to_its_ratio_over_its_letters() -> None:
+    """However a word is spelled out, its letters' weights and its end's add up to the
+    weight times r(word): each word is weighed once."""
+    wording = built()
+    guard = WordGuard(Lexicon(wording.words), VOCAB, wording, weight=0.5)
+    prior = wording.prior("user:U1")
+    assert prior is not None
+    for word in ("cat", "cats", "dog", "don't", "the"):
+        state, total = guard.start(""), 0.0
+        for char in word + " ":
+            bias = guard.biases([(state, "user:U1")])
+            assert bias is not None
+            total += float(bias[0, VOCAB.stoi[char]])
+            state = guard.advance(state, VOCAB.stoi[char])
+        assert total == pytest.approx(0.5 * prior.ratio(word, whole=True), abs=1e-5), word
+
+
+def test_the_guard_still_forbids_and_weighs_only_counted_targets() -> None:
+    wording = built()
+    guard = WordGuard(Lexicon(wording.words), VOCAB, wording)
+    state = guard.start("ca")
+    mask = guard.allowed(state)
+    assert mask is not None
+    weighed = guard.biases([(state, "user:U1"), (state, "user:U3"), (state, "")])
+    assert weighed is not None
+    for row in weighed:
+        assert torch.isinf(row[~mask]).all() and torch.isfinite(row[mask]).all()
+    assert (weighed[1] == 0)[mask].all() and torch.equal(weighed[1], weighed[2])
+    assert (weighed[0] != 0)[mask].any()  # U1's own words: weighed
+    plain = WordGuard(Lexicon(wording.words), VOCAB)  # a version without counted words
+    assert torch.equal(plain.biases([(state, "user:U1")])[0], weighed[2])
+    off = WordGuard(Lexicon(wording.words), VOCAB, wording, weight=0.0)
+    assert torch.equal(off.biases([(state, "user:U1")])[0], weighed[2])
+
+
+def test_replies_prefer_their_persons_words() -> None:
+    """The workspace wrote "aa" and "bb" equally, the person only "bb": a model that spells
+    either alike writes mostly "bb" for them, half and half for anyone else."""
+    vocab = Vocab(list("ab "))
+    wording = Wording.build([("U1", "C1", "bb bb"), ("U2", "C1", "aa aa aa aa aa aa")],
+                            {"user:U1", "user:U2"})
+    guard = WordGuard(Lexicon(["aa", "bb"]), vocab, wording)
+    model = fixed_odds(vocab, [0.1, 1e-9, 0.4, 0.4, 0.1])
+
+    def share_of_b(key: str, seed: int) -> float:
+        texts = sample_rows(model, vocab, [Row(temperature=1.0, own_words=key)] * 300,
+                            guard=guard, generator=gen(seed))
+        drawn = [w for t in texts for w in t.split()]
+        assert set(drawn) <= {"aa", "bb"}  # still only real words
+        return sum(w == "bb" for w in drawn) / len(drawn)
+
+    assert share_of_b("user:U1", 0) > 0.7
+    assert 0.35 < share_of_b("", 0) < 0.65
+    assert share_of_b("user:U9", 0) == share_of_b("", 0)  # nobody we counted: not weighed

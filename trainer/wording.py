@@ -1,0 +1,184 @@
+"""Each person's (and channel's) own words: how much more often they use a word than the
+workspace does, for the sampler to prefer them.
+
+A person's vector and habits tell the shared model little about someone with a few thousand
+characters: their replies drew on the workspace's words, and an author classifier told 20 such
+people apart in 0.52 of cases (bench/drawing.py --chars 1000-20000). Here each reply also
+weighs every word by its author's use of it against the workspace's, the unigram rescaling of
+language-model adaptation (Kneser, Peters & Klakow 1997: p(w | h) x (p_person(w) / p(w))^λ),
+spread over a word's letters through the trie: the weight of the letter that takes prefix x to
+x' is λ (r(x') - r(x)), with r(x) the log-ratio of the mass of the person's words starting with
+x to the workspace's. Over a whole word these telescope to λ r(word), so each word is weighed
+once, however it is spelled out. The person's use is smoothed with the workspace's
+(SMOOTHING), so a word they never wrote is made rarer, not impossible.
+
+Counted in the training messages only (what the model learns from; each target's newest 10 %,
+held out to score it, stay unseen), per covered person and public channel, stored with the
+shared model's version (WORDING) and read by the word guard (trainer/lexicon.py), which adds
+the weights to the logits with its mask.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from mimic.trainer.lexicon import words
+
+# λ, the weight of a person's words against the workspace's, on the model's log-probabilities
+# before the contrast with "anyone" (a boosted row weighs them 1 + BOOST times). 0.5 took the
+# style fidelity of 20 people with 1,000-20,000 characters from 0.52 to 0.99 and the top 10's
+# from 0.91 to 0.96, at distinct-2 0.98 x and 0.93 x what it was (bench/drawing.py).
+OWN_WORDS = 0.5
+# The share of the workspace's use mixed into the person's: a word they never used is at most
+# log(SMOOTHING / (1 + SMOOTHING)) = -2.4 nats (x λ) less likely than the model says.
+SMOOTHING = 0.1
+SPANS = 200_000  # prefixes whose place in the word list is kept
+_MAGIC = 1  # format version, the first entry of the file's "format" array
+
+
+class Wording:
+    """Word counts: the workspace's (over `words`, sorted) and each target's ("user:U1",
+    "channel:C1") as indices into `words` with their counts."""
+
+    def __init__(self, words: list[str], counts: np.ndarray,
+                 targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.words, self.counts, self.targets = words, counts, targets
+        self._cumulative = [0, *np.cumsum(counts, dtype=np.int64).tolist()]
+        self._priors: dict[str, Prior] = {}
+        self._spans: dict[tuple[str, bool], tuple[int, int]] = {}
+
+    @classmethod
+    def build(cls, said: Iterable[tuple[str, str, str]], covered: set[str]) -> Wording:
+        """From (user id, channel id, text) messages: the workspace's counts and those of the
+        covered targets ("user:U1", "channel:C1") among their authors and channels."""
+        texts: dict[str, list[str]] = defaultdict(list)
+        every: list[str] = []
+        for user, channel, text in said:
+            every.append(text)
+            for key in (f"user:{user}", f"channel:{channel}"):
+                if key in covered:
+                    texts[key].append(text)
+        # One regex pass per target over its joined messages ("\n" is no word character).
+        total = Counter(words("\n".join(every)))
+        vocabulary = sorted(total)
+        where = {w: i for i, w in enumerate(vocabulary)}
+        targets = {}
+        for key, said_by in sorted(texts.items()):
+            used = Counter(words("\n".join(said_by)))
+            index = np.array(sorted(where[w] for w in used), dtype=np.int32)
+            targets[key] = index, np.array([used[vocabulary[i]] for i in index], dtype=np.int64)
+        return cls(vocabulary, np.array([total[w] for w in vocabulary], dtype=np.int64),
+                   targets)
+
+    def save(self, path: Path) -> None:
+        keys = list(self.targets)
+        index = [self.targets[k][0] for k in keys]
+        np.savez(path, format=np.array([_MAGIC]), words=_blob(self.words), counts=self.counts,
+                 targets=_blob(keys),
+                 offsets=np.cumsum([0, *map(len, index)], dtype=np.int64),
+                 index=np.concatenate(index or [np.empty(0, np.int32)]).astype(np.int32),
+                 uses=np.concatenate([self.targets[k][1] for k in keys]
+                                     or [np.empty(0, np.int32)]).astype(np.int32))
+
+    @classmethod
+    def load(cls, path: Path) -> Wording:
+        """What save() wrote; ValueError (naming the file) for anything else."""
+        try:
+            with np.load(path, allow_pickle=False) as found:
+                arrays = {k: found[k] for k in ("format", "words", "counts", "targets",
+                                                "offsets", "index", "uses")}
+        except (KeyError, ValueError, OSError, EOFError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise ValueError(f"{path} is not a mimic wording file ({exc})") from None
+        if arrays["format"].tolist() != [_MAGIC]:
+            raise ValueError(f"{path}: unknown wording format {arrays['format'].tolist()}")
+        try:
+            vocabulary, keys = _unblob(arrays["words"]), _unblob(arrays["targets"])
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: its words are not UTF-8") from None
+        counts, offsets = arrays["counts"], arrays["offsets"]
+        index, uses = arrays["index"], arrays["uses"]
+        problem = (
+            "the words are not sorted and distinct"
+            if any(a >= b for a, b in zip(vocabulary, vocabulary[1:], strict=False)) else
+            "the counts do not match the words"
+            if counts.shape != (len(vocabulary),) or (len(counts) and counts.min() < 1) else
+            "the targets' offsets do not match"
+            if offsets.shape != (len(keys) + 1,) or (offsets[0] != 0 if len(offsets) else True)
+            or offsets[-1] != len(index) or np.any(np.diff(offsets) < 0) else
+            "the targets' words are out of range or unsorted"
+            if index.shape != uses.shape or (len(index) and (index.min() < 0
+                                                             or index.max() >= len(vocabulary)))
+            or any(np.any(np.diff(index[a:b]) <= 0) for a, b in zip(offsets, offsets[1:],
+                                                                    strict=False))
+            or (len(uses) and uses.min() < 1) else "")
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        targets = {key: (index[a:b], uses[a:b])
+                   for key, a, b in zip(keys, offsets[:-1].tolist(), offsets[1:].tolist(),
+                                        strict=True)}
+        return cls(vocabulary, counts.astype(np.int64), targets)
+
+    def span(self, prefix: str, whole: bool = False) -> tuple[int, int]:
+        """Where the words starting with `prefix` (with `whole`: the word itself) are in
+        `words`, as (start, stop); the same for every target, so kept (bounded)."""
+        found = self._spans.get((prefix, whole))
+        if found is None:
+            start = bisect_left(self.words, prefix)
+            if whole:
+                stop = start + (start < len(self.words) and self.words[start] == prefix)
+            else:
+                stop = bisect_left(self.words, prefix + "\U0010ffff", start)
+            if len(self._spans) >= SPANS:
+                self._spans.clear()
+            found = self._spans[prefix, whole] = start, stop
+        return found
+
+    def prior(self, key: str) -> Prior | None:
+        """`key`'s prior (kept: the guard caches its weights by target), or None when the
+        target's words were not counted (not covered, or nobody: anyone)."""
+        found = self._priors.get(key)
+        if found is None and key in self.targets:
+            found = self._priors[key] = Prior(self, *self.targets[key])
+        return found
+
+
+class Prior:
+    """r(x), the smoothed log-ratio of one target's use of the words starting with x (or of
+    the word x itself) to the workspace's (see the module docstring)."""
+
+    def __init__(self, wording: Wording, index: np.ndarray, uses: np.ndarray) -> None:
+        self._wording = wording
+        self._index = index.tolist()
+        self._cumulative = [0, *np.cumsum(uses).tolist()]
+        self._total = max(1, self._cumulative[-1])
+
+    def ratio(self, prefix: str, *, whole: bool = False) -> float | None:
+        """r of the words starting with `prefix` (with `whole`: of the word itself); None
+        when the workspace never used such a word (nothing to weigh it by)."""
+        wording = self._wording
+        start, stop = wording.span(prefix, whole)
+        theirs = wording._cumulative[stop] - wording._cumulative[start]
+        if not theirs:
+            return None
+        mine = (self._cumulative[bisect_left(self._index, stop)]
+                - self._cumulative[bisect_left(self._index, start)])
+        share = (mine / self._total) / (theirs / wording._cumulative[-1])
+        return math.log((share + SMOOTHING) / (1 + SMOOTHING))
+
+
+def _blob(texts: list[str]) -> np.ndarray:
+    """Strings (none holding a line break) as one UTF-8 byte array: loads without pickle."""
+    return np.frombuffer("\n".join(texts).encode(), dtype=np.uint8)
+
+
+def _unblob(blob: np.ndarray) -> list[str]:
+    text = blob.astype(np.uint8).tobytes().decode()
+    return text.split("\n") if text else []
