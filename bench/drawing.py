@@ -49,7 +49,7 @@ PRIME = 3
 DEFAULTS = f"own,{DEFAULT_TEMPERATURE:g},fit,{PRIME},1"
 SETTINGS = ["0,0.6,2,3,1", DEFAULTS, "1,0.6,2,0,1", "1,0.6,2,3,0", "2,0.6,2,3,1",
             "1,0.8,2,3,1", "1,1,2,3,1"]
-SHOWN = ("first_word_real", "capitalised", "real_words", "distinct_2")
+SHOWN = ("first_word_real", "capitalised", "real_words", "real_pairs", "distinct_2")
 
 
 def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting: list[float],

@@ -12,7 +12,7 @@ import torch
 from mimic.trainer.lexicon import Lexicon, WordGuard, words
 from mimic.trainer.sampler import Row, sample_rows
 from mimic.trainer.vocab import Vocab
-from mimic.trainer.wording import SMOOTHING, Wording
+from mimic.trainer.wording import MOST, SMOOTHING, Wording
 from tests.test_sampler import fixed_odds, gen
 
 SAID = [("U1", "C1", "The cat sat, the cat ran"), ("U1", "C2", "cats don't care"),
@@ -47,6 +47,11 @@ def test_the_ratio_is_the_persons_use_against_the_workspaces() -> None:
         math.log((share + SMOOTHING) / (1 + SMOOTHING)))
     assert prior.ratio("cat") == pytest.approx(
         math.log(((3 / 9) / (4 / 17) + SMOOTHING) / (1 + SMOOTHING)))
+    # Bob's "dog" (1 of his 6 words, 1 of the workspace's 17) counts as used MOST times as
+    # much as the workspace uses it, not 2.8 times: preferred, not repeated.
+    bob = built().prior("user:U2")
+    assert bob is not None and bob.ratio("dog", whole=True) == pytest.approx(
+        math.log((MOST + SMOOTHING) / (1 + SMOOTHING)))
     # A word they never used is rarer by the smoothing's floor, not impossible.
     assert prior.ratio("dog", whole=True) == pytest.approx(
         math.log(SMOOTHING / (1 + SMOOTHING)))

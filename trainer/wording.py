@@ -10,7 +10,8 @@ spread over a word's letters through the trie: the weight of the letter that tak
 x' is λ (r(x') - r(x)), with r(x) the log-ratio of the mass of the person's words starting with
 x to the workspace's. Over a whole word these telescope to λ r(word), so each word is weighed
 once, however it is spelled out. The person's use is smoothed with the workspace's
-(SMOOTHING), so a word they never wrote is made rarer, not impossible.
+(SMOOTHING), so a word they never wrote is made rarer, not impossible, and capped (MOST), so
+their favourite words are preferred, not repeated.
 
 Counted in the training messages only (what the model learns from; each target's newest 10 %,
 held out to score it, stay unseen), per covered person and public channel, stored with the
@@ -31,13 +32,20 @@ import numpy as np
 from mimic.trainer.lexicon import words
 
 # λ, the weight of a person's words against the workspace's, on the model's log-probabilities
-# before the contrast with "anyone" (a boosted row weighs them 1 + BOOST times). 0.5 took the
-# style fidelity of 20 people with 1,000-20,000 characters from 0.52 to 0.99 and the top 10's
-# from 0.91 to 0.96, at distinct-2 0.98 x and 0.93 x what it was (bench/drawing.py).
+# before the contrast with "anyone" (a boosted row weighs them 1 + BOOST times). With MOST, 0.5
+# took the style fidelity of the chitchat top 10, drawn from the shared model alone, from 0.85
+# to 0.955, and of 20 people with 1,000-20,000 characters from 0.52 to 0.99, at distinct-2
+# 0.97 x and 0.92 x what it was; 0.75 narrowed the small people's wording past 0.9 x the
+# people's own (bench/drawing.py, BENCHMARKS.md).
 OWN_WORDS = 0.5
-# The share of the workspace's use mixed into the person's: a word they never used is at most
+# The share of the workspace's use mixed into the person's: a word they never used is
 # log(SMOOTHING / (1 + SMOOTHING)) = -2.4 nats (x λ) less likely than the model says.
 SMOOTHING = 0.1
+# A word the person uses far more than the workspace does counts as used at most MOST times as
+# much: uncapped, a small person's few topic words (x100 the workspace's use) filled their
+# replies ("Hope, space space, there's protecting, so pop space"), and fewer of the replies'
+# word pairs were ones the workspace uses (0.62 against 0.69 capped; the people's own: 0.81).
+MOST = 2.0
 SPANS = 200_000  # prefixes whose place in the word list is kept
 _MAGIC = 1  # format version, the first entry of the file's "format" array
 
@@ -171,7 +179,7 @@ class Prior:
         mine = (self._cumulative[bisect_left(self._index, stop)]
                 - self._cumulative[bisect_left(self._index, start)])
         share = (mine / self._total) / (theirs / wording._cumulative[-1])
-        return math.log((share + SMOOTHING) / (1 + SMOOTHING))
+        return math.log((min(share, MOST) + SMOOTHING) / (1 + SMOOTHING))
 
 
 def _blob(texts: list[str]) -> np.ndarray:
