@@ -22,6 +22,7 @@ the weights to the logits with its mask.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -46,7 +47,7 @@ SMOOTHING = 0.1
 # replies ("Hope, space space, there's protecting, so pop space"), and fewer of the replies'
 # word pairs were ones the workspace uses (0.62 against 0.69 capped; the people's own: 0.81).
 MOST = 2.0
-SPANS = 200_000  # prefixes whose place in the word list is kept
+SPANS = 50_000  # prefixes whose place in the word list is kept (~150 B each)
 _MAGIC = 1  # format version, the first entry of the file's "format" array
 
 
@@ -57,7 +58,8 @@ class Wording:
     def __init__(self, words: list[str], counts: np.ndarray,
                  targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         self.words, self.counts, self.targets = words, counts, targets
-        self._cumulative = [0, *np.cumsum(counts, dtype=np.int64).tolist()]
+        self._cumulative = array("q", np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+                                 .astype(np.int64).tobytes())
         self._priors: dict[str, Prior] = {}
         self._spans: dict[tuple[str, bool], tuple[int, int]] = {}
 
@@ -164,8 +166,11 @@ class Prior:
 
     def __init__(self, wording: Wording, index: np.ndarray, uses: np.ndarray) -> None:
         self._wording = wording
-        self._index = index.tolist()
-        self._cumulative = [0, *np.cumsum(uses).tolist()]
+        # Compact arrays that bisect reads as fast as lists (lists of ints: 10 x the memory,
+        # 14 MB for the first hundred people a bot served).
+        self._index = array("i", index.astype(np.int32).tobytes())
+        self._cumulative = array("q", np.concatenate([[0], np.cumsum(uses, dtype=np.int64)])
+                                 .astype(np.int64).tobytes())
         self._total = max(1, self._cumulative[-1])
 
     def ratio(self, prefix: str, *, whole: bool = False) -> float | None:
