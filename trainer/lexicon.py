@@ -262,10 +262,13 @@ class WordGuard:
         self._everything = frozenset(range(self._n))
         self._strict_cache: dict[State, frozenset[int]] = {}
         self._allowed_cache: dict[State, torch.Tensor | None] = {}
-        self._bias_cache: OrderedDict[tuple[str, State], torch.Tensor | None] = OrderedDict()
+        # What `biases` adds, one row per (target key, state) in a pool that one call indexes
+        # (stacking a tensor per row cost more, and 30k small tensors grew the process by
+        # ~40 MB); row 0 is zeros.
+        self._bias_cache: OrderedDict[tuple[str, State], int] = OrderedDict()
+        self._pool = torch.zeros(1024, self._n)
+        self._rows = 1  # pool rows in use
         self._tensors: dict[frozenset[int], torch.Tensor] = {}
-        self._floats: dict[frozenset[int], torch.Tensor] = {}
-        self._zeros = torch.zeros(self._n)
         self._seen: dict[str, tuple[int, str, str]] = {}
 
     # -- states -------------------------------------------------------------------------
@@ -354,43 +357,53 @@ class WordGuard:
         len(vocab)) tensor: -inf where `allowed` says no, the target's word weights elsewhere
         (0 for a key without counted words: ""); None if every row may draw anything at
         no weight."""
-        found = []
+        slots = []
         cache = self._bias_cache
+        counted = self.wording.targets if self.wording is not None and self.weight else {}
         for state, key in rows:
-            try:
-                found.append(cache[key, state])
+            key = key if key in counted else ""  # one row per state for everyone else
+            slot = cache.get((key, state))
+            if slot is None:
+                slot = self._bias(state, key)
+            else:
                 cache.move_to_end((key, state))
-            except KeyError:
-                found.append(self._bias(state, key))
-        if all(r is None for r in found):
+            slots.append(slot)
+        if not any(slots):
             return None
-        return torch.stack([self._zeros if r is None else r for r in found])
+        return self._pool.index_select(0, torch.tensor(slots))
 
-    def _bias(self, state: State, key: str) -> torch.Tensor | None:
+    def _bias(self, state: State, key: str) -> int:
+        """The pool row holding what `biases` adds for (state, key), worked out now (0: the
+        row of zeros, nothing to add)."""
         ids = self._allowed_ids(state)
         prior = self.wording.prior(key) if self.wording is not None and self.weight else None
         weights = self._weights(state, prior) if prior is not None else {}
-        if weights:  # one row of its own (built as a list: a few torch calls cost more)
+        slot = 0
+        if ids is not None or weights:
+            # Built as a list, then one copy into the pool: a few torch calls cost more.
             row = [0.0 if ids is None or i in ids else -math.inf for i in range(self._n)]
             for i, weight in weights.items():
                 row[i] += self.weight * weight
-            bias: torch.Tensor | None = torch.tensor(row)
-        else:  # shared by every state that allows the same
-            bias = None if ids is None else self._forbidding(ids)
-        self._bias_cache[key, state] = bias
-        if len(self._bias_cache) > _BIASES:  # the least recently drawn go first
-            self._bias_cache.popitem(last=False)
-        return bias
+            slot = self._free_slot()
+            self._pool[slot] = torch.tensor(row)
+        self._bias_cache[key, state] = slot
+        return slot
 
-    def _forbidding(self, ids: frozenset[int]) -> torch.Tensor:
-        """0 for `ids`, -inf for the rest."""
-        bias = self._floats.get(ids)
-        if bias is None:
-            bias = torch.zeros(self._n).masked_fill_(~self._tensor(ids), -math.inf)
-            if len(self._floats) >= _CACHE_LIMIT:
-                self._floats.clear()
-            self._floats[ids] = bias
-        return bias
+    def _free_slot(self) -> int:
+        """A pool row to write: a new one (the pool doubles up to _BIASES rows), or the least
+        recently drawn one's."""
+        if self._rows < len(self._pool):
+            self._rows += 1
+            return self._rows - 1
+        if len(self._pool) <= _BIASES:
+            grown = torch.zeros(min(2 * len(self._pool), _BIASES + 1), self._n)
+            grown[: len(self._pool)] = self._pool
+            self._pool = grown
+            return self._free_slot()
+        while True:  # entries of slot 0 hold no row: evict on until one frees a row
+            slot = self._bias_cache.popitem(last=False)[1]
+            if slot:
+                return slot
 
     def _weights(self, state: State, prior: Prior) -> dict[int, float]:
         """r(x') - r(x) for each allowed id that takes the word so far, x, to x' (a longer
