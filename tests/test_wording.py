@@ -76,6 +76,11 @@ def test_a_damaged_file_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="w.npz"):
         Wording.load(path)
     built().save(path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # cut short: a zip without its directory
+    with pytest.raises(ValueError, match="w.npz"):
+        Wording.load(path)
+    path.write_bytes(whole)
     good = dict(np.load(path))
     for name, bad in [("index", good["index"] + 10_000), ("offsets", good["offsets"][:-1]),
                       ("uses", -good["uses"]), ("format", np.array([99])),

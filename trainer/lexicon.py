@@ -169,8 +169,9 @@ def _scheme_next(schemes: Sequence[str]) -> dict[str, set[str]]:
 _URL_OPENER = {s[:-1]: s[-1] for s in _SCHEMES}  # "http" -> ":", "www" -> "."
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_+-")
 _CACHE_LIMIT = 100_000  # masks kept; cleared past this (seed texts can bring endless words)
-# (target, state) rows of word weights kept, ~1 KB each: people x the states their replies
-# reach (a 60-character reply reaches ~25 new ones for a person's first few replies).
+# (target, state) rows of what `biases` adds kept in the guard's pool, a float per vocabulary
+# id each (11 MB for chitchat's 93): people x the states their replies reach (a 60-character
+# reply reaches ~25 new ones in a person's first few replies).
 _BIASES = 30_000
 
 
@@ -223,7 +224,8 @@ class WordGuard:
     With a `wording`, `biases` also weighs each character by how much its row's target uses
     the words it leads to against the workspace (trainer/wording.py), `weight` times.
 
-    Masks and biases are cached per state and shared: callers must not modify them in place.
+    Masks are cached per state and shared: callers must not modify them in place (`biases`
+    returns a copy).
     """
 
     def __init__(self, lexicon: Lexicon, vocab: Vocab, wording: Wording | None = None,

@@ -22,6 +22,7 @@ the weights to the logits with its mask.
 from __future__ import annotations
 
 import math
+import zipfile
 from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
@@ -103,7 +104,7 @@ class Wording:
             with np.load(path, allow_pickle=False) as found:
                 arrays = {k: found[k] for k in ("format", "words", "counts", "targets",
                                                 "offsets", "index", "uses")}
-        except (KeyError, ValueError, OSError, EOFError) as exc:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise ValueError(f"{path} is not a mimic wording file ({exc})") from None
