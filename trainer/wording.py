@@ -59,8 +59,7 @@ class Wording:
     def __init__(self, words: list[str], counts: np.ndarray,
                  targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         self.words, self.counts, self.targets = words, counts, targets
-        self._cumulative = array("q", np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-                                 .astype(np.int64).tobytes())
+        self._cumulative = _running_total(counts)
         self._priors: dict[str, Prior] = {}
         self._spans: dict[tuple[str, bool], tuple[int, int]] = {}
 
@@ -170,8 +169,7 @@ class Prior:
         # Compact arrays that bisect reads as fast as lists (lists of ints: 10 x the memory,
         # 14 MB for the first hundred people a bot served).
         self._index = array("i", index.astype(np.int32).tobytes())
-        self._cumulative = array("q", np.concatenate([[0], np.cumsum(uses, dtype=np.int64)])
-                                 .astype(np.int64).tobytes())
+        self._cumulative = _running_total(uses)
         self._total = max(1, self._cumulative[-1])
 
     def ratio(self, prefix: str, *, whole: bool = False) -> float | None:
@@ -186,6 +184,12 @@ class Prior:
                 - self._cumulative[bisect_left(self._index, start)])
         share = (mine / self._total) / (theirs / wording._cumulative[-1])
         return math.log((min(share, MOST) + SMOOTHING) / (1 + SMOOTHING))
+
+
+def _running_total(counts: np.ndarray) -> array[int]:
+    """0, then the running sums of `counts`: the count of any run of words is a difference."""
+    return array("q", np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+                 .astype(np.int64).tobytes())
 
 
 def _blob(texts: list[str]) -> np.ndarray:
