@@ -113,6 +113,27 @@ def test_a_words_weights_add_up_to_its_ratio_over_its_letters() -> None:
         assert total == pytest.approx(0.5 * prior.ratio(word, whole=True), abs=1e-5), word
 
 
+def test_the_ratios_of_a_states_spans_are_each_spans_ratio() -> None:
+    """The guard reads a state's spans in one call; a target that used none of their words
+    gets None (nothing weighed) and the very row everyone without counts gets."""
+    wording = built()
+    inside = [wording.span("ra"), wording.span("ran"), wording.span("ran", whole=True)]
+    for key in ("user:U1", "user:U2"):
+        prior = wording.prior(key)
+        assert prior is not None
+        # "the" lies outside "ra"'s words: looked for in all of the target's.
+        spans = [*inside, wording.span("the", whole=True), wording.span("zebra")]
+        assert prior.ratios(wording.spans(spans)) == [
+            prior.ratio("ra"), prior.ratio("ran"), prior.ratio("ran", whole=True),
+            prior.ratio("the", whole=True), None]
+    u2 = wording.prior("user:U2")  # only U1 wrote "ran"
+    assert u2 is not None and u2.ratios(wording.spans(inside)) is None
+    guard = WordGuard(Lexicon(wording.words), VOCAB, wording)
+    state = guard.start("ra")
+    rows = guard.biases([(state, "user:U2"), (state, "")])
+    assert rows is not None and torch.equal(rows[0], rows[1])
+
+
 def test_the_guard_still_forbids_and_weighs_only_counted_targets() -> None:
     wording = built()
     guard = WordGuard(Lexicon(wording.words), VOCAB, wording)

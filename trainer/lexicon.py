@@ -29,7 +29,7 @@ import torch
 from mimic.trainer.vocab import Vocab
 
 if TYPE_CHECKING:
-    from mimic.trainer.wording import Prior, Wording
+    from mimic.trainer.wording import Spans, Wording
 
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _WORD_CHARS = re.compile(r"\w+")
@@ -144,6 +144,8 @@ _START, _PUNCT, _CLOSED, _WORD_MODE, _FREE, _FREE_APOS, _SIGIL_MODE, _URL, _CODE
 _OUTSIDE = (_START, _PUNCT, _CLOSED)
 
 State = tuple[Any, ...]
+# What a state's word weights need (WordGuard._steps): word-list spans, and the ids weighed.
+_Steps = tuple["Spans", list[list[int]]]
 START: State = (_START,)
 PUNCT: State = (_PUNCT,)
 CLOSED: State = (_CLOSED,)
@@ -269,8 +271,12 @@ class WordGuard:
         # ~40 MB); row 0 is zeros.
         self._bias_cache: OrderedDict[tuple[str, State], int] = OrderedDict()
         self._pool = torch.zeros(1024, self._n)
+        self._pool_rows = self._pool.numpy()  # the same memory: a row is written through it
         self._rows = 1  # pool rows in use
         self._tensors: dict[frozenset[int], torch.Tensor] = {}
+        self._floors: dict[frozenset[int] | None, list[float]] = {}
+        self._steps_cache: dict[State, _Steps] = {}
+        self._plain: set[tuple[str, State]] = set()  # (key, state)s weighing nothing
         self._seen: dict[str, tuple[int, str, str]] = {}
 
     # -- states -------------------------------------------------------------------------
@@ -360,10 +366,11 @@ class WordGuard:
         (0 for a key without counted words: ""); None if every row may draw anything at
         no weight."""
         slots = []
-        cache = self._bias_cache
+        cache, plain = self._bias_cache, self._plain
         counted = self.wording.targets if self.wording is not None and self.weight else {}
         for state, key in rows:
-            key = key if key in counted else ""  # one row per state for everyone else
+            # One row per state for everyone without weights there.
+            key = key if key in counted and (key, state) not in plain else ""
             slot = cache.get((key, state))
             if slot is None:
                 slot = self._bias(state, key)
@@ -377,62 +384,84 @@ class WordGuard:
     def _bias(self, state: State, key: str) -> int:
         """The pool row holding what `biases` adds for (state, key), worked out now (0: the
         row of zeros, nothing to add)."""
+        weights = None
+        if key:
+            prior = self.wording.prior(key)
+            spans, groups = self._steps(state)
+            ratios = prior.ratios(spans) if len(spans) else None
+            if ratios is None or ratios[0] is None:  # nothing weighed: everyone's row
+                if len(self._plain) >= _CACHE_LIMIT:
+                    self._plain.clear()
+                self._plain.add((key, state))
+                found = self._bias_cache.get(("", state))
+                return found if found is not None else self._bias(state, "")
+            weights = [(group, self.weight * (there - ratios[0]))
+                       for group, there in zip(groups, ratios[1:], strict=True)
+                       if there is not None]
         ids = self._allowed_ids(state)
-        prior = self.wording.prior(key) if self.wording is not None and self.weight else None
-        weights = self._weights(state, prior) if prior is not None else {}
         slot = 0
         if ids is not None or weights:
-            # Built as a list, then one copy into the pool: a few torch calls cost more.
-            row = [0.0 if ids is None or i in ids else -math.inf for i in range(self._n)]
-            for i, weight in weights.items():
-                row[i] += self.weight * weight
+            # A list, then one copy into the pool: torch's or numpy's calls cost more.
+            floor = self._floor(ids)
+            row = floor.copy()
+            for group, weight in weights or ():  # the enders' last: an apostrophe ends a word
+                for i in group:
+                    row[i] = floor[i] + weight
             slot = self._free_slot()
-            self._pool[slot] = torch.tensor(row)
+            self._pool_rows[slot] = row
         self._bias_cache[key, state] = slot
         return slot
 
     def _free_slot(self) -> int:
         """A pool row to write: a new one (the pool doubles up to _BIASES rows), or the least
         recently drawn one's."""
-        if self._rows < len(self._pool):
+        if self._rows < len(self._pool_rows):  # (a tensor's len is a Python call)
             self._rows += 1
             return self._rows - 1
-        if len(self._pool) <= _BIASES:
-            grown = torch.zeros(min(2 * len(self._pool), _BIASES + 1), self._n)
-            grown[: len(self._pool)] = self._pool
-            self._pool = grown
+        if len(self._pool_rows) <= _BIASES:
+            grown = torch.zeros(min(2 * len(self._pool_rows), _BIASES + 1), self._n)
+            grown[: len(self._pool_rows)] = self._pool
+            self._pool, self._pool_rows = grown, grown.numpy()
             return self._free_slot()
         while True:  # entries of slot 0 hold no row: evict on until one frees a row
             slot = self._bias_cache.popitem(last=False)[1]
             if slot:
                 return slot
 
-    def _weights(self, state: State, prior: Prior) -> dict[int, float]:
-        """r(x') - r(x) for each allowed id that takes the word so far, x, to x' (a longer
-        prefix, or, for an ender, the word itself): see trainer/wording.py."""
+    def _steps(self, state: State) -> _Steps:
+        """What the word weights of a state need that is the same for every target (cached):
+        the spans of the word list whose ratios they take, and the ids each weighs. First the
+        words starting with the word so far, x; then for each next letter those starting
+        with x and it, weighing the ids that spell it ("a", "A"); last the word x itself,
+        weighing the enders. No spans where nothing is weighed (in a number, URL, code...).
+        See trainer/wording.py."""
+        found = self._steps_cache.get(state)
+        if found is not None:
+            return found
+        assert self.wording is not None
+        span = self.wording.span
         mode = state[0]
-        if mode not in (*_OUTSIDE, _WORD_MODE):
-            return {}
-        word = state[1] if mode == _WORD_MODE else ""
-        here = prior.ratio(word)
-        if here is None:  # a word the workspace never used (a seed's): nothing to weigh
-            return {}
-        allowed = self._strict(state)
-        by_low: dict[str, list[int]] = {}  # "a" and "A" lead to the same words
-        for i in allowed:
-            kind, low, _ = self._chars[i]
-            if kind in (_LETTER, _DIGIT, _APOS):
-                by_low.setdefault(low, []).append(i)
-        weights = {}
-        for low, ids in by_low.items():
-            after = prior.ratio(word + low)
-            if after is not None:
-                weights |= dict.fromkeys(ids, after - here)
-        if mode == _WORD_MODE:
-            whole = prior.ratio(word[:-1] if word.endswith("'") else word, whole=True)
-            if whole is not None:
-                weights |= {i: whole - here for i in allowed & self._enders}
-        return weights
+        spans: list[tuple[int, int]] = []
+        groups: list[list[int]] = []
+        if mode in (*_OUTSIDE, _WORD_MODE):
+            word = state[1] if mode == _WORD_MODE else ""
+            allowed = self._strict(state)
+            by_low: dict[str, list[int]] = {}  # "a" and "A" lead to the same words
+            for i in sorted(allowed):
+                kind, low, _ = self._chars[i]
+                if kind in (_LETTER, _DIGIT, _APOS):
+                    by_low.setdefault(low, []).append(i)
+            spans = [span(word), *(span(word + low) for low in by_low)]
+            groups = list(by_low.values())
+            enders = sorted(allowed & self._enders) if mode == _WORD_MODE else []
+            if enders:
+                spans.append(span(word[:-1] if word.endswith("'") else word, whole=True))
+                groups.append(enders)
+        steps = self.wording.spans(spans), groups
+        if len(self._steps_cache) >= _CACHE_LIMIT:
+            self._steps_cache.clear()
+        self._steps_cache[state] = steps
+        return steps
 
     def _strict(self, state: State) -> frozenset[int]:
         """The ids the rules allow, without fallbacks (may be none), cached."""
@@ -487,3 +516,13 @@ class WordGuard:
                 self._tensors.clear()
             self._tensors[ids] = mask
         return mask
+
+    def _floor(self, ids: frozenset[int] | None) -> list[float]:
+        """A row of 0 for `ids` (None: all), -inf for the rest (shared: copy it to change)."""
+        row = self._floors.get(ids)
+        if row is None:
+            row = [0.0 if ids is None or i in ids else -math.inf for i in range(self._n)]
+            if len(self._floors) >= _CACHE_LIMIT:
+                self._floors.clear()
+            self._floors[ids] = row
+        return row
