@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mimic.core.config import Settings
@@ -25,19 +26,21 @@ def mimic(settings: Settings, cwd: Path, *args: str,
 def test_sample_prints_novel_inert_messages_and_explains_errors(
         world: tuple[Store, Settings], tmp_path: Path) -> None:
     _store, settings = world
-    done = mimic(settings, tmp_path, "sample", "@alice", "--temp", "0.9", "-n", "4",
-                 "--seed", "we should")
+    cases = [
+        (["@alice", "--temp", "0.9", "-n", "4", "--seed", "we should"], ""),
+        (["@alice", "--temp", "3"], "out of range"),
+        (["@nobody"], "No person called @nobody"),
+        (["@carol"], "has no model yet"),
+    ]
+    # Two at a time: each process spends ~4 s importing torch, and none changes the store.
+    with ThreadPoolExecutor(2) as pool:
+        done, *failures = pool.map(lambda case: mimic(settings, tmp_path, "sample", *case[0]),
+                                   cases)
     assert done.returncode == 0, done.stderr
     header, *lines = done.stdout.rstrip("\n").split("\n")
     assert "@alice · workspace model v1 · temp 0.9" in header
     assert 1 <= len(lines) <= 4 and all(line.startswith("we should") for line in lines)
-
-    for args, message in [
-        (["@alice", "--temp", "3"], "out of range"),
-        (["@nobody"], "No person called @nobody"),
-        (["@carol"], "has no model yet"),
-    ]:
-        failed = mimic(settings, tmp_path, "sample", *args)
+    for failed, (_args, message) in zip(failures, cases[1:], strict=True):
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
 

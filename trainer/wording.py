@@ -197,8 +197,9 @@ class Prior:
     def ratios(self, spans: Spans) -> list[float | None] | None:
         """r of the words in each of `spans`, None for a span the workspace never used;
         None for all when the target used none of their words: each r is then the same
-        (_NONE) and no word is weighed above another. One search for all the spans (a state's
-        ~15: the guard's weights for a new state and target cost ~0.2 ms a call each)."""
+        (_NONE) and no word is weighed above another. One search for all of a state's ~15
+        spans: two bisects each cost the guard ~0.2 ms for every state new to a target
+        (BENCHMARKS.md, eleventh session)."""
         mine = self._cumulative
         at = np.searchsorted(self._index, spans.bounds).tolist()
         used = [mine[j] - mine[i] for i, j in at]
