@@ -329,6 +329,32 @@ def test_one_step_at_a_time_is_the_model_itself() -> None:
                                       atol=close)
 
 
+def test_a_steps_kept_contexts_are_the_ones_it_works_out(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Contexts are kept per (person, channel) pair: asked again, in any order and mix, a
+    pair gives what working it out gives, and no more than CONTEXTS pairs are kept."""
+    from mimic.trainer import sampler
+
+    monkeypatch.setattr(sampler, "CONTEXTS", 3)
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
+                                 channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    step = sampler._Stepper(model)
+    with torch.inference_mode():
+        for people, channels in [([0, 1], [0, 0]), ([1, 0, 2, 3], [0, 0, 1, 2]), ([3, 3], [2, 2])]:
+            who, where = torch.tensor(people), torch.tensor(channels)
+            kept, fresh = step.contexts(who, where), step._work_out(who, where)
+            assert kept.keys() == fresh.keys() == {"g", "ca", "b0", "b1", "b2", "hw", "hb"}
+            for key in fresh:
+                # (to rounding: a product's sums run in another order for another batch)
+                assert torch.allclose(kept[key], fresh[key], rtol=1e-5, atol=1e-6), key
+            pairs = set(zip(people, channels, strict=True))
+            assert len(step._contexts) <= max(3, len(pairs))
+
+
 def test_a_step_is_built_once_for_the_weights_it_has() -> None:
     """The bot reuses a net's step from batch to batch, but a net trained since (its weights
     changed in place) gets a new one: never logits from the weights it had before."""
