@@ -302,18 +302,25 @@ def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Voc
         reply(plain, "user:U1", n=20, temperature=1.0, generator=gen(4)).texts
 
 
+def conditioned_model() -> CharLSTM:
+    """A small conditioned model (people, channels, adapters, habits), its weights moved away
+    from the zeros the offsets, habits and adapters start at."""
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
+                                 channels=3, rank=4, habits=3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 def test_one_step_at_a_time_is_the_model_itself() -> None:
     """The sampler's hand-written LSTM step (contexts, adapters and habits precomputed per
     row) gives the logits the model's own forward pass gives, for every voice; with 8-bit
     weights, the same next-character odds to within 0.05 in log-probability."""
     from mimic.trainer.sampler import _Stepper
 
-    torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
-                                 channels=3, rank=4, habits=3)).eval()
-    with torch.no_grad():  # away from the zeros the offsets, habits and adapters start at
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    model = conditioned_model()
     x = torch.randint(30, (4, 7))
     people, channels = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0])
     with torch.inference_mode():
@@ -336,12 +343,7 @@ def test_a_steps_kept_contexts_are_the_ones_it_works_out(monkeypatch: pytest.Mon
     from mimic.trainer import sampler
 
     monkeypatch.setattr(sampler, "CONTEXTS", 3)
-    torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
-                                 channels=3, rank=4, habits=3)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    model = conditioned_model()
     step = sampler._Stepper(model)
     with torch.inference_mode():
         for people, channels in [([0, 1], [0, 0]), ([1, 0, 2, 3], [0, 0, 1, 2]), ([3, 3], [2, 2])]:
@@ -439,12 +441,7 @@ def test_a_dedicated_models_rows_write_in_the_shared_batch_what_they_write_alone
 def test_reading_many_contexts_at_once_is_reading_each() -> None:
     """What a reply reads first: rows of different lengths read in one packed call end in
     the state each reaches read alone, whoever wrote each character."""
-    torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(30, embed_dim=8, hidden_size=16, num_layers=2, people=4,
-                                 channels=3, rank=4, habits=3)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    model = conditioned_model()
     lengths = [9, 3, 6]
     x = torch.randint(1, 30, (3, 9))
     people = torch.randint(0, 4, (3, 9))
