@@ -226,8 +226,7 @@ class WordGuard:
     With a `wording`, `biases` also weighs each character by how much its row's target uses
     the words it leads to against the workspace (trainer/wording.py), `weight` times.
 
-    Masks are cached per state and shared: callers must not modify them in place (`biases`
-    returns a copy).
+    `biases` returns a new tensor each call; the rows it is built from are the guard's.
     """
 
     def __init__(self, lexicon: Lexicon, vocab: Vocab, wording: Wording | None = None,
@@ -257,7 +256,7 @@ class WordGuard:
         self._schemes = _scheme_next([s for s in _SCHEMES
                                       if all(c in raws or c.upper() in raws for c in s)])
         # Masks are worked out as sets of ids (cheap unions, ~20 us for a new state) and turned
-        # into one tensor each, shared by every state with the same set.
+        # into one row of 0 / -inf each (`_floor`), shared by every state with the same set.
         self._letters = frozenset(i for i, c in enumerate(self._chars) if c[0] == _LETTER)
         self._enders = frozenset(i for i, c in enumerate(self._chars)
                                  if c[0] not in (_LETTER, _DIGIT))
@@ -265,7 +264,6 @@ class WordGuard:
                                if c[2] in _CODE_CHARS or c[2] == ":")
         self._everything = frozenset(range(self._n))
         self._strict_cache: dict[State, frozenset[int]] = {}
-        self._allowed_cache: dict[State, torch.Tensor | None] = {}
         # What `biases` adds, one row per (target key, state) in a pool that one call indexes
         # (stacking a tensor per row cost more, and 30k small tensors grew the process by
         # ~40 MB); row 0 is zeros.
@@ -273,7 +271,6 @@ class WordGuard:
         self._pool = torch.zeros(1024, self._n)
         self._pool_rows = self._pool.numpy()  # the same memory: a row is written through it
         self._rows = 1  # pool rows in use
-        self._tensors: dict[frozenset[int], torch.Tensor] = {}
         self._floors: dict[frozenset[int] | None, list[float]] = {}
         self._steps_cache: dict[State, _Steps] = {}
         self._plain: set[tuple[str, State]] = set()  # (key, state)s weighing nothing
@@ -341,17 +338,10 @@ class WordGuard:
 
     def allowed(self, state: State) -> torch.Tensor | None:
         """Bool mask of shape (len(vocab),), True where the id may come next; None when
-        every id may (or, defensively, when none could)."""
-        try:
-            return self._allowed_cache[state]
-        except KeyError:
-            pass
+        every id may (or, defensively, when none could). The rule `biases` applies, as a
+        mask (it reads the same cached row)."""
         ids = self._allowed_ids(state)
-        mask = None if ids is None else self._tensor(ids)
-        if len(self._allowed_cache) >= _CACHE_LIMIT:
-            self._allowed_cache.clear()
-        self._allowed_cache[state] = mask
-        return mask
+        return None if ids is None else torch.tensor(self._floor(ids)) == 0
 
     def _allowed_ids(self, state: State) -> frozenset[int] | None:
         """The ids `allowed` lets through; None for every id."""
@@ -504,18 +494,6 @@ class WordGuard:
         ids = [i for low in nexts for i in self._by_low.get(low, ())]
         ids += [i for i, low in self._multi if self.lexicon.is_prefix(word + low)]
         return frozenset(ids)
-
-    def _tensor(self, ids: frozenset[int]) -> torch.Tensor:
-        mask = self._tensors.get(ids)
-        if mask is None:
-            row = bytearray(self._n)
-            for i in ids:
-                row[i] = 1
-            mask = torch.frombuffer(row, dtype=torch.bool)
-            if len(self._tensors) >= _CACHE_LIMIT:
-                self._tensors.clear()
-            self._tensors[ids] = mask
-        return mask
 
     def _floor(self, ids: frozenset[int] | None) -> list[float]:
         """A row of 0 for `ids` (None: all), -inf for the rest (shared: copy it to change)."""

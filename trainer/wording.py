@@ -152,6 +152,7 @@ class Wording:
         return found
 
     def spans(self, spans: Sequence[tuple[int, int]]) -> Spans:
+        """`spans` (from `span`) with the workspace's count of each, for `Prior.ratios`."""
         return Spans(self, spans)
 
     def prior(self, key: str) -> Prior | None:
