@@ -8,10 +8,11 @@ starts, real words, distinct word pairs) and length; and the LSTM rows stepped p
 (the cost).
 
 A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words]]]]]`: the weight of the
-contrast with anyone (see trainer/sampler.py: BOOST; "own": each model's, DEDICATED_BOOST for a
-dedicated one), the temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x
-hotter), the end mark's odds factor ("fit": the one fitted to the model's people when it was
-trained, trainer/lengths.py), how many of the person's last messages are read first (0: start
+contrast with anyone (see trainer/sampler.py: BOOST; "own": each row's, growing with the words
+the model read of its person, `boost_for`, and DEDICATED_BOOST for a dedicated model), the
+temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x hotter), the end mark's
+odds factor ("fit": the one fitted to the model's people when it was trained,
+trainer/lengths.py), how many of the person's last messages are read first (0: start
 from an end mark alone), whether the word guard is on (1) or off (0), the plausibility floor
 (PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end (1,
 LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own": OWN_WORDS;

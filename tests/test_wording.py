@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from mimic.trainer.lexicon import Lexicon, WordGuard, words
-from mimic.trainer.sampler import Row, sample_rows
+from mimic.trainer.novelty import NoveltyIndex
+from mimic.trainer.registry import LoadedModel
+from mimic.trainer.sampler import (
+    BOOST,
+    BOOST_WORDS,
+    DEDICATED_BOOST,
+    SMALL_BOOST,
+    Row,
+    boost_for,
+    sample_rows,
+)
 from mimic.trainer.vocab import Vocab
 from mimic.trainer.wording import MOST, SMOOTHING, Wording
 from tests.test_sampler import fixed_odds, gen
@@ -171,3 +181,27 @@ def test_replies_prefer_their_persons_words() -> None:
     assert share_of_b("user:U1", 0) > 0.7
     assert 0.35 < share_of_b("", 0) < 0.65
     assert share_of_b("user:U9", 0) == share_of_b("", 0)  # nobody we counted: not weighed
+
+
+def test_a_targets_boost_grows_with_the_words_the_model_read_of_it() -> None:
+    """Little text: SMALL_BOOST (what their vector adds is mostly noise); enough: BOOST; a
+    target whose words were not counted (an older version, anyone): BOOST, as before; a
+    dedicated model keeps its own."""
+    low, high = BOOST_WORDS
+    assert boost_for(None) == BOOST
+    assert boost_for(0) == boost_for(low) == SMALL_BOOST and boost_for(high) == BOOST
+    ramp = [boost_for(n) for n in range(low, high + 1, 500)]
+    assert ramp == sorted(ramp) and SMALL_BOOST < boost_for((low * high) ** 0.5) < BOOST
+    assert boost_for(100 * high) == BOOST
+
+    wording = Wording.build([*SAID, ("U4", "C1", "cats " * high)], COVERED | {"user:U4"})
+    guard = WordGuard(Lexicon(wording.words), VOCAB, wording)
+    model = fixed_odds(VOCAB, [1 / len(VOCAB)] * len(VOCAB))
+    loaded = LoadedModel(1, 1, model, VOCAB, NoveltyIndex.build([]), guard=guard)
+    assert loaded.row("user:U1").boost == SMALL_BOOST  # a few words
+    assert loaded.row("user:U4").boost == BOOST
+    assert loaded.row("user:U3").boost == BOOST  # not counted
+    unguarded = LoadedModel(1, 1, model, VOCAB, NoveltyIndex.build([]))
+    assert unguarded.row("user:U1").boost == BOOST
+    dedicated = LoadedModel(1, 1, model, VOCAB, NoveltyIndex.build([]), model, guard=guard)
+    assert dedicated.row("user:U1").boost == DEDICATED_BOOST

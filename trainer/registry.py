@@ -25,7 +25,6 @@ from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import CharLSTM, CheckpointError, Slots, load_model
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.sampler import (
-    BOOST,
     DEDICATED_BOOST,
     DEDICATED_HEAT,
     DEFAULT_TEMPERATURE,
@@ -34,6 +33,7 @@ from mimic.trainer.sampler import (
     Primer,
     Row,
     Voice,
+    boost_for,
     contrast_net,
 )
 from mimic.trainer.vocab import Vocab
@@ -128,12 +128,13 @@ class LoadedModel:
     def row(self, target: str, *, seed_text: str = "", temperature: float = DEFAULT_TEMPERATURE,
             where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
         """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
-        oldest first, said in `where`); a dedicated model's with its own boost, hotter (see
-        DEDICATED_BOOST)."""
+        oldest first, said in `where`), boosted as much as the model read of the target
+        (`boost_for`); a dedicated model's with its own boost, hotter (see DEDICATED_BOOST)."""
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
-        boost = BOOST
+        wording = self.guard.wording if self.guard is not None else None
+        boost = boost_for(wording.count(target) if wording is not None else None)
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,

@@ -155,6 +155,11 @@ class Wording:
         """`spans` (from `span`) with the workspace's count of each, for `Prior.ratios`."""
         return Spans(self, spans)
 
+    def count(self, key: str) -> int | None:
+        """How many words of `key`'s were counted (None: the target's were not)."""
+        found = self.targets.get(key)
+        return None if found is None else int(found[1].sum())
+
     def prior(self, key: str) -> Prior | None:
         """`key`'s prior (kept: the guard caches its weights by target), or None when the
         target's words were not counted (not covered, or nobody: anyone)."""
