@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from mimic.trainer.lengths import MEASUREMENTS, ODDS, fit_end_odds
+from mimic.trainer.lengths import MEASUREMENTS, ODDS, OWN_RANGE, fit_end_odds
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
+from mimic.trainer.sampler import sample_rows
 from mimic.trainer.vocab import Vocab
 
 
@@ -47,3 +50,26 @@ def test_a_length_out_of_reach_stops_at_the_edge_of_the_range() -> None:
     assert fit.end_odds == ODDS[0]
     with pytest.raises(ValueError, match="at least one person"):
         fit_end_odds(ending_at(0.5), [])
+
+
+def test_each_fitted_person_gets_their_own_factor_on_it() -> None:
+    """One factor makes the two people's replies 10 characters on average, too long for U1
+    (messages of 4) and too short for U2 (16): each gets their own factor on it, the ratio of
+    their replies' mean to their messages' (U1's held at OWN_RANGE's top), and the rows the
+    bot draws for them end sooner for U1 and later for U2 than for anyone else."""
+    loaded = ending_at(0.2)
+    fit = fit_end_odds(loaded, [("U1", ["ab" * 2, "b" * 4]), ("U2", ["a" * 16])])
+    assert fit.own_odds["user:U1"] == OWN_RANGE[1]
+    assert 0.45 < fit.own_odds["user:U2"] < 0.8
+    assert "own x" in fit.describe()
+    served = replace(loaded, end_odds=fit.end_odds, own_odds=fit.own_odds)
+    assert served.row("user:U2").end_odds == pytest.approx(fit.end_odds * fit.own_odds["user:U2"])
+    assert served.row("user:U9").end_odds == fit.end_odds  # not fitted: the shared factor
+
+    def mean_length(user: str) -> float:
+        texts = sample_rows(loaded.model, loaded.vocab, [served.row(user)] * 600,
+                            generator=torch.Generator().manual_seed(1))
+        return sum(map(len, texts)) / len(texts)
+
+    assert mean_length("user:U1") < 0.8 * mean_length("user:U9") < mean_length("user:U2") * 0.8
+    assert fit_end_odds(loaded, [("U1", ["abab"])], own_replies=0).own_odds == {}

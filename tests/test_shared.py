@@ -219,12 +219,18 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
     fit = recorded["fit"]
     assert loaded.end_odds == recorded["end_odds"] == min(
         fit["measured"], key=lambda m: abs(math.log(max(m[1], 0.1) / fit["target"])))[0]
-    assert loaded.row("user:U1").end_odds == loaded.end_odds
+    own = recorded["own_odds"]  # each fitted person's own factor on it
+    assert own and set(own) <= {f"user:{user}" for user in shared.people}
+    for key in ("user:U1", "user:U2"):
+        assert loaded.row(key).end_odds == loaded.end_odds * own.get(key, 1.0)
     assert fit["measured"][0][0] == END_ODDS and fit["target"] > 0
     path.write_text(json.dumps({"long_message": 7}))
     assert load_version(settings.data_dir, row, "cpu").end_odds == END_ODDS
     for damaged, why in (('{"long_message": "many"}', "whole number"),
                          ('{"long_message": 7, "end_odds": -2}', "end_odds"),
+                         ('{"long_message": 7, "own_odds": {"user:U1": 0}}', "own_odds"),
+                         ('{"long_message": 7, "own_odds": {"U1": 1.5}}', "by person"),
+                         ('{"long_message": 7, "own_odds": 3}', "not a mimic lengths file"),
                          ("[7]", "not a mimic lengths file")):
         path.write_text(damaged)
         with pytest.raises(ValueError, match=why):

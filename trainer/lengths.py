@@ -12,6 +12,13 @@ until the mean length (each person alike) matches theirs: a few seconds on CPU.
 The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.1
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
 end coming). The search assumes s = 1, then fits s to what it measured.
+
+One factor fits the people on average, not each of them: at chitchat's x1.20, the 20 people
+it was fitted to wrote 52.0 characters against their 52.3 (2,000 replies), but one of them 45 %
+short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long (57, 57, 56 characters
+against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the fit then draws
+OWN_REPLIES for each of those people at the chosen factor, and gives each their own factor on
+it (`own_odds`, kept by lengths.json): their replies' mean / their messages', within OWN_RANGE.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +38,8 @@ from mimic.trainer.sampler import END_ODDS, MAX_LEN, sample_rows
 PEOPLE = 20  # the people with the most text, each weighted alike
 REPLIES = 400  # drawn per measurement, in one batch: their mean length within ~5 %
 MEASUREMENTS = 5
+OWN_REPLIES = 100  # drawn per person at the fitted factor: their mean within ~10 %
+OWN_RANGE = (0.5, 2.0)  # a person's own factor stays in this range
 CLOSE = 0.03  # stop when the mean is this close (relative)
 ODDS = (0.25, 64.0)  # the factors tried stay in this range
 
@@ -41,6 +50,7 @@ class Fit:
     length: float  # the replies' mean length at end_odds
     target: float  # the people's
     measured: tuple[tuple[float, float], ...]  # (factor, mean length) in the order tried
+    own_odds: dict[str, float] = field(default_factory=dict)  # "user:U1" -> x end_odds
 
     def record(self) -> dict[str, Any]:
         """What lengths.json keeps of the fit, for people to read."""
@@ -48,32 +58,40 @@ class Fit:
                 "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in self.measured]}
 
     def describe(self) -> str:
+        own = (f"; each of those {len(self.own_odds)} people's own x"
+               f"{min(self.own_odds.values()):.2f}-{max(self.own_odds.values()):.2f} of it"
+               if self.own_odds else "")
         return (f"replies end at x{self.end_odds:.2f} the model's odds: {self.length:.0f} "
-                f"characters against the people's {self.target:.0f}")
+                f"characters against the people's {self.target:.0f}{own}")
 
 
 def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]], *,
-                 replies: int = REPLIES, seed: int = 0) -> Fit:
+                 replies: int = REPLIES, own_replies: int = OWN_REPLIES, seed: int = 0) -> Fit:
     """The end-odds factor under which `loaded`'s replies for `people` ((user id, their
     messages oldest first), at least one) are on average as long as their messages, each
-    person's mean counted alike. Replies are drawn as the bot draws them, with the same seed
-    for every factor tried (so that the factors, not the draws, make the difference)."""
+    person's mean counted alike, and each person's own factor on it (`own_odds`). Replies are
+    drawn as the bot draws them, with the same seed for every factor tried (so that the
+    factors, not the draws, make the difference)."""
     if not people:
         raise ValueError("fit_end_odds needs at least one person")
-    each = max(1, replies // len(people))
     rows = [loaded.row(f"user:{user}", context=[(user, t) for t in texts[-PRIMING:]])
             for user, texts in people]
     # Messages longer than the cut count as that long: no reply can be longer.
-    target = max(1.0, statistics.mean(statistics.mean(min(len(t), MAX_LEN) for t in texts)
-                                      for _user, texts in people))
+    theirs = [max(1.0, statistics.mean(min(len(t), MAX_LEN) for t in texts))
+              for _user, texts in people]
+    target = statistics.mean(theirs)
 
-    def mean_length(odds: float) -> float:
+    def lengths(odds: float, each: int) -> list[float]:
+        """Each person's replies' mean length at `odds`."""
         drawn = sample_rows(loaded.model, loaded.vocab,
                             [replace(row, end_odds=odds) for row in rows for _ in range(each)],
                             reference=loaded.reference, guard=loaded.guard,
                             generator=torch.Generator().manual_seed(seed))
-        return statistics.mean(statistics.mean(len(t) for t in drawn[i : i + each])
-                               for i in range(0, len(drawn), each))
+        return [statistics.mean(len(t) for t in drawn[i : i + each])
+                for i in range(0, len(drawn), each)]
+
+    def mean_length(odds: float) -> float:
+        return statistics.mean(lengths(odds, max(1, replies // len(people))))
 
     measured: list[tuple[float, float]] = []
     odds, s = END_ODDS, 1.0
@@ -90,4 +108,12 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
             break
         odds = then
     best = min(measured, key=lambda m: abs(math.log(max(m[1], 0.1) / target)))
-    return Fit(round(best[0], 3), best[1], target, tuple(measured))
+    own = {}
+    if own_replies:
+        for (user, _texts), mine, wanted in zip(people, lengths(best[0], own_replies), theirs,
+                                                 strict=True):
+            # As if s were 1: where it is smaller this corrects part of the way, never past
+            # (a slope fitted from two noisy means made Shakespeare's factors hit the range).
+            factor = max(mine, 0.1) / wanted
+            own[f"user:{user}"] = round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
+    return Fit(round(best[0], 3), best[1], target, tuple(measured), own)

@@ -9,7 +9,7 @@ import json
 import math
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from mimic.core.ids import is_slack_id
 from mimic.core.store import Coverage, ModelVersion, Store
 from mimic.trainer.corpus import BASE, Target
 from mimic.trainer.lexicon import Lexicon, WordGuard
@@ -100,6 +101,8 @@ class LoadedModel:
     # The LSTM states after reading recent contexts (bounded; shared by the bot's threads, and
     # with the shared model a dedicated one is drawn against, when loaded with it).
     primer: Primer = field(default=None, compare=False)  # type: ignore[assignment]
+    # Each fitted person's own factor on end_odds (trainer/lengths.py): "user:U1" -> x.
+    own_odds: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.primer is None:  # frozen: set once, here
@@ -138,7 +141,7 @@ class LoadedModel:
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
-                   self.end_odds, boost, target)
+                   self.end_odds * self.own_odds.get(target, 1.0), boost, target)
 
 
 @dataclass(frozen=True)
@@ -149,12 +152,14 @@ class Lengths:
 
     long_message: int = 0
     end_odds: float = END_ODDS
+    own_odds: Mapping[str, float] = field(default_factory=dict)  # "user:U1" -> x end_odds
 
 
 def save_lengths(path: Path, lengths: Lengths, fit: dict[str, Any] | None = None) -> None:
     """Write LENGTHS, with how `end_odds` was fitted for people to read."""
     path.write_text(json.dumps({"quantile": LONG_QUANTILE, "long_message": lengths.long_message,
-                                "end_odds": lengths.end_odds, **({"fit": fit} if fit else {})}))
+                                "end_odds": lengths.end_odds, "own_odds": dict(lengths.own_odds),
+                                **({"fit": fit} if fit else {})}))
 
 
 def load_lengths(path: Path) -> Lengths:
@@ -163,14 +168,19 @@ def load_lengths(path: Path) -> Lengths:
     try:
         found = json.loads(path.read_text())
         long, odds = found["long_message"], found.get("end_odds", END_ODDS)
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        own = dict(found.get("own_odds", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path} is not a mimic lengths file ({exc})") from None
     if not isinstance(long, int) or isinstance(long, bool) or long < 0:
         raise ValueError(f"{path}: long_message must be a whole number >= 0, not {long!r}")
-    if (not isinstance(odds, int | float) or isinstance(odds, bool) or not math.isfinite(odds)
-            or odds <= 0):
-        raise ValueError(f"{path}: end_odds must be a number > 0, not {odds!r}")
-    return Lengths(long, float(odds))
+    for name, value in [("end_odds", odds), *((f"own_odds[{k!r}]", v) for k, v in own.items())]:
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{path}: {name} must be a number > 0, not {value!r}")
+    for key in own:
+        if not (isinstance(key, str) and key.startswith("user:") and is_slack_id(key[5:])):
+            raise ValueError(f"{path}: own_odds are kept by person (\"user:U…\"), not {key!r}")
+    return Lengths(long, float(odds), {key: float(value) for key, value in own.items()})
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
@@ -191,7 +201,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     parent_guard, parent_lengths, primer = None, Lengths(), None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
-        parent_lengths = Lengths(shared.long_message, shared.end_odds)
+        parent_lengths = Lengths(shared.long_message, shared.end_odds, shared.own_odds)
     elif parent is not None and row.target != "base":
         try:
             net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
@@ -209,7 +219,8 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     return LoadedModel(row.id, row.version, model, vocab, NoveltyIndex.load(folder / NOVELTY),
                        reference, slots,
                        WordGuard(lexicon, vocab, wording) if lexicon is not None
-                       else parent_guard, found.long_message, found.end_odds, primer)
+                       else parent_guard, found.long_message, found.end_odds, primer,
+                       found.own_odds)
 
 
 def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str

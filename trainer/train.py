@@ -425,7 +425,7 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
     candidate = LoadedModel(0, 0, model, vocab, novelty, slots=slots,
                             guard=guard, long_message=long)
     fit = fit_end_odds(candidate, people)
-    return Lengths(long, fit.end_odds), fit
+    return Lengths(long, fit.end_odds, fit.own_odds), fit
 
 
 # -- dedicated models -------------------------------------------------------------------------
