@@ -11,14 +11,14 @@ A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words]]]]]`: the w
 contrast with anyone (see trainer/sampler.py: BOOST; "own": each row's, growing with the words
 the model read of its person, `boost_for`, and DEDICATED_BOOST for a dedicated model), the
 temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x hotter), the end mark's
-odds factor ("fit": the one fitted to the model's people when it was trained,
-trainer/lengths.py), how many of the person's last messages are read first (0: start
-from an end mark alone), whether the word guard is on (1) or off (0), the plausibility floor
-(PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end (1,
-LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own": OWN_WORDS;
-0: not at all; trainer/wording.py). Besides the mean length, "long" is the share of messages
-longer than 99 % of the workspace's, and "cut" the share that ran to the 280-character cut
-(MAX_LEN, and stopped there, mid-word as a rule).
+odds factor ("fit": the one fitted to the model's people when it was trained, times each fitted
+person's own, trainer/lengths.py), how many of the person's last messages are read first (0:
+start from an end mark alone), whether the word guard is on (1) or off (0), the plausibility
+floor (PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end
+(1, LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own":
+OWN_WORDS; 0: not at all; trainer/wording.py). Besides the mean length, "long" is the share of
+messages longer than 99 % of the workspace's, and "cut" the share that ran to the 280-character
+cut (MAX_LEN, and stopped there, mid-word as a rule).
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
