@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mimic.trainer.lengths import MEASUREMENTS, ODDS, OWN_RANGE, fit_end_odds
+from mimic.trainer.lengths import MEASUREMENTS, ODDS, OWN_MESSAGES, OWN_RANGE, fit_end_odds
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
@@ -53,12 +53,16 @@ def test_a_length_out_of_reach_stops_at_the_edge_of_the_range() -> None:
 
 
 def test_each_fitted_person_gets_their_own_factor_on_it() -> None:
-    """One factor makes the two people's replies 10 characters on average, too long for U1
+    """One factor makes the people's replies 10 characters on average, too long for U1
     (messages of 4) and too short for U2 (16): each gets their own factor on it, the ratio of
     their replies' mean to their messages' (U1's held at OWN_RANGE's top), and the rows the
-    bot draws for them end sooner for U1 and later for U2 than for anyone else."""
+    bot draws for them end sooner for U1 and later for U2 than for anyone else. U3, with too
+    few messages to know their length, keeps the shared factor."""
     loaded = ending_at(0.2)
-    fit = fit_end_odds(loaded, [("U1", ["ab" * 2, "b" * 4]), ("U2", ["a" * 16])])
+    people = [("U1", ["ab" * 2, "b" * 4] * (OWN_MESSAGES // 2)), ("U2", ["a" * 16] * OWN_MESSAGES),
+              ("U3", ["a" * 10] * (OWN_MESSAGES - 1))]
+    fit = fit_end_odds(loaded, people)
+    assert set(fit.own_odds) == {"user:U1", "user:U2"}
     assert fit.own_odds["user:U1"] == OWN_RANGE[1]
     assert 0.45 < fit.own_odds["user:U2"] < 0.8
     assert "own x" in fit.describe()

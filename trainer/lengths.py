@@ -17,8 +17,9 @@ One factor fits the people on average, not each of them: at chitchat's x1.20, th
 it was fitted to wrote 52.0 characters against their 52.3 (2,000 replies), but one of them 45 %
 short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long (57, 57, 56 characters
 against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the fit then draws
-OWN_REPLIES for each of those people at the chosen factor, and gives each their own factor on
-it (`own_odds`, kept by lengths.json): their replies' mean / their messages', within OWN_RANGE.
+OWN_REPLIES for each of those people with OWN_MESSAGES or more at the chosen factor, and gives
+each their own factor on it (`own_odds`, kept by lengths.json): their replies' mean / their
+messages', within OWN_RANGE.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ import torch
 
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.report import PRIMING
-from mimic.trainer.sampler import END_ODDS, MAX_LEN, sample_rows
+from mimic.trainer.sampler import END_ODDS, MAX_LEN, Row, sample_rows
 
 PEOPLE = 20  # the people with the most text, each weighted alike
 REPLIES = 400  # drawn per measurement, in one batch: their mean length within ~5 %
 MEASUREMENTS = 5
 OWN_REPLIES = 100  # drawn per person at the fitted factor: their mean within ~10 %
+# ... for people whose own mean length is known that well too (to ~15 %: messages run about
+# as long on average as their spread): with fewer messages, the shared factor is as good a guess.
+OWN_MESSAGES = 50
 OWN_RANGE = (0.5, 2.0)  # a person's own factor stays in this range
 CLOSE = 0.03  # stop when the mean is this close (relative)
 ODDS = (0.25, 64.0)  # the factors tried stay in this range
@@ -81,17 +85,17 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
               for _user, texts in people]
     target = statistics.mean(theirs)
 
-    def lengths(odds: float, each: int) -> list[float]:
-        """Each person's replies' mean length at `odds`."""
+    def lengths(odds: float, each: int, whose: Sequence[Row]) -> list[float]:
+        """The mean length of `each` replies of each of `whose` rows at `odds`."""
         drawn = sample_rows(loaded.model, loaded.vocab,
-                            [replace(row, end_odds=odds) for row in rows for _ in range(each)],
+                            [replace(row, end_odds=odds) for row in whose for _ in range(each)],
                             reference=loaded.reference, guard=loaded.guard,
                             generator=torch.Generator().manual_seed(seed))
         return [statistics.mean(len(t) for t in drawn[i : i + each])
                 for i in range(0, len(drawn), each)]
 
     def mean_length(odds: float) -> float:
-        return statistics.mean(lengths(odds, max(1, replies // len(people))))
+        return statistics.mean(lengths(odds, max(1, replies // len(people)), rows))
 
     measured: list[tuple[float, float]] = []
     odds, s = END_ODDS, 1.0
@@ -109,9 +113,11 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
         odds = then
     best = min(measured, key=lambda m: abs(math.log(max(m[1], 0.1) / target)))
     own = {}
-    if own_replies:
-        for (user, _texts), mine, wanted in zip(people, lengths(best[0], own_replies), theirs,
-                                                 strict=True):
+    known = [i for i, (_user, texts) in enumerate(people) if len(texts) >= OWN_MESSAGES]
+    if own_replies and known:
+        for i, mine in zip(known, lengths(best[0], own_replies, [rows[i] for i in known]),
+                           strict=True):
+            user, wanted = people[i][0], theirs[i]
             # As if s were 1: where it is smaller this corrects part of the way, never past
             # (a slope fitted from two noisy means made Shakespeare's factors hit the range).
             factor = max(mine, 0.1) / wanted
