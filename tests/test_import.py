@@ -175,8 +175,11 @@ def test_store_refuses_a_database_behind_the_code(database_url: str) -> None:
 
 
 def mimic_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # Wide: rich wraps at 80 columns, and a message holding a temporary path could break
+    # inside the words asserted on (it did in a worker with a longer path).
     return subprocess.run([sys.executable, "-m", "mimic.cli", *args], cwd=cwd, text=True,
-                          capture_output=True, env={**os.environ, **env}, timeout=120)
+                          capture_output=True, env={**os.environ, "COLUMNS": "200", **env},
+                          timeout=120)
 
 
 def test_cli_init_then_import_prints_a_summary(tmp_path: Path) -> None:
