@@ -588,12 +588,9 @@ def serve(
     import os
     import signal
 
-    import torch
     from slack_sdk.errors import SlackApiError
 
-    from mimic.bot.app import SetupError, build_app
     from mimic.bot.processes import HANDOVER_ENV, READY, WORKER_ENV, Supervisor
-    from mimic.bot.schedule import Elected
     from mimic.exporter.webapi import make_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
@@ -617,6 +614,12 @@ def serve(
                     "SLACK_BOT_TOKEN in .env.") from None
     except OSError as exc:
         raise _fail(f"Cannot reach Slack at {settings.slack_api_url} ({exc}).") from None
+    # Only now the heavy imports (torch: ~3 s): a setting missing above is said at once.
+    import torch
+
+    from mimic.bot.app import SetupError, build_app
+    from mimic.bot.schedule import Elected
+
     # Answers are many small torch calls: one thread each beat two fighting over the cores
     # (one /mimic on 2 cores: 161 ms against 198 ms). Retraining runs in its own process.
     torch.set_num_threads(1)
