@@ -2,7 +2,8 @@
 
 Measures, from the POST of a signed `/mimic @person` to its reply arriving at the
 response_url: one request at a time, then rounds of 20 concurrent requests, each round for 20
-different people (p50 and p99); and the memory of `mimic serve` once it has answered them all.
+different people (p50 and p99, and the times by the replies' length: a long reply takes a
+sampler step for each character); and the memory of `mimic serve` once it has answered them all.
 Also the cold load of the workspace model (weights, novelty index and lexicon) into an empty
 cache, and rounds of 20 concurrent mentions (`@mimic be @person` in a thread of three real
 messages), from the event's POST to the threaded reply's chat.postMessage; and 4-turn
@@ -99,6 +100,19 @@ def cpu_line(before: tuple[float, float, float], pid: int, requests: int) -> str
             f"{ours / requests * 1e3:.1f} ms; cores busy {busy:.0%} of {wall:.1f} s")
 
 
+def by_length(lengths: list[int], times: list[float]) -> str:
+    """The replies' times by their length: each character is a step of the sampler, so the
+    long replies are the slow ones (what sets the p99)."""
+    bands = []
+    for low, high in ((0, 40), (40, 80), (80, 140), (140, None)):
+        took = [t for n, t in zip(lengths, times, strict=True)
+                if n >= low and (high is None or n < high)]
+        if took:
+            bands.append(f"{low}{f'-{high - 1}' if high else '+'} chars: {len(took)}, mean "
+                         f"{statistics.mean(took) * 1e3:.0f} ms, max {max(took) * 1e3:.0f} ms")
+    return "  by reply length: " + "; ".join(bands)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -160,9 +174,8 @@ def main() -> None:
     try:
         url = f"http://127.0.0.1:{port}/slack/events"
         wait_listening(server, args.processes)
-        lengths: list[int] = []
 
-        def ask(job: tuple[str, int]) -> tuple[float, float]:
+        def ask(job: tuple[str, int]) -> tuple[float, float, int]:
             user, person = job
             response_url = catcher.url()
             start = time.perf_counter()
@@ -174,21 +187,21 @@ def main() -> None:
             path = response_url.split("127.0.0.1", 1)[1].split("/", 1)[1]
             arrived = catcher.arrived["/" + path][0]
             assert body["response_type"] == "in_channel", body["text"]
-            lengths.append(len(body["text"].split("\n", 1)[1]))
-            return acked - start, arrived - start
+            return acked - start, arrived - start, len(body["text"].split("\n", 1)[1])
 
         ask(("UWARM", 0))
         single = [ask((f"USOLO{i}", i))[1] for i in range(10)]
         print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
               f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
-        acks, replies = [], []
+        acks, replies, lengths = [], [], []
         used = cpu_s(server.pid), time.process_time(), time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             for r in range(args.rounds):
                 jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
-                for ack, reply in pool.map(ask, jobs):
+                for ack, reply, length in pool.map(ask, jobs):
                     acks.append(ack)
                     replies.append(reply)
+                    lengths.append(length)
         p99 = percentile(replies, 0.99)
         print(f"{args.concurrency} concurrent x {args.rounds} rounds: reply p50 "
               f"{percentile(replies, 0.5) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
@@ -196,6 +209,7 @@ def main() -> None:
               f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
               f"replies average {statistics.mean(lengths):.0f} chars")
         print(cpu_line(used, server.pid, len(replies)))
+        print(by_length(lengths, replies))
 
         # Mentions: each in a thread of three real messages by other people, answered in the
         # thread after reading it (conversations.replies), timed to the chat.postMessage.
