@@ -331,7 +331,8 @@ def rollback(target: Annotated[str, typer.Argument(help="@person, #channel or ba
 
 @app.command()
 def sample(
-    target: Annotated[str, typer.Argument(help="@person or #channel with an active model.")],
+    target: Annotated[str, typer.Argument(help="@person or #channel with an active model, or "
+                                          "base: the workspace model in nobody's voice.")],
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature, above 0 and at "
                                                "most 2: higher is wilder, lower is safer "
                                                "(default: the bot's).")] = None,

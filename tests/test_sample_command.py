@@ -28,19 +28,23 @@ def test_sample_prints_novel_inert_messages_and_explains_errors(
     _store, settings = world
     cases = [
         (["@alice", "--temp", "0.9", "-n", "4", "--seed", "we should"], ""),
+        (["workspace", "-n", "2"], ""),  # the shared model itself, nobody in particular
         (["@alice", "--temp", "3"], "out of range"),
         (["@nobody"], "No person called @nobody"),
         (["@carol"], "has no model yet"),
     ]
     # Two at a time: each process spends ~4 s importing torch, and none changes the store.
     with ThreadPoolExecutor(2) as pool:
-        done, *failures = pool.map(lambda case: mimic(settings, tmp_path, "sample", *case[0]),
-                                   cases)
+        done, anyone, *failures = pool.map(
+            lambda case: mimic(settings, tmp_path, "sample", *case[0]), cases)
     assert done.returncode == 0, done.stderr
     header, *lines = done.stdout.rstrip("\n").split("\n")
     assert "@alice · workspace model v1 · temp 0.9" in header
     assert 1 <= len(lines) <= 4 and all(line.startswith("we should") for line in lines)
-    for failed, (_args, message) in zip(failures, cases[1:], strict=True):
+    assert anyone.returncode == 0, anyone.stderr
+    header, *lines = anyone.stdout.rstrip("\n").split("\n")
+    assert "workspace · workspace model v1" in header and 1 <= len(lines) <= 2
+    for failed, (_args, message) in zip(failures, cases[2:], strict=True):
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
 

@@ -9,12 +9,13 @@ model reads; `load_corpus` one target's text, for dedicated models and for scori
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from mimic.core.config import Settings
@@ -99,7 +100,11 @@ class Corpus:
 
 def consenting(settings: Settings) -> ColumnElement[bool]:
     """People who may be learned from and imitated, under MIMIC_CONSENT."""
-    return User.opted_in if settings.consent == "opt-in" else ~User.opted_out
+    return _consenting(settings.consent)
+
+
+def _consenting(consent: str) -> ColumnElement[bool]:
+    return User.opted_in if consent == "opt-in" else ~User.opted_out
 
 
 def may_imitate(user: User, settings: Settings) -> bool:
@@ -119,9 +124,13 @@ def may_have_model(session: Session, settings: Settings, target: Target) -> bool
 def eligible(settings: Settings) -> ColumnElement[bool]:
     """Messages any model may learn from: people's, not deleted, from consenting people, not
     DMs, and in an allowed channel. Joins Message with User and Channel."""
-    rules = [~Message.deleted, ~User.is_bot, consenting(settings), ~Channel.is_dm]
-    if settings.channels:
-        rules.append(func.lower(Channel.name).in_(settings.channels))
+    return _eligible(settings.consent, tuple(settings.channels))
+
+
+def _eligible(consent: str, channels: tuple[str, ...]) -> ColumnElement[bool]:
+    rules = [~Message.deleted, ~User.is_bot, _consenting(consent), ~Channel.is_dm]
+    if channels:
+        rules.append(func.lower(Channel.name).in_(channels))
     return and_(*rules)
 
 
@@ -154,13 +163,13 @@ def _digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _scope(target: Target) -> ColumnElement[bool]:
-    """Which eligible messages a target learns from: a person's in public channels, a
-    channel's own, everyone's public ones for the base."""
-    if target.kind == "user":
-        return and_(Message.user_id == target.ident, ~Channel.is_private)
-    if target.kind == "channel":
-        return Message.channel_id == target.ident
+def _scope(kind: str, ident: str | BindParameter[str]) -> ColumnElement[bool]:
+    """Which eligible messages a target (its kind and id) learns from: a person's in public
+    channels, a channel's own, everyone's public ones for the base."""
+    if kind == "user":
+        return and_(Message.user_id == ident, ~Channel.is_private)
+    if kind == "channel":
+        return Message.channel_id == ident
     return ~Channel.is_private
 
 
@@ -171,7 +180,7 @@ def corpus_size(session: Session, settings: Settings, target: Target) -> tuple[i
         select(func.count(), func.coalesce(func.sum(func.length(Message.text) + 1), 0))
         .join(User, Message.user_id == User.id)
         .join(Channel, Message.channel_id == Channel.id)
-        .where(eligible(settings), _scope(target))).one()
+        .where(eligible(settings), _scope(target.kind, target.ident))).one()
     return messages, chars
 
 
@@ -184,7 +193,7 @@ def load_corpus(session: Session, settings: Settings, target: Target) -> Corpus:
     """A person's or channel's corpus (the shared model reads `load_workspace` instead)."""
     if target.kind == "base":
         raise ValueError("the shared model reads the whole workspace: load_workspace()")
-    said = [Said(*row) for row in _rows(session, settings, _scope(target))]
+    said = [Said(*row) for row in _rows(session, settings, _scope(target.kind, target.ident))]
     return Corpus(target, said, split_point([len(m.text) + 1 for m in said]),
                   said[-1].ts if said else None, _digest([m.text for m in said]))
 
@@ -245,14 +254,28 @@ def recent(session: Session, settings: Settings, target: Target, limit: int,
     """The target's newest `limit` eligible messages (before ts `before`), oldest first, as
     (author id, text): what a reply in its voice reads first, so that it starts where
     messages start. A person's from public channels only."""
+    query = _recent(settings.consent, tuple(settings.channels), target.kind, before is not None)
+    found = session.connection().execute(
+        query, {"ident": target.ident, "limit": limit, "before": before}).all()
+    return [(user, text) for user, text in reversed(found)]
+
+
+@functools.lru_cache(maxsize=64)
+def _recent(consent: str, channels: tuple[str, ...], kind: str, before: bool
+            ) -> Select[tuple[str, str]]:
+    """`recent`'s statement, built once per setting and kind of target, its rows read on the
+    connection: the bot reads a target's last messages on every request, and building the
+    statement each time and reading through the ORM cost ~0.8 ms of its interpreter time,
+    against 0.09 so (BENCHMARKS.md, fourteenth session)."""
     query = (select(Message.user_id, Message.text)
              .join(User, Message.user_id == User.id)
              .join(Channel, Message.channel_id == Channel.id)
-             .where(eligible(settings), _scope(target))
-             .order_by(Message.ts.desc()).limit(limit))
-    if before is not None:
-        query = query.where(Message.ts < before)
-    return [(user, text) for user, text in reversed(session.execute(query).all())]
+             .where(_eligible(consent, channels), _scope(kind, bindparam("ident")))
+             .order_by(Message.ts.desc()).limit(bindparam("limit")))
+    return query.where(Message.ts < bindparam("before")) if before else query
+
+
+_USER_NAMED = select(User).where(User.name == bindparam("name"))  # built once: asked each request
 
 
 def resolve(session: Session, name: str, where: str | None = None) -> Target:
@@ -283,7 +306,7 @@ def resolve(session: Session, name: str, where: str | None = None) -> Target:
         # The usual cases first, without comparing every user's four names in lower case
         # (2 ms a request): an id, as Slack's escaped mentions send, or a handle as it is.
         exact = [session.get(User, name[1:])] if is_slack_id(name[1:]) else \
-            session.scalars(select(User).where(User.name == wanted)).all()
+            session.scalars(_USER_NAMED, {"name": wanted}).all()
         if len(exact) == 1 and exact[0] is not None and not exact[0].is_bot:
             return Target(f"user:{exact[0].id}", f"@{exact[0].name}")
         columns = (User.id, User.name, User.display_name, User.real_name)
