@@ -74,13 +74,12 @@ def _cleaned(store: Store, messages: Sequence[Mapping[str, Any]]) -> list[tuple[
     ids = {m["user"] for m in messages} | {i for m in messages
                                            for i in _MENTIONED.findall(m["text"])}
     with store.session() as session:
-        users = {uid: (name, out) for uid, name, out in session.connection().execute(
-            _USERS, {"ids": sorted(ids)})}
+        users = session.connection().execute(_USERS, {"ids": sorted(ids)}).all()
         channels = dict(session.connection().execute(_CHANNELS, {"ids": sorted(ids)}).all())
-    names = {uid: name for uid, (name, _out) in users.items()}
+    names = {uid: name for uid, name, _out in users}
+    gone = {uid for uid, _name, out in users if out}
     return [(m["user"], normalise(m["text"], names, channels)) for m in messages
-            if not (m["user"] in users and users[m["user"]][1])]
-
+            if m["user"] not in gone]
 
 
 def thread_of(message: Mapping[str, Any]) -> str:
