@@ -253,7 +253,8 @@ def recent(session: Session, settings: Settings, target: Target, limit: int,
            before: str | None = None) -> list[tuple[str, str]]:
     """The target's newest `limit` eligible messages (before ts `before`), oldest first, as
     (author id, text): what a reply in its voice reads first, so that it starts where
-    messages start. A person's from public channels only."""
+    messages start. A person's from public channels only. Read on the session's connection:
+    changes the session has not flushed are not seen."""
     query = _recent(settings.consent, tuple(settings.channels), target.kind, before is not None)
     found = session.connection().execute(
         query, {"ident": target.ident, "limit": limit, "before": before}).all()
