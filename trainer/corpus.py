@@ -98,12 +98,8 @@ class Corpus:
         return sum(len(m.text) + 1 for m in self.train_said)
 
 
-def consenting(settings: Settings) -> ColumnElement[bool]:
-    """People who may be learned from and imitated, under MIMIC_CONSENT."""
-    return _consenting(settings.consent)
-
-
-def _consenting(consent: str) -> ColumnElement[bool]:
+def consenting(consent: str) -> ColumnElement[bool]:
+    """People who may be learned from and imitated, under MIMIC_CONSENT (`consent`)."""
     return User.opted_in if consent == "opt-in" else ~User.opted_out
 
 
@@ -128,7 +124,7 @@ def eligible(settings: Settings) -> ColumnElement[bool]:
 
 
 def _eligible(consent: str, channels: tuple[str, ...]) -> ColumnElement[bool]:
-    rules = [~Message.deleted, ~User.is_bot, _consenting(consent), ~Channel.is_dm]
+    rules = [~Message.deleted, ~User.is_bot, consenting(consent), ~Channel.is_dm]
     if channels:
         rules.append(func.lower(Channel.name).in_(channels))
     return and_(*rules)
