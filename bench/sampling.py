@@ -6,6 +6,11 @@ run (best of four), so the ratio is not the machine's mood. Today's is measured 
 weights too ("float": `INT8` off), and what the int8 products cost in quality is printed: the
 loss of the people's 10 latest messages (held out from training), read through each step.
 
+Then whole replies as the latency bench asks for them (rounds of 20 people, 100 in turn, each
+round's 20 drawn together to their ends): the sampler's CPU a reply with the word guard's
+blocks for the commonest word states (trainer/lexicon.py, HOT_STATES) and without, each arm
+with a guard of its own, in turn, from the same seed: the texts must come out the same.
+
     .venv/bin/python -m bench.sampling [--against b4151a0^]
 """
 
@@ -24,8 +29,11 @@ import torch
 
 from bench.workspace import chitchat, machine
 from mimic.bot.models import ModelCache
+from mimic.core.config import Settings
+from mimic.core.store import Store
 from mimic.trainer import sampler
 from mimic.trainer.corpus import BASE, recent
+from mimic.trainer.lexicon import HOT_STATES, WordGuard
 from mimic.trainer.registry import LoadedModel, active_version
 from mimic.trainer.report import covered_people
 from mimic.trainer.sampler import Voice
@@ -100,6 +108,50 @@ def main() -> None:
     print(f"loss of {len(people)} people's 10 latest messages read one step at a time: float "
           f"{losses['float'][0]:.4f}, int8 {losses['int8'][0]:.4f} nats/char over "
           f"{losses['float'][1]:,} characters")
+    people_in_turn(store, settings, loaded)
+
+
+def people_in_turn(store: Store, settings: Settings, loaded: LoadedModel, rounds: int = 20,
+                   width: int = 20, people: int = 100, repeats: int = 3) -> None:
+    """The sampler's CPU a whole reply, the word guard's blocks on and off (see the module
+    docstring); the guard's build time, and the texts' equality."""
+    targets = [t for t, _chars in covered_people(store, settings)][:people]
+    with store.session() as session:
+        rows = [loaded.row(t.key, context=recent(session, settings, t, 3)) for t in targets]
+    guard = loaded.guard
+    assert guard is not None and guard.wording is not None, "a model with counted words"
+    took: dict[str, list[tuple[float, float]]] = {"blocks": [], "one state at a time": []}
+    built, texts = [], {}
+    for _repeat in range(repeats):
+        for arm, hot in (("blocks", HOT_STATES), ("one state at a time", 0)):
+            start = time.thread_time()
+            fresh = WordGuard(guard.lexicon, loaded.vocab, guard.wording, hot=hot)
+            if hot:
+                built.append(time.thread_time() - start)
+            generator, cpu, drawn = torch.Generator().manual_seed(0), [], []
+            for r in range(rounds):
+                start = time.thread_time()
+                batch = sampler.Generation(loaded.model, loaded.vocab, guard=fresh,
+                                           reference=loaded.reference, primer=loaded.primer,
+                                           generator=generator)
+                ids = batch.add([rows[(r * width + i) % len(rows)] for i in range(width)])
+                while batch.active:
+                    batch.step()
+                cpu.append(time.thread_time() - start)
+                drawn += batch.take(ids) or []
+            texts.setdefault(arm, drawn)
+            assert drawn == texts[arm], "the same seed drew other texts"
+            first = max(1, min(rounds, people // width))  # each person's first request
+            took[arm].append((sum(cpu[:first]) / (first * width),
+                              sum(cpu[first:]) / max(1, (rounds - first) * width)))
+    same = texts["blocks"] == texts["one state at a time"]
+    print(f"whole replies, {rounds} rounds of {width} of {len(rows)} people in turn (sampler CPU "
+          f"a reply, best of {repeats}; people's first requests | their next ones):")
+    for arm, times in took.items():
+        print(f"  {arm:<21} {min(t for t, _ in times) * 1e3:6.2f} | "
+              f"{min(t for _, t in times) * 1e3:6.2f} ms")
+    print(f"  the same texts from the same seed: {'yes' if same else 'NO'}; the guard's blocks "
+          f"built in {min(built) * 1e3:.0f} ms (part of a model's cold load)")
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mimic.trainer import lexicon
 from mimic.trainer.lexicon import Lexicon, WordGuard, words
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
@@ -23,6 +24,7 @@ from mimic.trainer.sampler import (
 )
 from mimic.trainer.vocab import Vocab
 from mimic.trainer.wording import MOST, SMOOTHING, Wording
+from tests.test_lexicon import LINES, SMALL
 from tests.test_sampler import fixed_odds, gen
 
 SAID = [("U1", "C1", "The cat sat, the cat ran"), ("U1", "C2", "cats don't care"),
@@ -205,3 +207,30 @@ def test_a_targets_boost_grows_with_the_words_the_model_read_of_it() -> None:
     assert unguarded.row("user:U1").boost == BOOST
     dedicated = LoadedModel(1, 1, model, VOCAB, NoveltyIndex.build([]), model, guard=guard)
     assert dedicated.row("user:U1").boost == DEDICATED_BOOST
+
+
+def test_the_commonest_states_weigh_as_one_state_at_a_time(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The hot states' rows, worked out for a target all at once (a block), are the rows the
+    guard works out one state at a time: at every prefix of every word, for every target,
+    with more targets in one call than blocks are kept ("don" and "isn" may go on with an
+    apostrophe but are no words: their apostrophe keeps its letter's weight)."""
+    monkeypatch.setattr(lexicon, "BLOCKS", 3)
+    lines = [*LINES, *["isn't it", "don't know"] * 8]
+    said = [(f"U{i % 4}", f"C{i % 2}", line) for i, line in enumerate(lines)]
+    covered = {"user:U0", "user:U1", "user:U2", "user:U3", "channel:C0"}
+    wording = Wording.build(said, covered)
+    hot = WordGuard(Lexicon(wording.words), SMALL, wording, hot=60)
+    one_at_a_time = WordGuard(Lexicon(wording.words), SMALL, wording, hot=0)
+    keys = [*sorted(covered), "", "user:U9"]
+    prefixes = {w[:k] for w in wording.words for k in range(1, len(w) + 1)}
+    states = [hot.start(text) for text in ["", "x ", "isn't it", *sorted(prefixes)]]
+    for state in states:
+        rows = [(state, key) for key in keys]
+        mine, theirs = hot.biases(rows), one_at_a_time.biases(rows)
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            assert torch.equal(mine, theirs), state
+    # The blocks were drawn on: two, grown to three, then reused (past BLOCKS).
+    assert len(hot._blocks) == 3 and len(hot._hot.rows) == 1 + 3 * len(hot._hot.index)
+    assert hot.start("don") in hot._hot.index and hot.start("isn") in hot._hot.index

@@ -27,6 +27,7 @@ from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,11 @@ class Spans:
         everyone = wording._cumulative
         self.theirs = [everyone[stop] - everyone[start] for start, stop in spans]
 
+    @cached_property
+    def workspace(self) -> np.ndarray:
+        """`theirs` as an array (for `Prior.uses`)."""
+        return np.array(self.theirs, np.float64)
+
     def __len__(self) -> int:
         return len(self.theirs)
 
@@ -199,6 +205,18 @@ class Prior:
         spans = self._wording.spans([self._wording.span(prefix, whole)])
         ratios = self.ratios(spans)
         return ratios[0] if ratios is not None else _NONE if spans.theirs[0] else None
+
+    def uses(self, spans: Spans) -> tuple[np.ndarray, np.ndarray]:
+        """`ratios` for many spans at once, as arrays: the target's use of each span, and its
+        r (NaN where the workspace never used the span, _NONE where the target did not)."""
+        mine = np.frombuffer(self._cumulative, np.int64)
+        at = np.searchsorted(self._index, spans.bounds)
+        used = mine[at[:, 1]] - mine[at[:, 0]]
+        theirs = spans.workspace
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.log((np.minimum(used * self._scale / theirs, MOST) + SMOOTHING)
+                       / (1 + SMOOTHING))
+        return used, np.where(theirs == 0, np.nan, np.where(used == 0, _NONE, r))
 
     def ratios(self, spans: Spans) -> list[float | None] | None:
         """r of the words in each of `spans`, None for a span the workspace never used;
