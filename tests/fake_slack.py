@@ -12,9 +12,11 @@ import threading
 import time
 from collections import Counter
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.slack_client import BurstServer
 
 TOKEN = "xoxb-test-token"
 ALL_SCOPES = frozenset({"users:read", "channels:read", "groups:read", "channels:history",
@@ -50,8 +52,8 @@ class FakeSlack:
         self.views: dict[str, list[dict[str, Any]]] = {}  # user → Home views, oldest first
         self._published = threading.Condition(self._lock)
         self._clock = 1_700_000_000
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        # Its backlog takes a burst: 20 mentions read their threads and post at once.
+        self._server = BurstServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         args=(0.05,), daemon=True)
 

@@ -17,10 +17,12 @@ from typing import Any
 SIGNING_SECRET = "test-signing-secret"
 
 
-class _Server(ThreadingHTTPServer):
+class BurstServer(ThreadingHTTPServer):
+    """A threaded HTTP server for what stands in for Slack's side: the default backlog of 5
+    drops connections in a burst (20 replies at once); the client then retries only after a
+    second, which would show up as latency that is not the app's."""
+
     daemon_threads = True
-    # The default backlog of 5 drops connections in a burst of replies; the client then
-    # retries only after a second, which would show up as latency that is not the app's.
     request_queue_size = 128
 
 
@@ -47,7 +49,7 @@ class Catcher:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = BurstServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         self._next = 0
 
