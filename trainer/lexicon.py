@@ -180,12 +180,12 @@ _CACHE_LIMIT = 100_000  # masks kept; cleared past this (seed texts can bring en
 _BIASES = 30_000
 # The word beginnings the workspace writes most ("t", "th", "the", "i"...; by its use of the
 # words they begin): what `biases` adds inside them is worked out for a target all at once,
-# the first time the target is drawn (a block of rows, ~1.5 ms), instead of one state at a
-# time as replies reach them (~0.1 ms each, ~35 in a reply: a fifth of the sampler's time
-# for new people). Chitchat's top 1,000 held 85 % of the states its replies reached first;
-# blocks for BLOCKS targets are kept
-# (48 MB at most for chitchat, 372 kB each; with 32, the latency bench's 100 people, asked in
-# turn, each had theirs worked out again at every request).
+# the first time the target is drawn (a block of rows, ~1.5 ms: about what that first reply's
+# new rows cost), not one state at a time as replies reach them (~0.1 ms each; a person's
+# later replies still reach ~35 new states each: 15 % of the sampler's time, bench/sampling.py).
+# Chitchat's top 1,000 held 85 % of the states its replies reached first. Blocks are kept for
+# the BLOCKS targets drawn last (372 kB each for chitchat, 48 MB at most; with 32, the latency
+# bench's 100 people, asked in turn, had theirs worked out again at every request).
 HOT_STATES = 1_000
 BLOCKS = 128
 
