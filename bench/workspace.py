@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,31 +24,7 @@ def machine() -> str:
                     if line.startswith("model name")), cpu)
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}; {pace()}")
-
-
-def pace() -> str:
-    """How fast the machine runs at the moment, on one thread: a fixed Python loop and fixed
-    float products, best of five. A shared VM's speed swings (the project's 2-core one ran the
-    same server at 15 and at 33 ms of CPU a request within an hour): figures taken at
-    different paces do not compare."""
-    def best(work: Callable[[], object]) -> float:
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - start)
-        return min(times) * 1e3
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(40, 512), torch.randn(512, 1024)
-        python = best(lambda: sum(i * i for i in range(300_000)))
-        products = best(lambda: [a @ b for _ in range(200)])
-    finally:
-        torch.set_num_threads(threads)
-    return f"pace: a Python loop {python:.1f} ms, 200 float products {products:.1f} ms"
+            f"torch {torch.__version__}")
 
 
 def imported(folder: Path, export_name: str, build: Callable[[Path], object],
