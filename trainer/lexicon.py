@@ -193,13 +193,14 @@ BLOCKS = 128
 @dataclass
 class _Hot:
     """The hot word states and what is the same for every target there: each state's spans
-    one after another, its own first (`starts`: where each state's begin), which span weighs
-    each id (`child`, -1: none) and the floors; `rows` holds the targets' blocks (row 0:
-    zeros)."""
+    one after another, its own first (`starts`: where each state's begin; `parents`: each
+    span's state's own span), which span weighs each id (`child`, -1: none) and the floors;
+    `rows` holds the targets' blocks (row 0: zeros)."""
 
     index: dict[State, int]
     spans: Spans
     starts: np.ndarray
+    parents: np.ndarray
     child: np.ndarray
     floors: np.ndarray
     rows: torch.Tensor
@@ -454,8 +455,9 @@ class WordGuard:
                 if found.theirs[1 + j]:  # else never weighed: an id in two keeps the other's
                     child[k, group] = starts[-1] + 1 + j
             floors[k] = self._floor(self._allowed_ids(state))
-        return _Hot({state: k for k, state in enumerate(states)}, wording.spans(spans),
-                    np.array(starts, np.int64), child, floors,
+        first = np.array(starts, np.int64)
+        return _Hot({state: k for k, state in enumerate(states)}, wording.spans(spans), first,
+                    np.repeat(first, np.diff(np.append(first, len(spans)))), child, floors,
                     torch.zeros(1 + min(2, BLOCKS) * len(states), self._n))
 
     def _block(self, key: str, taken: set[str]) -> tuple[int, list[bool]] | None:
@@ -474,11 +476,10 @@ class WordGuard:
         prior = self.wording.prior(key)
         assert prior is not None
         used, r = prior.uses(hot.spans)
-        parents = np.repeat(hot.starts, np.diff(np.append(hot.starts, len(r))))
         # Nothing weighed where the target used none of the state's words, or the workspace
         # none of the words of its own span (`ratios` gives None).
         plain = ~np.logical_or.reduceat(used > 0, hot.starts) | np.isnan(r[hot.starts])
-        weights = np.nan_to_num(self.weight * (r - r[parents]), nan=0.0)
+        weights = np.nan_to_num(self.weight * (r - r[hot.parents]), nan=0.0)
         rows = hot.floors + np.append(weights, 0.0)[hot.child]  # -1: no weight (the 0)
         if len(self._blocks) < BLOCKS:
             first = 1 + len(self._blocks) * len(hot.index)
