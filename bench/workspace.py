@@ -20,8 +20,15 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():  # the model, not just "x86_64": figures differ a lot between them
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+        found = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0]
+                     .splitlines() if ":" in line)
+        found = {key.strip(): value.strip() for key, value in found.items()}
+        # A VM may name only the family ("AMD EPYC"): its cache and vector width tell apart
+        # hosts whose speeds differed ~5x a request (BENCHMARKS.md, sixteenth session).
+        avx = next((f for f in ("avx512f", "avx2") if f in found.get("flags", "").split()), "")
+        cache = found.get("cache size")
+        extra = ", ".join(x for x in (cache and f"{cache} cache", avx.upper()[:6]) if x)
+        cpu = found.get("model name", cpu) + (f" ({extra})" if extra else "")
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
