@@ -272,6 +272,34 @@ def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:
     assert 0.8 < len(contrasted) / len(alone) < 1.25
 
 
+def test_a_reply_starts_with_a_capital_as_often_as_its_person_does() -> None:
+    """The person starts 30 % of their words with a capital A, the workspace hardly ever: the
+    contrast and a low temperature make A the likeliest character by far, and would start
+    nearly every reply with it. Whether the first letter is a capital is drawn at the person's
+    own odds; the rest of the wording is as sharp as asked. Rows with a letter in their seed
+    text are left alone."""
+    vocab = Vocab(list("Aab."))
+    person = fixed_odds(vocab, [0.1, 1e-9, 0.24, 0.46, 0.1, 0.1])
+    workspace = fixed_odds(vocab, [0.1, 1e-9, 0.01, 0.69, 0.1, 0.1])
+    texts = sample(person, vocab, n=600, reference=workspace, temperature=0.5,
+                   generator=gen(0))
+    firsts = [next(ch for ch in t if ch.isalpha()) for t in texts if any(map(str.isalpha, t))]
+    share = firsts.count("A") / len(firsts)
+    assert 0.24 < share < 0.36  # the person's 0.24 / (0.24 + 0.46 + 0.1), give or take
+    rest = "".join(t[t.index(first) + 1:] for t, first in zip(
+        (t for t in texts if any(map(str.isalpha, t))), firsts, strict=True))
+    assert rest.count("A") / len(rest) > 0.8  # the wording after it: sharp and contrasted
+    # A leading mark is no letter: the choice waits for the first letter.
+    dotted = fixed_odds(vocab, [0.1, 1e-9, 0.12, 0.23, 0.05, 0.5])
+    texts = sample(dotted, vocab, n=600, reference=workspace, temperature=0.5,
+                   generator=gen(1))
+    firsts = [next(ch for ch in t if ch.isalpha()) for t in texts if any(map(str.isalpha, t))]
+    assert 0.24 < firsts.count("A") / len(firsts) < 0.36
+    seeded = sample(person, vocab, n=200, reference=workspace, temperature=0.5,
+                    seed_text="b", generator=gen(2))
+    assert sum(t[1:2] == "A" for t in seeded) > 0.8 * sum(len(t) > 1 for t in seeded)
+
+
 def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Vocab]) -> None:
     """reply() draws the version's own rows: against its reference when it has one (a
     dedicated model: DEDICATED_BOOST, DEDICATED_HEAT x the temperature asked), and ended as its

@@ -497,7 +497,8 @@ class Generation:
     message on the row's voice), and ends at end of message or at `max_len` characters in
     all, seed included. UNK is never drawn. Every character is drawn contrasted with the
     row's contrast voice (see BOOST): read by `reference` when given (the shared model a
-    dedicated one was fine-tuned from, or an older mimic's base), else by the model itself.
+    dedicated one was fine-tuned from, or an older mimic's base), else by the model itself;
+    whether a message's first letter is a capital is drawn at the model's own odds (`_case`).
     With a `guard`, no character that would make a word the workspace never used is drawn,
     and a row's words are weighed by its target's use of them (Row.own_words).
     Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
@@ -542,6 +543,12 @@ class Generation:
         self._done: dict[int, str] = {}
         self._next = 0
         self._own: list[_OwnNet] = []  # rows written by nets of their own
+        # Rows yet to write a letter, and which ids are letters and capitals (see _case).
+        self._unlettered: set[int] = set()
+        self._letters = frozenset(i for c, i in vocab.stoi.items() if c.isalpha())
+        capitals = torch.tensor([c.isupper() for c in vocab.itos], device=self.device)
+        self._letter_mask = torch.tensor([c.isalpha() for c in vocab.itos], device=self.device)
+        self._cases = (capitals, self._letter_mask & ~capitals)
 
     @property
     def active(self) -> bool:
@@ -620,6 +627,8 @@ class Generation:
         self._alive += ids_
         for i, row in zip(ids_, rows, strict=True):
             self._rows[i] = (row, [], self.guard.start(row.seed_text) if self.guard else None)
+            if not any(ch.isalpha() for ch in row.seed_text):
+                self._unlettered.add(i)
             if len(row.seed_text) == self.max_len:  # nothing left to write
                 self._finish(i)
         if self._compact() is None:
@@ -692,7 +701,7 @@ class Generation:
         log_odds.add_(st["odds"])
         log_end = logp[:, eom : eom + 1]
         end = torch.sigmoid(log_end - torch.log1p(-log_end.exp()) + log_odds)
-        words = logp.index_fill(1, self._eom, -torch.inf)
+        words = own = logp.index_fill(1, self._eom, -torch.inf)
         # A row whose only allowed next mark is the end (a finished word at max length, say):
         # no word is likely at all (the boost and top_k keep the likeliest word).
         only_end = None
@@ -709,7 +718,14 @@ class Generation:
         if only_end is None:
             only_end = torch.isinf(scaled).all(-1, keepdim=True)
         end = end.masked_fill(only_end, 1.0)
-        probs = torch.softmax(scaled.masked_fill(only_end, 0), dim=-1) * (1 - end)
+        probs = torch.softmax(scaled.masked_fill(only_end, 0), dim=-1)
+        # Nor whether a message's first letter is a capital: drawn against "anyone", each
+        # person's habit became all or none (chitchat's top 10: someone who starts 23 % of their
+        # messages with a capital got 0 %, someone with 89 % got 100 %; 19 points off a person
+        # on average, against 7 at the model's own odds; BENCHMARKS.md, sixteenth session).
+        if self._unlettered:
+            probs = self._case(probs, own)
+        probs = probs * (1 - end)
         probs.index_copy_(1, self._eom, end)
         if self._draw_device == self.device:
             nxt = draw_one(probs, self.generator)
@@ -720,6 +736,8 @@ class Generation:
         for i, token in zip(self._alive, nxt.tolist(), strict=True):
             row, drawn, guard = self._rows[i]
             drawn.append(token)
+            if token in self._letters:
+                self._unlettered.discard(i)
             if self.guard is not None:
                 self._rows[i] = (row, drawn, self.guard.advance(guard, token))
             if (self.stop_at_eom and token == self.vocab.eom) or \
@@ -763,7 +781,26 @@ class Generation:
             return None
         return [self._done.pop(i) for i in ids]
 
+    def _case(self, probs: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """`probs` (n, V), where the rows yet to write a letter write one (at `probs`' odds),
+        with its capitals and other letters at the model's own odds (`words`: its
+        log-probabilities, guard included, neither boosted nor tempered); within each, as
+        `probs` would (as the model would, where `probs` left none of them)."""
+        rows = torch.tensor([i in self._unlettered for i in self._alive], device=self.device)
+        own, tiny = words.softmax(-1), torch.finfo(probs.dtype).tiny
+        letters = probs.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True)
+        share = own.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True).clamp(min=tiny)
+        new = probs.masked_fill(self._letter_mask, 0)
+        for part in self._cases:
+            want = own.masked_fill(~part, 0).sum(-1, keepdim=True)
+            have = probs.masked_fill(~part, 0).sum(-1, keepdim=True)
+            inside = torch.where(have > 0, probs / have.clamp(min=tiny),
+                                 own / want.clamp(min=tiny))
+            new += inside.masked_fill(~part, 0) * (letters * want / share)
+        return torch.where(rows[:, None], new, probs)
+
     def _finish(self, i: int) -> None:
+        self._unlettered.discard(i)
         row, drawn, _guard = self._rows.pop(i)
         if self.stop_at_eom and self.vocab.eom in drawn:
             drawn = drawn[: drawn.index(self.vocab.eom)]
