@@ -7,7 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mimic.trainer.lengths import MEASUREMENTS, ODDS, OWN_MESSAGES, OWN_RANGE, fit_end_odds
+from mimic.trainer.lengths import (
+    MEASUREMENTS,
+    ODDS,
+    OWN_MESSAGES,
+    OWN_RANGE,
+    fit_end_odds,
+    fit_workspace,
+    spread,
+)
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
@@ -77,3 +85,28 @@ def test_each_fitted_person_gets_their_own_factor_on_it() -> None:
 
     assert mean_length("user:U1") < 0.8 * mean_length("user:U9") < mean_length("user:U2") * 0.8
     assert fit_end_odds(loaded, [("U1", ["abab"])], own_replies=0).own_odds == {}
+
+
+def test_everyone_else_gets_the_factor_fitted_to_people_of_every_size() -> None:
+    """The biggest senders write 16 characters, everyone else 4: the workspace's factor makes
+    the others' replies 4 long, and each biggest sender's own factor, restated on it, still
+    gives them the odds their own fit found. Without others, their fit is the workspace's."""
+    loaded = ending_at(0.2)
+    biggest = [("U1", ["a" * 16] * OWN_MESSAGES), ("U2", ["ab" * 8] * OWN_MESSAGES)]
+    others = [("U3", ["ab" * 2] * 10), ("U4", ["a" * 4] * 10)]
+    fit = fit_workspace(loaded, biggest, others)
+    alone = fit_end_odds(loaded, biggest)
+    assert fit.biggest == alone and fit.target == 4 and abs(fit.length / 4 - 1) < 0.1
+    assert fit.end_odds > 1.5 * alone.end_odds  # short messages: likelier ends
+    assert set(fit.own_odds) == {"user:U1", "user:U2"}
+    for key in fit.own_odds:
+        assert fit.end_odds * fit.own_odds[key] == pytest.approx(
+            alone.end_odds * alone.own_odds[key], rel=1e-2)
+    assert fit.record()["biggest"] == alone.record() and "biggest senders" in fit.describe()
+    assert fit_workspace(loaded, biggest, []) == alone
+
+
+def test_people_of_every_size_are_spread_over_them() -> None:
+    assert spread(list("abcdefghij"), 4) == list("adgj")
+    assert spread(["a", "b"], 20) == ["a", "b"]
+    assert spread(["a"], 1) == ["a"] and spread([], 5) == []

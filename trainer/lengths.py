@@ -5,21 +5,24 @@ Replies are drawn sharper than the person writes (BOOST, DEFAULT_TEMPERATURE), a
 wording rarely reaches the places people stop. How much longer it runs depends on the model
 and the workspace: at END_ODDS (x1.2), the 20 biggest senders of chitchat got replies of 54
 characters against their 52, Shakespeare's 20 biggest speakers 167 against 118 (a model that
-gives them the same voice but not the same length). So the trainer draws replies for the
-people with the most text, after their own last messages as the bot does, and moves the factor
-until the mean length (each person alike) matches theirs: a few seconds on CPU.
+gives them the same voice but not the same length). So the trainer draws replies for
+people of every size (PEOPLE of them spread over the workspace's, `spread`), after their own
+last messages as the bot does, and moves the factor until the mean length (each person alike)
+matches theirs: a few seconds on CPU. (Fitted to the biggest senders instead, who get factors
+of their own anyway, chitchat's small people's replies ran 12 % short of their messages.)
 
 The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.1
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
 end coming). The search assumes s = 1, then fits s to what it measured.
 
-One factor fits the people on average, not each of them: at chitchat's x1.20, the 20 people
-it was fitted to wrote 52.0 characters against their 52.3 (2,000 replies), but one of them 45 %
-short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long (57, 57, 56 characters
-against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the fit then draws
-OWN_REPLIES for each of those people with OWN_MESSAGES or more at the chosen factor, and gives
-each their own factor on it (`own_odds`, kept by lengths.json): their replies' mean / their
-messages', within OWN_RANGE.
+One factor fits the people on average, not each of them: at chitchat's x1.20, the 20 biggest
+senders it was fitted to wrote 52.0 characters against their 52.3 (2,000 replies), but one of
+them 45 % short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long (57, 57, 56
+characters against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the PEOPLE
+biggest senders get a fit of their own, which then draws OWN_REPLIES for each of them with
+OWN_MESSAGES or more and gives each their own factor on it: their replies' mean / their
+messages', within OWN_RANGE; restated on the workspace's factor, these are the `own_odds` kept
+by lengths.json (`fit_workspace`).
 """
 
 from __future__ import annotations
@@ -55,18 +58,48 @@ class Fit:
     target: float  # the people's
     measured: tuple[tuple[float, float], ...]  # (factor, mean length) in the order tried
     own_odds: dict[str, float] = field(default_factory=dict)  # "user:U1" -> x end_odds
+    biggest: Fit | None = None  # the biggest senders' own fit, when end_odds is everyone else's
 
     def record(self) -> dict[str, Any]:
         """What lengths.json keeps of the fit, for people to read."""
         return {"target": round(self.target, 1), "length": round(self.length, 1),
-                "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in self.measured]}
+                "measured": [[round(odds, 3), round(mean, 1)] for odds, mean in self.measured],
+                **({"biggest": self.biggest.record()} if self.biggest else {})}
 
     def describe(self) -> str:
+        if self.biggest is not None:
+            return (f"{replace(self, own_odds={}, biggest=None).describe()} of every size; "
+                    f"for the biggest senders, {self.biggest.describe()}")
         own = (f"; each of those {len(self.own_odds)} people's own x"
                f"{min(self.own_odds.values()):.2f}-{max(self.own_odds.values()):.2f} of it"
                if self.own_odds else "")
         return (f"replies end at x{self.end_odds:.2f} the model's odds: {self.length:.0f} "
                 f"characters against the people's {self.target:.0f}{own}")
+
+
+def spread(people: Sequence[str], k: int = PEOPLE) -> list[str]:
+    """`k` of `people` (most text first), evenly spaced over them, the first and last too."""
+    k = min(k, len(people))
+    return [people[i * (len(people) - 1) // max(1, k - 1)] for i in range(k)]
+
+
+def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str]]],
+                  others: Sequence[tuple[str, Sequence[str]]]) -> Fit:
+    """`fit_end_odds` for a workspace: its factor is for everyone without one of their own, so
+    it is fitted to `others` (people spread over the workspace's sizes: fitted to the biggest
+    senders, chitchat's small people's replies ran 12 % short of their messages); `biggest`
+    get their own factors as fitted to them, restated on it. Without `others`, the biggest
+    senders' fit."""
+    top = fit_end_odds(loaded, biggest)
+    if not others:
+        return top
+    # Twice the replies: small people's lengths vary more (at REPLIES, their measured means
+    # did not always fall as the factor rose).
+    rest = fit_end_odds(loaded, others, replies=2 * REPLIES, own_replies=0)
+    # The same odds for the biggest senders as their own fit gives them (their factors stay
+    # where OWN_RANGE put them there).
+    own = {key: round(x * top.end_odds / rest.end_odds, 3) for key, x in top.own_odds.items()}
+    return replace(rest, own_odds=own, biggest=top)
 
 
 def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]], *,
