@@ -273,9 +273,9 @@ def test_drawing_against_the_reference_favours_the_persons_own_habits() -> None:
 
 
 def test_a_reply_starts_with_a_capital_as_often_as_its_person_does() -> None:
-    """The person starts 30 % of their words with a capital A, the workspace hardly ever: the
-    contrast and a low temperature make A the likeliest character by far, and would start
-    nearly every reply with it. Whether the first letter is a capital is drawn at the person's
+    """A capital A is 30 % of the person's letters, hardly any of the workspace's: the contrast
+    and a low temperature make A the likeliest character by far, and would start nearly every
+    reply with it. Whether the first letter is a capital is drawn at the person's
     own odds; the rest of the wording is as sharp as asked. Rows with a letter in their seed
     text are left alone."""
     vocab = Vocab(list("Aab."))

@@ -9,7 +9,8 @@ gives them the same voice but not the same length). So the trainer draws replies
 people of every size (PEOPLE of them spread over the workspace's, `spread`), after their own
 last messages as the bot does, and moves the factor until the mean length (each person alike)
 matches theirs: a few seconds on CPU. (Fitted to the biggest senders instead, who get factors
-of their own anyway, chitchat's small people's replies ran 12 % short of their messages.)
+of their own anyway, chitchat's small people's replies ran 12 % short of their held-out
+messages.)
 
 The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.1
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
@@ -87,9 +88,9 @@ def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str
                   others: Sequence[tuple[str, Sequence[str]]]) -> Fit:
     """`fit_end_odds` for a workspace: its factor is for everyone without one of their own, so
     it is fitted to `others` (people spread over the workspace's sizes: fitted to the biggest
-    senders, chitchat's small people's replies ran 12 % short of their messages); `biggest`
-    get their own factors as fitted to them, restated on it. Without `others`, the biggest
-    senders' fit."""
+    senders, chitchat's small people's replies ran 12 % short of their held-out messages);
+    `biggest` get their own factors as fitted to them, restated on it. Without `others`, the
+    biggest senders' fit."""
     top = fit_end_odds(loaded, biggest)
     if not others:
         return top
