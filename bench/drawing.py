@@ -7,18 +7,22 @@ range of sizes), draws 100 messages per person and seed for each setting and pri
 starts, real words, distinct word pairs) and length; and the LSTM rows stepped per message
 (the cost).
 
-A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words]]]]]`: the weight of the
-contrast with anyone (see trainer/sampler.py: BOOST; "own": each row's, growing with the words
-the model read of its person, `boost_for`, and DEDICATED_BOOST for a dedicated model), the
+A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words[,case]]]]]]`: the weight
+of the contrast with anyone (see trainer/sampler.py: BOOST; "own": each row's, growing with the
+words the model read of its person, `boost_for`, and DEDICATED_BOOST for a dedicated model), the
 temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x hotter), the end mark's
 odds factor ("fit": the one fitted to the model's people when it was trained, times each fitted
 person's own, trainer/lengths.py), how many of the person's last messages are read first (0:
 start from an end mark alone), whether the word guard is on (1) or off (0), the plausibility
 floor (PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end
 (1, LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own":
-OWN_WORDS; 0: not at all; trainer/wording.py). Besides the mean length, "long" is the share of
-messages longer than 99 % of the workspace's, and "cut" the share that ran to the 280-character
-cut (MAX_LEN, and stopped there, mid-word as a rule).
+OWN_WORDS; 0: not at all; trainer/wording.py) and whether a reply's first letter follows its
+person's messages ("own": CASE_PRIOR) or the model's odds alone (0). Besides the mean length,
+"long" is the share of messages longer than 99 % of the workspace's, "cut" the share that ran to
+the 280-character cut (MAX_LEN, and stopped there, mid-word as a rule), and "case off" how far
+each person's share of capitalised starts is from their training messages' and from their
+held-out messages' (in points, the mean over people; a few held-out messages make the second
+a coarse figure).
 
     .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
 """
@@ -56,7 +60,7 @@ SHOWN = ("first_word_real", "capitalised", "real_words", "real_pairs", "distinct
 def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting: list[float],
          seed: int) -> tuple[list[str], int]:
     """SAMPLES novel, non-blank messages (fewer if some are refused) and the rows stepped."""
-    boost, temperature, odds, prime, guard, plausible, long, weight = setting
+    boost, temperature, odds, prime, guard, plausible, long, weight, case = setting
     generation = Generation(loaded.model, loaded.vocab, reference=loaded.reference,
                             guard=guarded(loaded, weight) if guard else None,
                             plausible=plausible, generator=torch.Generator().manual_seed(seed))
@@ -65,6 +69,7 @@ def draw(loaded: LoadedModel, key: str, context: list[tuple[str, str]], setting:
     row = row if long else replace(row, long_after=0)
     row = row if math.isnan(odds) else replace(row, end_odds=odds)
     row = row if math.isnan(boost) else replace(row, boost=boost)
+    row = row if math.isnan(case) else replace(row, capitals=(0, 0))
     ids = generation.add([row] * SAMPLES)
     stepped = 0
     while generation.active:
@@ -124,13 +129,18 @@ def main() -> None:
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
     real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train), long=long)
             for _p, _m, corpus, _c in chosen]
+    # What the model learned from, as many messages read for variety: where the held-out ones
+    # differ from these, their habits changed after training (no model could follow).
+    trained = [read(corpus.train, vocabulary | Vocabulary.of(corpus.train), SAMPLES, long)
+               for _p, _m, corpus, _c in chosen]
     real_fidelity = statistics.mean(attributor.accuracy(corpus.val[-SAMPLES:], person.label)
                                     or 0.0 for person, _m, corpus, _c in chosen)
     print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds; long: "
           f"over {long} characters (99 % of the workspace's messages are not)")
     header = (f"{'boost,temp,odds,prime,guard':>28} {'fidelity':>9} "
               + " ".join(f"{name[:11]:>11}" for name in SHOWN)
-              + f" {'chars':>6} {'long':>6} {'cut':>6} {'rows/msg':>9} {'seconds':>8}")
+              + f" {'chars':>6} {'long':>6} {'cut':>6} {'case off':>11} {'rows/msg':>9}"
+              + f" {'seconds':>8}")
     print(header)
 
     def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
@@ -140,13 +150,16 @@ def main() -> None:
                 + f" {means[-2]:>6.0f} {means[-1]:>6.1%}{extra}")
 
     print(line("real held-out messages", real_fidelity, real, ""))
+    print(line("their training messages", math.nan, trained, ""))
     for setting in args.settings:
         values = [math.nan if x in ("fit", "own") else float(x) for x in setting.split(",")]
-        values += [PRIME, 1, PLAUSIBLE, 1, math.nan][len(values) - 3:]
+        values += [PRIME, 1, PLAUSIBLE, 1, math.nan, math.nan][len(values) - 3:]
         fidelity, readings, stepped, served, cut = [], [], 0, 0, 0
+        off: dict[str, list[float]] = {"trained": [], "real": []}
         start = time.perf_counter()
         for seed in range(args.seeds):
-            for person, loaded, corpus, context in chosen:
+            for (person, loaded, corpus, context), *theirs in zip(chosen, trained, real,
+                                                                  strict=True):
                 texts, rows = draw(loaded, person.key, context, values,
                                    seed * 1_000_003 + zlib.crc32(person.key.encode()))
                 stepped, served = stepped + rows, served + len(texts)
@@ -154,9 +167,14 @@ def main() -> None:
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
                 readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
                                      min(len(texts), len(corpus.val[-SAMPLES:])) or None, long))
+                for key, reading in zip(off, theirs, strict=True):
+                    if None not in (mine := readings[-1].capitalised, reading.capitalised):
+                        off[key].append(100 * abs(mine - reading.capitalised))
         mark = "  (default)" if setting == DEFAULTS else ""
+        case = "/".join(f"{statistics.mean(v or [math.nan]):.1f}" for v in off.values())
         print(line(setting, statistics.mean(fidelity), readings,
-                   f" {cut / max(1, served):>6.1%} {stepped / max(1, served):>9.0f}"
+                   f" {cut / max(1, served):>6.1%} {case:>11}"
+                   f" {stepped / max(1, served):>9.0f}"
                    f" {time.perf_counter() - start:>8.0f}"
                    f"{mark}"), flush=True)
 

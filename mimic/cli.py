@@ -429,6 +429,7 @@ def eval_(
         READER,
         EvalError,
         default_targets,
+        drift,
         evaluate_targets,
         number,
         percent,
@@ -484,6 +485,11 @@ def eval_(
                 ["mean", *(fmt(overall[name]) for _t, name, fmt in columns)])
     for note in report.notes:
         console.print(f"· {note}")
+    console.print("· Their training messages (what the models learned from): " + ", ".join(
+        f"{short} {fmt(overall[name.replace('model.', 'trained.')])}"
+        for short, name, fmt in columns if name.startswith("model.")) + ".")
+    for sentence in drift(report):
+        console.print(f"· {sentence}")
     if (overall["fidelity_model"] or 0) > (overall["fidelity_real"] or 1):
         console.print("· Fidelity is above the real ceiling: more typical than the people.")
     console.print(f"Report: {path}")

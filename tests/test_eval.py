@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ import pytest
 from mimic.core.config import Settings
 from mimic.core.store import Store
 from mimic.trainer.corpus import Target, resolve
+from mimic.trainer.reading import Reading
 from mimic.trainer.report import (
     SECTIONS,
     EvalError,
+    Report,
+    TargetRow,
+    drift,
     evaluate_targets,
     groups,
     markov_messages,
@@ -61,6 +66,8 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
     assert all(r.fidelity_real == 1 for r in report.rows if r.is_person)
     alice = report.rows[0]
     assert alice.real is not None and alice.real.capitalised == 1.0  # she SHOUTS
+    # ... and nearly always did (a few lowercase messages of the base export's among them).
+    assert alice.trained is not None and alice.trained.capitalised > 0.9
 
     folder = write_report(report, tmp_path / "report").parent
     text = (folder / "report.md").read_text()
@@ -98,6 +105,27 @@ def test_one_person_skips_fidelity_and_no_model_is_an_error(
         evaluate_targets(store, settings, targets(store, "@carol"), samples=5)
 
 
+def test_the_report_says_when_the_held_out_messages_changed_habits() -> None:
+    """Beside each figure of the held-out messages, the training messages': where the
+    held-out ones start with a capital more than 5 points more or less often, or run more than
+    10 % longer or shorter, the report says so in words."""
+    def reading(capitalised: float, length: float) -> Reading:
+        return Reading(1.0, capitalised, 1.0, 1.0, 0.9, length)
+
+    def report(real: Reading, trained: Reading) -> Report:
+        row = TargetRow(Target("user:U1", "@alice"), 1, "workspace", 100, 1.2, 1.4, 10,
+                        model=trained, real=real, trained=trained)
+        return Report(datetime.now(UTC), 10, 0, [row], [], 1.0)
+
+    assert drift(report(reading(0.66, 55), reading(0.70, 60))) == []
+    said = drift(report(reading(0.60, 70), reading(0.70, 60)))
+    assert len(said) == 2
+    assert said[0].startswith("The held-out messages start with a capital in 60% of cases, "
+                              "the training messages in 70%: a habit that changed")
+    assert said[1].startswith("The held-out messages run 70 characters on average, the "
+                              "training messages 60: a habit")
+
+
 def test_helpers() -> None:
     assert groups([str(i) for i in range(12)]) == ["0\n1\n2\n3\n4", "5\n6\n7\n8\n9"]
     assert groups(["a", "b"]) == ["a\nb"] and groups([]) == []
@@ -124,5 +152,6 @@ def test_cli_prints_the_table_and_writes_the_report(
     assert all(f"{label} (workspace v1)" in done.stdout
                for label in ("@alice", "@bob", "#general"))
     assert "1st word" in done.stdout and "distinct-2" in done.stdout
+    assert "Their training messages (what the models learned from): 1st word" in done.stdout
     assert list((settings.data_dir / "reports").glob("*/report.md"))
 

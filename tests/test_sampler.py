@@ -15,6 +15,7 @@ from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.sampler import (
     BOOST,
+    CASE_PRIOR,
     DEDICATED_BOOST,
     DEDICATED_HEAT,
     END_ODDS,
@@ -298,6 +299,29 @@ def test_a_reply_starts_with_a_capital_as_often_as_its_person_does() -> None:
     seeded = sample(person, vocab, n=200, reference=workspace, temperature=0.5,
                     seed_text="b", generator=gen(2))
     assert sum(t[1:2] == "A" for t in seeded) > 0.8 * sum(len(t) > 1 for t in seeded)
+
+
+def test_a_reply_starts_like_its_persons_messages_the_models_odds_counting_as_a_few() -> None:
+    """Row.capitals, counted in the person's messages, sets the odds of a capital first letter
+    (the model's own counting as CASE_PRIOR more messages), whatever the model's odds are:
+    with a thousand messages, theirs; with a handful, mostly the model's; the letters within
+    each case and the wording after them as before."""
+    vocab = Vocab(list("Aab."))
+    person = fixed_odds(vocab, [0.1, 1e-9, 0.24, 0.46, 0.1, 0.1])  # A: 0.3 of the letters
+    workspace = fixed_odds(vocab, [0.1, 1e-9, 0.01, 0.69, 0.1, 0.1])
+
+    def capitalised(capitals: tuple[int, int], seed: int) -> float:
+        texts = sample_rows(person, vocab, [Row(temperature=0.5, capitals=capitals)] * 800,
+                            reference=workspace, generator=gen(seed))
+        firsts = [next(ch for ch in t if ch.isalpha()) for t in texts
+                  if any(map(str.isalpha, t))]
+        assert set(firsts) <= {"A", "a", "b"} and "b" in firsts  # "a" and "b" both drawn
+        return firsts.count("A") / len(firsts)
+
+    model = 0.24 / (0.24 + 0.46 + 0.1)
+    for capitals, seed in (((900, 1000), 0), ((20, 1000), 1), ((2, 2), 2), ((0, 0), 3)):
+        wanted = (capitals[0] + CASE_PRIOR * model) / (capitals[1] + CASE_PRIOR)
+        assert abs(capitalised(capitals, seed) - wanted) < 0.06, capitals  # 800 draws: ~0.016
 
 
 def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Vocab]) -> None:

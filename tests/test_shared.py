@@ -79,9 +79,10 @@ def test_each_voice_is_its_vector(two_voices: tuple[CharLSTM, Vocab, Slots]) -> 
     own = evaluate(model, target_stream(vocab, slots, "user:U1", alice))
     anyone = evaluate(model, target_stream(vocab, slots, "user:U1", alice, anyone=True))
     assert own < anyone - 0.1  # her vector knows she shouts
-    # A message's first letter is a capital at the model's own odds, neither sharpened by the
-    # temperature nor contrasted with anyone's (trainer/sampler.py, Generation._case): this
-    # small model gives bob's about a third, and a message begun in capitals goes on in them.
+    # A message's first letter is a capital at the model's own odds (the rows bring no counts
+    # of the person's messages, Row.capitals), neither sharpened by the temperature nor
+    # contrasted with anyone's (trainer/sampler.py, Generation._case): this small model gives
+    # bob's about a third, and a message begun in capitals goes on in them.
     for person, upper in ((1, True), (2, False)):
         texts = sample(model, vocab, n=100, temperature=0.5, voice=Voice(person, 1),
                        generator=torch.Generator().manual_seed(person))
@@ -267,6 +268,10 @@ def test_the_shared_model_counts_its_peoples_words(world: tuple[Store, Settings]
     loaded = load_version(settings.data_dir, row, "cpu")
     assert loaded.guard is not None and loaded.guard.wording is not None
     assert loaded.row("user:U1").own_words == "user:U1"
+    # ... and how many of her training messages start with a capital, for her replies to.
+    cases = [first.isupper() for m in shared.train if m.user == "U1"
+             if (first := next((ch for ch in m.text if ch.isalpha()), None))]
+    assert loaded.row("user:U1").capitals == (sum(cases), len(cases))
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=WORDING):
         load_version(settings.data_dir, row, "cpu")

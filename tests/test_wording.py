@@ -47,6 +47,10 @@ def test_counts_each_covered_target_and_the_workspace() -> None:
         "the": 2, "cat": 2, "sat": 1, "ran": 1, "cats": 1, "don't": 1, "care": 1}
     assert wording.prior("user:U3") is None and wording.prior("") is None
     assert wording.prior("user:U1") is wording.prior("user:U1")  # kept: the guard caches by it
+    # How many of their messages start with a capital, of those with a letter.
+    assert (wording.capitals("user:U1"), wording.capitals("user:U2"),
+            wording.capitals("channel:C1"), wording.capitals("user:U3")) == (
+        (1, 2), (0, 2), (1, 4), None)
 
 
 def test_the_ratio_is_the_persons_use_against_the_workspaces() -> None:
@@ -77,6 +81,7 @@ def test_save_and_load_give_the_same_counts(tmp_path: Path) -> None:
     assert again.words == wording.words and again.counts.tolist() == wording.counts.tolist()
     assert {k: (i.tolist(), u.tolist()) for k, (i, u) in again.targets.items()} == {
         k: (i.tolist(), u.tolist()) for k, (i, u) in wording.targets.items()}
+    assert again.starts == wording.starts and again.capitals("user:U1") == (1, 2)
     empty = Wording.build([], set())
     empty.save(tmp_path / "e.npz")
     assert Wording.load(tmp_path / "e.npz").words == []
@@ -103,6 +108,28 @@ def test_a_damaged_file_is_refused_by_name(tmp_path: Path) -> None:
     np.savez(path, **{k: v for k, v in good.items() if k != "uses"})
     with pytest.raises(ValueError, match="not a mimic wording file"):
         Wording.load(path)
+    for bad in (good["starts"][:-1], good["starts"][:, ::-1], -good["starts"]):
+        np.savez(path, **{**good, "starts": bad})
+        with pytest.raises(ValueError, match="first letters"):
+            Wording.load(path)
+
+
+def test_a_file_from_before_first_letters_were_counted_still_loads(tmp_path: Path) -> None:
+    """Versions saved before the first letters were counted (format 1) load with none: their
+    rows' first letters follow the model's odds alone."""
+    path = tmp_path / "w.npz"
+    built().save(path)
+    old = {k: v for k, v in np.load(path).items() if k != "starts"}
+    np.savez(path, **{**old, "format": np.array([1])})
+    again = Wording.load(path)
+    assert again.count("user:U1") == built().count("user:U1")
+    assert again.capitals("user:U1") is None
+    loaded = LoadedModel(1, 1, fixed_odds(VOCAB, [1 / 16] * 16), VOCAB, NoveltyIndex.build([]),
+                         guard=WordGuard(Lexicon(again.words), VOCAB, again))
+    assert loaded.row("user:U1").capitals == (0, 0)
+    loaded = LoadedModel(1, 1, loaded.model, VOCAB, loaded.novelty,
+                         guard=WordGuard(Lexicon(again.words), VOCAB, built()))
+    assert loaded.row("user:U1").capitals == (1, 2)
 
 
 VOCAB = Vocab(list("abcdeghnorst' "))

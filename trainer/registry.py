@@ -132,7 +132,8 @@ class LoadedModel:
             where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
         """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
         oldest first, said in `where`), boosted as much as the model read of the target
-        (`boost_for`); a dedicated model's with its own boost, hotter (see DEDICATED_BOOST)."""
+        (`boost_for`; a dedicated model's with its own boost, hotter: see DEDICATED_BOOST),
+        starting with a capital as often as the target's messages do (CASE_PRIOR)."""
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
@@ -141,7 +142,8 @@ class LoadedModel:
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
-                   self.end_odds * self.own_odds.get(target, 1.0), boost, target)
+                   self.end_odds * self.own_odds.get(target, 1.0), boost, target,
+                   (wording.capitals(target) or (0, 0)) if wording is not None else (0, 0))
 
 
 @dataclass(frozen=True)

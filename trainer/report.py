@@ -95,6 +95,7 @@ class TargetRow:
     leak_markov: float | None = None
     model: Reading | None = None  # what a reader sees, in the served messages
     real: Reading | None = None  # ... in the target's newest real held-out messages
+    trained: Reading | None = None  # ... in its training messages (what the model learned)
     markov: Reading | None = None
     samples: list[str] = field(default_factory=list)  # inert
     markov_samples: list[str] = field(default_factory=list)  # inert
@@ -127,7 +128,7 @@ class Report:
 
     FIGURES = ("val_loss", "anyone_loss", "fidelity_model", "fidelity_real", "fidelity_markov",
                "leak_raw", "leak_filtered", "leak_markov",
-               *(f"{part}.{name}" for part in ("model", "real", "markov")
+               *(f"{part}.{name}" for part in ("model", "real", "trained", "markov")
                  for name in Reading.FIELDS))
 
     def overall(self) -> dict[str, float | None]:
@@ -369,6 +370,8 @@ def evaluate_targets(
                                                                             loaded.novelty),
             leak_markov=leak_rate(baseline, loaded.novelty),
             model=read(kept, vocabulary, equal, long), real=read(real, vocabulary, equal, long),
+            # Variety over the newest of them, as many as the others.
+            trained=read(corpus.train[::-1], vocabulary, equal, long),
             markov=read(baseline, vocabulary, equal, long),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
@@ -481,6 +484,23 @@ def _plot_comparison(rows: Sequence[TargetRow], path: Path) -> None:
     plt.close(fig)
 
 
+def drift(report: Report) -> list[str]:
+    """Sentences for the habits in which the people's held-out messages differ from their
+    training messages by more than the goals allow a model's replies to differ from them (5
+    points of capitalised starts, 10 % of length): what no model trained before could follow."""
+    o, said = report.overall(), []
+    real, trained = o["real.capitalised"], o["trained.capitalised"]
+    if real is not None and trained is not None and abs(real - trained) > 0.05:
+        said.append(f"The held-out messages start with a capital in {percent(real)} of cases, "
+                    f"the training messages in {percent(trained)}:")
+    real, trained = o["real.length"], o["trained.length"]
+    if real is not None and trained and abs(real / trained - 1) > 0.10:
+        said.append(f"The held-out messages run {real:.0f} characters on average, the "
+                    f"training messages {trained:.0f}:")
+    return [f"{sentence} a habit that changed after training, which replies learned from the "
+            "training messages do not follow." for sentence in said]
+
+
 READER = [("first word real", "first_word_real", percent),
           ("starts with a capital", "capitalised", percent),
           ("real words", "real_words", percent),
@@ -501,15 +521,19 @@ def write_report(report: Report, folder: Path) -> Path:
           f"{len(rows)} targets, {report.samples} generated messages each at temperature "
           f"{TEMPERATURE}, seed {report.seed}; {report.seconds:.0f} s.", "",
           "## Summary", ""]
-    md += _table(["", "model", "real held-out", "markovify"], [
-        ["style fidelity", percent(o["fidelity_model"]), percent(o["fidelity_real"]),
+    md += _table(["", "model", "real held-out", "training", "markovify"], [
+        ["style fidelity", percent(o["fidelity_model"]), percent(o["fidelity_real"]), "—",
          percent(o["fidelity_markov"])],
-        *([title, fmt(o[f"model.{name}"]), fmt(o[f"real.{name}"]), fmt(o[f"markov.{name}"])]
+        *([title, *(fmt(o[f"{part}.{name}"]) for part in ("model", "real", "trained",
+                                                          "markov"))]
           for title, name, fmt in READER),
         ["leak rate", f"{percent(o['leak_raw'])} raw → {percent(o['leak_filtered'])} served", "—",
-         percent(o["leak_markov"])],
-        ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—"],
-        ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—"]])
+         "—", percent(o["leak_markov"])],
+        ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—", "—"],
+        ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—", "—"]])
+    md += ["The training column is the targets' training messages, what the models learned "
+           "from (variety over as many of the newest as the others)."]
+    md += [*drift(report), ""]
     if (o["fidelity_model"] or 0) > (o["fidelity_real"] or 1):
         md += ["Fidelity is above the real ceiling: the messages are **more typical than the "
                "people** (a caricature as much as a likeness: compare the variety below).", ""]
@@ -544,12 +568,13 @@ def write_report(report: Report, folder: Path) -> Path:
         md += ["Skipped: it needs at least two people with models.", ""]
     md += ["## What a reader sees", "",
            "Each figure for the served messages, then for the same number of the target's "
-           "newest real held-out messages: whether the first word is one the workspace "
-           "uses, whether the first letter is a capital, the share of real words and of "
-           "real pairs of consecutive words, distinct word pairs over all pairs (variety), "
-           "and characters a message.", ""]
+           "newest real held-out messages, then for its training messages: whether the "
+           "first word is one the workspace uses, whether the first letter is a capital, the "
+           "share of real words and of real pairs of consecutive words, distinct word pairs "
+           "over all pairs (variety), and characters a message.", ""]
     md += _table(["target", *(title for title, _n, _f in READER)], [
-        [r.target.label, *(f"{fmt(r.figure(f'model.{name}'))} / {fmt(r.figure(f'real.{name}'))}"
+        [r.target.label, *(" / ".join(fmt(r.figure(f"{part}.{name}"))
+                                      for part in ("model", "real", "trained"))
                            for _t, name, fmt in READER)] for r in rows])
     md += ["## Leak rate", "",
            f"Share of generated messages containing a verbatim span of ≥ {WINDOW} characters "

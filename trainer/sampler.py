@@ -70,6 +70,12 @@ LONG_QUANTILE, LONG_SLOPE = 0.95, 0.02
 # times: where a workspace's long messages reach the cut (Shakespeare's speeches: q95 267
 # characters), 36 % of replies ran to it and stopped mid-word before the end was drawn at all.
 CUT_DOUBLINGS = 16
+# Whether a reply's first letter is a capital follows its target's messages (Row.capitals),
+# with the model's own odds counted as this many more of them: read from the person's vector and
+# last messages alone, chitchat's top 10 got replies 6.8 points (of 100) off their messages'
+# share, 20 people with 1,000-20,000 characters 87 % against their 82 % (BENCHMARKS.md,
+# seventeenth session); someone with a handful of messages keeps about the model's odds.
+CASE_PRIOR = 10.0
 MAX_LEN = 280  # a message's cut, in characters (seed included), unless a caller asks for another
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
 # (person, channel) slot pairs whose contexts a net's step keeps (~6 KB each at the default size).
@@ -324,8 +330,10 @@ class Row:
     messages start), the length past which it is drawn to an end (0: none; see
     LONG_QUANTILE), the factor on the end mark's odds (see END_ODDS; a model's own is
     fitted to its people's message lengths when it is trained: trainer/lengths.py), the
-    weight of the contrast with its contrast voice (see BOOST), and the target ("user:U1")
-    whose own words it prefers, through the guard (trainer/wording.py; "": none)."""
+    weight of the contrast with its contrast voice (see BOOST), the target ("user:U1")
+    whose own words it prefers, through the guard (trainer/wording.py; "": none), and how
+    many of the target's messages start with a capital, of those with a letter (see
+    CASE_PRIOR; (0, 0): the model's own odds)."""
 
     seed_text: str = ""
     temperature: float = DEFAULT_TEMPERATURE
@@ -335,6 +343,7 @@ class Row:
     end_odds: float = END_ODDS
     boost: float = BOOST
     own_words: str = ""
+    capitals: tuple[int, int] = (0, 0)
 
 
 class Guard(Protocol):
@@ -498,7 +507,7 @@ class Generation:
     all, seed included. UNK is never drawn. Every character is drawn contrasted with the
     row's contrast voice (see BOOST): read by `reference` when given (the shared model a
     dedicated one was fine-tuned from, or an older mimic's base), else by the model itself;
-    whether a message's first letter is a capital is drawn at the model's own odds (`_case`).
+    whether a message's first letter is a capital follows the row's `capitals` (`_case`).
     With a `guard`, no character that would make a word the workspace never used is drawn,
     and a row's words are weighed by its target's use of them (Row.own_words).
     Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
@@ -615,7 +624,9 @@ class Generation:
                                       for r in rows], device=self.device),
                 "long": torch.tensor([[x] for x in longs], device=self.device),
                 "rate": torch.tensor([[math.log(2) / (x * LONG_SLOPE) if x else 0.0]
-                                      for x in longs], device=self.device)}
+                                      for x in longs], device=self.device),
+                "capitals": torch.tensor([[k + 0.0, n + CASE_PRIOR] for k, n in
+                                          (r.capitals for r in rows)], device=self.device)}
         for key, value in new.items():
             old = self._state.get(key)
             self._state[key] = (value if old is None else torch.cat([old, value], _dim(key))
@@ -783,20 +794,25 @@ class Generation:
 
     def _case(self, probs: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """`probs` (n, V), where the rows yet to write a letter write one (at `probs`' odds),
-        with its capitals and other letters at the model's own odds (`words`: its
-        log-probabilities, guard included, neither boosted nor tempered); within each, as
-        `probs` would (as the model would, where `probs` left none of them)."""
+        a capital at the odds of their `capitals`, the model's own (`words`: its
+        log-probabilities, guard included, neither boosted nor tempered) counted as CASE_PRIOR
+        more messages; within capitals and other letters, as `probs` would (as the model
+        would, where `probs` left none of them)."""
         rows = torch.tensor([i in self._unlettered for i in self._alive], device=self.device)
         own, tiny = words.softmax(-1), torch.finfo(probs.dtype).tiny
         letters = probs.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True)
         share = own.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True).clamp(min=tiny)
+        capitals, lettered = self._state["capitals"].unbind(-1)
+        cap, low = (own.masked_fill(~part, 0).sum(-1, keepdim=True) for part in self._cases)
+        upper = (capitals[:, None] + CASE_PRIOR * cap / share) / lettered[:, None]
+        # Never a case the model (or the guard) rules out here.
+        upper = torch.where(cap > 0, torch.where(low > 0, upper, 1.0), 0.0)
         new = probs.masked_fill(self._letter_mask, 0)
-        for part in self._cases:
-            want = own.masked_fill(~part, 0).sum(-1, keepdim=True)
+        for part, odds, want in zip(self._cases, (upper, 1 - upper), (cap, low), strict=True):
             have = probs.masked_fill(~part, 0).sum(-1, keepdim=True)
             inside = torch.where(have > 0, probs / have.clamp(min=tiny),
                                  own / want.clamp(min=tiny))
-            new += inside.masked_fill(~part, 0) * (letters * want / share)
+            new += inside.masked_fill(~part, 0) * (letters * odds)
         return torch.where(rows[:, None], new, probs)
 
     def _finish(self, i: int) -> None:

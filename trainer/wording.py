@@ -1,5 +1,6 @@
 """Each person's (and channel's) own words: how much more often they use a word than the
-workspace does, for the sampler to prefer them.
+workspace does, for the sampler to prefer them; and how many of their messages start with a
+capital, for a reply's first letter to follow their habit (trainer/sampler.py, CASE_PRIOR).
 
 A person's vector and habits tell the shared model little about someone with a few thousand
 characters: their replies drew on the workspace's words, and an author classifier told 20 such
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic.trainer.lexicon import words
+from mimic.trainer.reading import first_letter_capital
 
 # λ, the weight of a person's words against the workspace's, on the model's log-probabilities
 # before the contrast with "anyone" (a boosted row weighs them 1 + BOOST times). With MOST, 0.5
@@ -50,16 +52,20 @@ SMOOTHING = 0.1
 # word pairs were ones the workspace uses (0.62 against 0.69 capped; the people's own: 0.81).
 MOST = 2.0
 SPANS = 50_000  # prefixes whose place in the word list is kept (~150 B each)
-_MAGIC = 1  # format version, the first entry of the file's "format" array
+_MAGIC = 2  # format version, the first entry of the file's "format" array
+_STARTLESS = 1  # ... of files from before first letters were counted: their targets have none
 
 
 class Wording:
     """Word counts: the workspace's (over `words`, sorted) and each target's ("user:U1",
-    "channel:C1") as indices into `words` with their counts."""
+    "channel:C1") as indices into `words` with their counts; and each target's `starts`:
+    (messages whose first letter is a capital, messages with a letter)."""
 
     def __init__(self, words: list[str], counts: np.ndarray,
-                 targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+                 targets: dict[str, tuple[np.ndarray, np.ndarray]],
+                 starts: dict[str, tuple[int, int]] | None = None) -> None:
         self.words, self.counts, self.targets = words, counts, targets
+        self.starts = starts or {}
         self._cumulative = _running_total(counts)
         self._priors: dict[str, Prior] = {}
         self._spans: dict[tuple[str, bool], tuple[int, int]] = {}
@@ -79,13 +85,15 @@ class Wording:
         total = Counter(words("\n".join(every)))
         vocabulary = sorted(total)
         where = {w: i for i, w in enumerate(vocabulary)}
-        targets = {}
+        targets, starts = {}, {}
         for key, said_by in sorted(texts.items()):
             used = Counter(words("\n".join(said_by)))
             index = np.array(sorted(where[w] for w in used), dtype=np.int32)
             targets[key] = index, np.array([used[vocabulary[i]] for i in index], dtype=np.int64)
+            cases = [c for text in said_by if (c := first_letter_capital(text)) is not None]
+            starts[key] = sum(cases), len(cases)
         return cls(vocabulary, np.array([total[w] for w in vocabulary], dtype=np.int64),
-                   targets)
+                   targets, starts)
 
     def save(self, path: Path) -> None:
         keys = list(self.targets)
@@ -95,7 +103,9 @@ class Wording:
                  offsets=np.cumsum([0, *map(len, index)], dtype=np.int64),
                  index=np.concatenate(index or [np.empty(0, np.int32)]).astype(np.int32),
                  uses=np.concatenate([self.targets[k][1] for k in keys]
-                                     or [np.empty(0, np.int32)]).astype(np.int32))
+                                     or [np.empty(0, np.int32)]).astype(np.int32),
+                 starts=np.array([self.starts.get(k, (0, 0)) for k in keys],
+                                 dtype=np.int64).reshape(-1, 2))
 
     @classmethod
     def load(cls, path: Path) -> Wording:
@@ -104,11 +114,13 @@ class Wording:
             with np.load(path, allow_pickle=False) as found:
                 arrays = {k: found[k] for k in ("format", "words", "counts", "targets",
                                                 "offsets", "index", "uses")}
+                if arrays["format"].tolist() == [_MAGIC]:
+                    arrays["starts"] = found["starts"]
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise ValueError(f"{path} is not a mimic wording file ({exc})") from None
-        if arrays["format"].tolist() != [_MAGIC]:
+        if arrays["format"].tolist() not in ([_MAGIC], [_STARTLESS]):
             raise ValueError(f"{path}: unknown wording format {arrays['format'].tolist()}")
         try:
             vocabulary, keys = _unblob(arrays["words"]), _unblob(arrays["targets"])
@@ -116,6 +128,7 @@ class Wording:
             raise ValueError(f"{path}: its words are not UTF-8") from None
         counts, offsets = arrays["counts"], arrays["offsets"]
         index, uses = arrays["index"], arrays["uses"]
+        starts = arrays.get("starts", np.zeros((len(keys), 2), np.int64))
         problem = (
             "the words are not sorted and distinct"
             if any(a >= b for a, b in zip(vocabulary, vocabulary[1:], strict=False)) else
@@ -129,13 +142,19 @@ class Wording:
                                                              or index.max() >= len(vocabulary)))
             or any(np.any(np.diff(index[a:b]) <= 0) for a, b in zip(offsets, offsets[1:],
                                                                     strict=False))
-            or (len(uses) and uses.min() < 1) else "")
+            or (len(uses) and uses.min() < 1) else
+            "the targets' first letters do not add up"
+            if starts.shape != (len(keys), 2) or (len(starts) and (
+                starts.min() < 0 or np.any(starts[:, 0] > starts[:, 1]))) else "")
         if problem:
             raise ValueError(f"{path}: {problem}")
         targets = {key: (index[a:b], uses[a:b])
                    for key, a, b in zip(keys, offsets[:-1].tolist(), offsets[1:].tolist(),
                                         strict=True)}
-        return cls(vocabulary, counts.astype(np.int64), targets)
+        firsts = ({key: (int(k), int(n)) for key, (k, n) in zip(keys, starts.tolist(),
+                                                                strict=True)}
+                  if "starts" in arrays else {})
+        return cls(vocabulary, counts.astype(np.int64), targets, firsts)
 
     def span(self, prefix: str, whole: bool = False) -> tuple[int, int]:
         """Where the words starting with `prefix` (with `whole`: the word itself) are in
@@ -160,6 +179,11 @@ class Wording:
         """How many words of `key`'s were counted (None: the target's were not)."""
         found = self.targets.get(key)
         return None if found is None else int(found[1].sum())
+
+    def capitals(self, key: str) -> tuple[int, int] | None:
+        """(`key`'s messages whose first letter is a capital, those with a letter), or None
+        when the target's were not counted."""
+        return self.starts.get(key)
 
     def prior(self, key: str) -> Prior | None:
         """`key`'s prior (kept: the guard caches its weights by target), or None when the
