@@ -108,7 +108,8 @@ def test_a_damaged_file_is_refused_by_name(tmp_path: Path) -> None:
     np.savez(path, **{k: v for k, v in good.items() if k != "uses"})
     with pytest.raises(ValueError, match="not a mimic wording file"):
         Wording.load(path)
-    for bad in (good["starts"][:-1], good["starts"][:, ::-1], -good["starts"]):
+    for bad in (good["starts"][:-1], good["starts"][:, ::-1], -good["starts"],
+                good["starts"] + 0.5):
         np.savez(path, **{**good, "starts": bad})
         with pytest.raises(ValueError, match="first letters"):
             Wording.load(path)

@@ -7,7 +7,8 @@ loaded with weights_only=True), config.json, metrics.json, loss.png, novelty.npy
 sampler uses to refuse verbatim copies: of every public message for the shared model, of the
 target's own for a dedicated one) and, for the shared model, the workspace's lexicon (the
 words drawing may use), wording.npz (how often each covered person and channel used each
-word: the words their replies prefer, trainer/wording.py) and lengths.json (where its replies
+word, and how many of their messages start with a capital: the words their replies prefer and
+how they begin, trainer/wording.py) and lengths.json (where its replies
 are drawn to an end, and the factor on the end mark's odds fitted to its people's message
 lengths: trainer/lengths.py).
 """

@@ -144,8 +144,8 @@ class Wording:
                                                                     strict=False))
             or (len(uses) and uses.min() < 1) else
             "the targets' first letters do not add up"
-            if starts.shape != (len(keys), 2) or (len(starts) and (
-                starts.min() < 0 or np.any(starts[:, 0] > starts[:, 1]))) else "")
+            if starts.shape != (len(keys), 2) or starts.dtype.kind not in "iu" or (len(starts)
+                and (starts.min() < 0 or np.any(starts[:, 0] > starts[:, 1]))) else "")
         if problem:
             raise ValueError(f"{path}: {problem}")
         targets = {key: (index[a:b], uses[a:b])
