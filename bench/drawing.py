@@ -46,7 +46,7 @@ from mimic.trainer.lexicon import WordGuard
 from mimic.trainer.novelty import WINDOW
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
-from mimic.trainer.report import Attributor, default_targets, random_targets
+from mimic.trainer.report import Attributor, default_targets, random_targets, training_reading
 from mimic.trainer.sampler import DEFAULT_TEMPERATURE, MAX_LEN, PLAUSIBLE, Generation
 
 SAMPLES = 100
@@ -129,10 +129,10 @@ def main() -> None:
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
     real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train), long=long)
             for _p, _m, corpus, _c in chosen]
-    # What the model learned from, as many messages read for variety: where the held-out ones
-    # differ from these, their habits changed after training (no model could follow).
-    trained = [read(corpus.train, vocabulary | Vocabulary.of(corpus.train), SAMPLES, long)
-               for _p, _m, corpus, _c in chosen]
+    # What the model learned from, as `mimic eval` reads it: where the held-out messages
+    # differ from these, their habits moved after training (no model could follow).
+    trained = [training_reading(corpus.train, vocabulary | Vocabulary.of(corpus.train),
+                                SAMPLES, long) for _p, _m, corpus, _c in chosen]
     real_fidelity = statistics.mean(attributor.accuracy(corpus.val[-SAMPLES:], person.label)
                                     or 0.0 for person, _m, corpus, _c in chosen)
     print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds; long: "
@@ -144,8 +144,8 @@ def main() -> None:
     print(header)
 
     def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
-        means = [statistics.mean(getattr(r, f) for r in readings if getattr(r, f) is not None)
-                 for f in (*SHOWN, "length", "long")]
+        means = [statistics.mean([getattr(r, f) for r in readings if getattr(r, f) is not None]
+                                 or [math.nan]) for f in (*SHOWN, "length", "long")]
         return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-2])
                 + f" {means[-2]:>6.0f} {means[-1]:>6.1%}{extra}")
 
@@ -153,6 +153,8 @@ def main() -> None:
     print(line("their training messages", math.nan, trained, ""))
     for setting in args.settings:
         values = [math.nan if x in ("fit", "own") else float(x) for x in setting.split(",")]
+        if len(values) > 8 and not math.isnan(values[8]) and values[8] != 0:
+            raise SystemExit(f"{setting}: case is 'own' or 0, not {values[8]:g}")
         values += [PRIME, 1, PLAUSIBLE, 1, math.nan, math.nan][len(values) - 3:]
         fidelity, readings, stepped, served, cut = [], [], 0, 0, 0
         off: dict[str, list[float]] = {"trained": [], "real": []}

@@ -485,9 +485,10 @@ def eval_(
                 ["mean", *(fmt(overall[name]) for _t, name, fmt in columns)])
     for note in report.notes:
         console.print(f"· {note}")
+    trained = [(short, fmt, overall[name.replace("model.", "trained.")])
+               for short, name, fmt in columns if name.startswith("model.")]
     console.print("· Their training messages (what the models learned from): " + ", ".join(
-        f"{short} {fmt(overall[name.replace('model.', 'trained.')])}"
-        for short, name, fmt in columns if name.startswith("model.")) + ".")
+        f"{short} {fmt(value)}" for short, fmt, value in trained if value is not None) + ".")
     for sentence in drift(report):
         console.print(f"· {sentence}")
     if (overall["fidelity_model"] or 0) > (overall["fidelity_real"] or 1):

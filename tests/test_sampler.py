@@ -20,6 +20,7 @@ from mimic.trainer.sampler import (
     DEDICATED_HEAT,
     END_ODDS,
     LONG_SLOPE,
+    Generation,
     NoNovelText,
     Row,
     draw,
@@ -322,6 +323,39 @@ def test_a_reply_starts_like_its_persons_messages_the_models_odds_counting_as_a_
     for capitals, seed in (((900, 1000), 0), ((20, 1000), 1), ((2, 2), 2), ((0, 0), 3)):
         wanted = (capitals[0] + CASE_PRIOR * model) / (capitals[1] + CASE_PRIOR)
         assert abs(capitalised(capitals, seed) - wanted) < 0.06, capitals  # 800 draws: ~0.016
+
+
+def test_each_rows_first_letter_follows_its_own_counts_as_rows_come_and_go() -> None:
+    """Rows of someone who always starts with a capital and of someone who never does,
+    interleaved, half of them joining after some of the others have finished: each row's
+    first letter follows its own counts (the batch's state stays in step with its rows)."""
+    vocab = Vocab(list("Aab."))
+    model = fixed_odds(vocab, [0.1, 1e-9, 0.24, 0.46, 0.1, 0.1])
+    rows = [Row(temperature=1.0, capitals=(1000, 1000) if i % 2 else (0, 1000))
+            for i in range(400)]
+    generation = Generation(model, vocab, generator=gen(5))
+    ids = generation.add(rows[:200])
+    for _ in range(4):
+        generation.step()
+    assert len(generation) < 200  # some have finished: the batch was compacted
+    ids += generation.add(rows[200:])
+    while generation.active:
+        generation.step()
+    texts = generation.take(ids)
+    assert texts is not None
+    for always in (True, False):
+        firsts = [next(ch for ch in t if ch.isalpha()) for row, t in zip(rows, texts, strict=True)
+                  if (row.capitals[0] > 0) == always and any(map(str.isalpha, t))]
+        share = sum(ch.isupper() for ch in firsts) / len(firsts)
+        assert len(firsts) > 100 and (share > 0.95 if always else share < 0.05), (always, share)
+
+
+def test_a_rows_counts_must_be_counts() -> None:
+    vocab = Vocab(list("Aab."))
+    generation = Generation(fixed_odds(vocab, [0.1, 1e-9, 0.24, 0.46, 0.1, 0.1]), vocab)
+    for bad in ((3, 2), (-1, 5), (1.5, 2)):
+        with pytest.raises(ValueError, match="capitals must be"):
+            generation.add([Row(capitals=bad)])  # type: ignore[arg-type]
 
 
 def test_reply_draws_against_the_versions_reference(trained: tuple[CharLSTM, Vocab]) -> None:

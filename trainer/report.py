@@ -20,7 +20,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -370,8 +370,7 @@ def evaluate_targets(
                                                                             loaded.novelty),
             leak_markov=leak_rate(baseline, loaded.novelty),
             model=read(kept, vocabulary, equal, long), real=read(real, vocabulary, equal, long),
-            # Variety over the newest of them, as many as the others.
-            trained=read(corpus.train[::-1], vocabulary, equal, long),
+            trained=training_reading(corpus.train, vocabulary, equal, long),
             markov=read(baseline, vocabulary, equal, long),
             samples=kept[:SHOWN_SAMPLES],
             markov_samples=[make_inert(t) for t in baseline[:SHOWN_SAMPLES]],
@@ -484,6 +483,14 @@ def _plot_comparison(rows: Sequence[TargetRow], path: Path) -> None:
     plt.close(fig)
 
 
+def training_reading(train: Sequence[str], vocabulary: Vocabulary, variety: int | None,
+                     long: int) -> Reading:
+    """What a reader sees in a target's training messages (variety over the newest `variety`
+    of them); their words are real by construction (`vocabulary` holds them): not shown."""
+    return replace(read(train[::-1], vocabulary, variety, long), first_word_real=None,
+                   real_words=None, real_pairs=None)
+
+
 def drift(report: Report) -> list[str]:
     """Sentences for the habits in which the people's held-out messages differ from their
     training messages by more than the goals allow a model's replies to differ from them (5
@@ -497,8 +504,9 @@ def drift(report: Report) -> list[str]:
     if real is not None and trained and abs(real / trained - 1) > 0.10:
         said.append(f"The held-out messages run {real:.0f} characters on average, the "
                     f"training messages {trained:.0f}:")
-    return [f"{sentence} a habit that changed after training, which replies learned from the "
-            "training messages do not follow." for sentence in said]
+    return [f"{sentence} replies follow the training messages, so a gap this size from the "
+            "held-out ones is the people's own (a habit changed after training, or too few "
+            "held-out messages to tell)." for sentence in said]
 
 
 READER = [("first word real", "first_word_real", percent),
@@ -532,8 +540,9 @@ def write_report(report: Report, folder: Path) -> Path:
         ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—", "—"],
         ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—", "—"]])
     md += ["The training column is the targets' training messages, what the models learned "
-           "from (variety over as many of the newest as the others)."]
-    md += [*drift(report), ""]
+           "from (variety over as many of the newest as the others; their words are the "
+           "vocabulary's own, so not counted).", ""]
+    md += [f"{sentence}\n" for sentence in drift(report)]
     if (o["fidelity_model"] or 0) > (o["fidelity_real"] or 1):
         md += ["Fidelity is above the real ceiling: the messages are **more typical than the "
                "people** (a caricature as much as a likeness: compare the variety below).", ""]

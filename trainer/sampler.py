@@ -74,7 +74,8 @@ CUT_DOUBLINGS = 16
 # with the model's own odds counted as this many more of them: read from the person's vector and
 # last messages alone, chitchat's top 10 got replies 6.8 points (of 100) off their messages'
 # share, 20 people with 1,000-20,000 characters 87 % against their 82 % (BENCHMARKS.md,
-# seventeenth session); someone with a handful of messages keeps about the model's odds.
+# seventeenth session); someone with a handful of messages keeps about the model's odds. (> 0:
+# a row without counts takes the model's odds.)
 CASE_PRIOR = 10.0
 MAX_LEN = 280  # a message's cut, in characters (seed included), unless a caller asks for another
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
@@ -582,6 +583,11 @@ class Generation:
                 raise ValueError(f"end_odds must be a finite factor >= 0, got {row.end_odds!r}")
             if not 0 <= row.boost < math.inf:
                 raise ValueError(f"boost must be a finite weight >= 0, got {row.boost!r}")
+            capitalised, lettered = row.capitals
+            if not (isinstance(capitalised, int) and isinstance(lettered, int)
+                    and 0 <= capitalised <= lettered):
+                raise ValueError("capitals must be (capitalised, lettered) message counts, "
+                                 f"0 <= capitalised <= lettered, got {row.capitals!r}")
         if net is not None and self._groups[0][1] != [0, 1]:
             raise ValueError("rows with a net of their own need a conditioned model's batch, "
                              "drawn against its own \"anyone\" rows")
@@ -625,7 +631,7 @@ class Generation:
                 "long": torch.tensor([[x] for x in longs], device=self.device),
                 "rate": torch.tensor([[math.log(2) / (x * LONG_SLOPE) if x else 0.0]
                                       for x in longs], device=self.device),
-                "capitals": torch.tensor([[k + 0.0, n + CASE_PRIOR] for k, n in
+                "capitals": torch.tensor([[k + 0.0, m + CASE_PRIOR] for k, m in
                                           (r.capitals for r in rows)], device=self.device)}
         for key, value in new.items():
             old = self._state.get(key)
@@ -802,9 +808,11 @@ class Generation:
         own, tiny = words.softmax(-1), torch.finfo(probs.dtype).tiny
         letters = probs.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True)
         share = own.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True).clamp(min=tiny)
-        capitals, lettered = self._state["capitals"].unbind(-1)
+        # (capitalised, lettered + CASE_PRIOR): with no counts, (0, CASE_PRIOR) gives the
+        # model's own share.
+        capitals, counted = self._state["capitals"].unbind(-1)
         cap, low = (own.masked_fill(~part, 0).sum(-1, keepdim=True) for part in self._cases)
-        upper = (capitals[:, None] + CASE_PRIOR * cap / share) / lettered[:, None]
+        upper = (capitals[:, None] + CASE_PRIOR * cap / share) / counted[:, None]
         # Never a case the model (or the guard) rules out here.
         upper = torch.where(cap > 0, torch.where(low > 0, upper, 1.0), 0.0)
         new = probs.masked_fill(self._letter_mask, 0)

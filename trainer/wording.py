@@ -52,8 +52,10 @@ SMOOTHING = 0.1
 # word pairs were ones the workspace uses (0.62 against 0.69 capped; the people's own: 0.81).
 MOST = 2.0
 SPANS = 50_000  # prefixes whose place in the word list is kept (~150 B each)
-_MAGIC = 2  # format version, the first entry of the file's "format" array
-_STARTLESS = 1  # ... of files from before first letters were counted: their targets have none
+# Format version, the first entry of the file's "format" array. The first letters ("starts")
+# came later, as an array of their own that older mimics do not read: files without it load
+# with no counts.
+_MAGIC = 1
 
 
 class Wording:
@@ -104,8 +106,9 @@ class Wording:
                  index=np.concatenate(index or [np.empty(0, np.int32)]).astype(np.int32),
                  uses=np.concatenate([self.targets[k][1] for k in keys]
                                      or [np.empty(0, np.int32)]).astype(np.int32),
-                 starts=np.array([self.starts.get(k, (0, 0)) for k in keys],
-                                 dtype=np.int64).reshape(-1, 2))
+                 **({"starts": np.array([self.starts[k] for k in keys],
+                                        dtype=np.int64).reshape(-1, 2)}
+                    if self.starts.keys() == self.targets.keys() else {}))
 
     @classmethod
     def load(cls, path: Path) -> Wording:
@@ -114,13 +117,13 @@ class Wording:
             with np.load(path, allow_pickle=False) as found:
                 arrays = {k: found[k] for k in ("format", "words", "counts", "targets",
                                                 "offsets", "index", "uses")}
-                if arrays["format"].tolist() == [_MAGIC]:
+                if "starts" in found.files:
                     arrays["starts"] = found["starts"]
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise ValueError(f"{path} is not a mimic wording file ({exc})") from None
-        if arrays["format"].tolist() not in ([_MAGIC], [_STARTLESS]):
+        if arrays["format"].tolist() != [_MAGIC]:
             raise ValueError(f"{path}: unknown wording format {arrays['format'].tolist()}")
         try:
             vocabulary, keys = _unblob(arrays["words"]), _unblob(arrays["targets"])
