@@ -72,10 +72,10 @@ LONG_QUANTILE, LONG_SLOPE = 0.95, 0.02
 CUT_DOUBLINGS = 16
 # Whether a reply's first letter is a capital follows its target's messages (Row.capitals),
 # with the model's own odds counted as this many more of them: read from the person's vector and
-# last messages alone, chitchat's top 10 got replies 6.8 points (of 100) off their messages'
-# share, 20 people with 1,000-20,000 characters 87 % against their 82 % (BENCHMARKS.md,
-# seventeenth session); someone with a handful of messages keeps about the model's odds. (> 0:
-# a row without counts takes the model's odds.)
+# last messages alone, each of chitchat's top 10 got replies 5-7 points (of 100) off their
+# messages' share, each of 20 people with 1,000-20,000 characters 16 (BENCHMARKS.md, sixteenth
+# and seventeenth sessions); someone with a handful of messages keeps about the model's odds.
+# (> 0: a row without counts takes the model's odds.)
 CASE_PRIOR = 10.0
 MAX_LEN = 280  # a message's cut, in characters (seed included), unless a caller asks for another
 GREEDY_BELOW = 1e-3  # temperatures this small are argmax: identical, and immune to float ties
@@ -738,8 +738,8 @@ class Generation:
         probs = torch.softmax(scaled.masked_fill(only_end, 0), dim=-1)
         # Nor whether a message's first letter is a capital: drawn against "anyone", each
         # person's habit became all or none (chitchat's top 10: someone who starts 23 % of their
-        # messages with a capital got 0 %, someone with 89 % got 100 %; 19 points off a person
-        # on average, against 7 at the model's own odds; BENCHMARKS.md, sixteenth session).
+        # messages with a capital got 0 %, someone with 89 % got 100 %: 19 points off a person
+        # on average; BENCHMARKS.md, sixteenth session). See _case.
         if self._unlettered:
             probs = self._case(probs, own)
         probs = probs * (1 - end)
@@ -806,18 +806,20 @@ class Generation:
         would, where `probs` left none of them)."""
         rows = torch.tensor([i in self._unlettered for i in self._alive], device=self.device)
         own, tiny = words.softmax(-1), torch.finfo(probs.dtype).tiny
-        letters = probs.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True)
-        share = own.masked_fill(~self._letter_mask, 0).sum(-1, keepdim=True).clamp(min=tiny)
+        # Each case's mass, in the model's odds and in the draw's.
+        cap, low = (own.masked_fill(~part, 0).sum(-1, keepdim=True) for part in self._cases)
+        haves = [probs.masked_fill(~part, 0).sum(-1, keepdim=True) for part in self._cases]
+        letters = haves[0] + haves[1]
         # (capitalised, lettered + CASE_PRIOR): with no counts, (0, CASE_PRIOR) gives the
         # model's own share.
         capitals, counted = self._state["capitals"].unbind(-1)
-        cap, low = (own.masked_fill(~part, 0).sum(-1, keepdim=True) for part in self._cases)
-        upper = (capitals[:, None] + CASE_PRIOR * cap / share) / counted[:, None]
+        upper = (capitals[:, None] + CASE_PRIOR * cap / (cap + low).clamp(min=tiny)
+                 ) / counted[:, None]
         # Never a case the model (or the guard) rules out here.
         upper = torch.where(cap > 0, torch.where(low > 0, upper, 1.0), 0.0)
         new = probs.masked_fill(self._letter_mask, 0)
-        for part, odds, want in zip(self._cases, (upper, 1 - upper), (cap, low), strict=True):
-            have = probs.masked_fill(~part, 0).sum(-1, keepdim=True)
+        for part, odds, want, have in zip(self._cases, (upper, 1 - upper), (cap, low), haves,
+                                          strict=True):
             inside = torch.where(have > 0, probs / have.clamp(min=tiny),
                                  own / want.clamp(min=tiny))
             new += inside.masked_fill(~part, 0) * (letters * odds)
