@@ -1,8 +1,9 @@
 """How should a message be drawn? Compares settings of the sampler on the same trained model.
 
 For the 10 biggest people a model imitates (or, with --chars, people drawn at random from a
-range of sizes), draws 100 messages per person and seed for each setting and prints what
-`mimic eval` measures, each beside the people's own real held-out messages: style fidelity
+range of sizes; --people says how many), draws 100 messages per person and seed for each
+setting and prints what `mimic eval` measures, each beside the people's own real held-out
+messages (all of them; variety over the newest 100) and training messages: style fidelity
 (the author classifier on groups of five), what a reader sees (first word real, capitalised
 starts, real words, distinct word pairs) and length; and the LSTM rows stepped per message
 (the cost).
@@ -24,7 +25,8 @@ each person's share of capitalised starts is from their training messages' and f
 held-out messages' (in points, the mean over people; a few held-out messages make the second
 a coarse figure).
 
-    .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [SETTING ...]
+    .venv/bin/python -m bench.drawing [--seeds 2] [--folder F] [--chars 1000-20000] [--people N]
+                                      [SETTING ...]
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from mimic.trainer.lexicon import WordGuard
 from mimic.trainer.novelty import WINDOW
 from mimic.trainer.reading import Reading, Vocabulary, long_length, read
 from mimic.trainer.registry import LoadedModel, load_version, serving
-from mimic.trainer.report import Attributor, default_targets, random_targets, training_reading
+from mimic.trainer.report import (
+    Attributor,
+    default_targets,
+    random_targets,
+    real_reading,
+    training_reading,
+)
 from mimic.trainer.sampler import DEFAULT_TEMPERATURE, MAX_LEN, PLAUSIBLE, Generation
 
 SAMPLES = 100
@@ -99,16 +107,19 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
     p.add_argument("--folder", type=Path, default=Path("data/bench/quality"),
                    help="a workspace with a trained model (default: bench.quality's)")
-    p.add_argument("--chars", help="MIN-MAX: 20 people drawn at random from this range")
+    p.add_argument("--chars", help="MIN-MAX: --people drawn at random from this range")
+    p.add_argument("--people", type=int, help="how many people (default: the 10 biggest, or "
+                   "20 drawn with --chars); a small held-out set is a coarse figure, so more "
+                   "people make the real columns steadier")
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     store, settings = chitchat(args.folder, refresh=False, MIMIC_DEVICE="cpu")
     if args.chars:
         low, high = (int(x) for x in args.chars.split("-"))
-        people = random_targets(store, settings, 20, low, high)
+        people = random_targets(store, settings, args.people or 20, low, high)
     else:
-        people = default_targets(store, settings)
+        people = default_targets(store, settings, args.people or 10)
     if len(people) < 2:
         raise SystemExit(f"no trained model in {args.folder}: run `python -m bench.quality`")
     # As many of each person's last messages as the settings read first.
@@ -127,7 +138,7 @@ def main() -> None:
     vocabulary = Vocabulary.of(m.text for m in workspace.train)
     long = long_length(m.text for m in workspace.train)
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
-    real = [read(corpus.val[-SAMPLES:], vocabulary | Vocabulary.of(corpus.train), long=long)
+    real = [real_reading(corpus.val, vocabulary | Vocabulary.of(corpus.train), SAMPLES, long)
             for _p, _m, corpus, _c in chosen]
     # What the model learned from, as `mimic eval` reads it: where the held-out messages
     # differ from these, their habits moved after training (no model could follow).
@@ -168,7 +179,7 @@ def main() -> None:
                 cut += sum(len(t) >= MAX_LEN for t in texts)
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
                 readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
-                                     min(len(texts), len(corpus.val[-SAMPLES:])) or None, long))
+                                     min(len(texts), len(corpus.val), SAMPLES) or None, long))
                 for key, reading in zip(off, theirs, strict=True):
                     if None not in (mine := readings[-1].capitalised, reading.capitalised):
                         off[key].append(100 * abs(mine - reading.capitalised))

@@ -15,7 +15,7 @@ import pytest
 from mimic.core.config import Settings
 from mimic.core.store import Store
 from mimic.trainer.corpus import Target, resolve
-from mimic.trainer.reading import Reading
+from mimic.trainer.reading import Reading, Vocabulary
 from mimic.trainer.report import (
     SECTIONS,
     EvalError,
@@ -25,6 +25,8 @@ from mimic.trainer.report import (
     evaluate_targets,
     groups,
     markov_messages,
+    real_reading,
+    training_reading,
     write_report,
 )
 
@@ -126,6 +128,21 @@ def test_the_report_says_when_the_held_out_messages_changed_habits() -> None:
                               "the training messages in 70%: replies follow the training")
     assert said[1].startswith("The held-out messages run 70 characters on average, the "
                               "training messages 60: replies follow")
+
+
+def test_a_targets_real_messages_are_read_whole_and_their_variety_over_the_newest() -> None:
+    """Shares and length over every held-out (or training) message, not the newest few alone:
+    a habit of the last messages does not stand for the set. Variety is read over the newest
+    `variety` (distinct-2 falls with more messages)."""
+    messages = ["Same old words"] * 8 + ["fresh pair one more", "other pair two"]  # in time
+    vocabulary = Vocabulary.of(messages)
+    real = real_reading(messages, vocabulary, 2, long=1000)
+    assert real.capitalised == 0.8 and real.length == 14.5
+    assert real.distinct_2 == 1.0  # the newest two; any two of the old ones: 0.5
+    assert real_reading(messages[:8], vocabulary, 2, long=1000).distinct_2 == 0.5
+    trained = training_reading(messages, vocabulary, 2, long=1000)
+    assert (trained.capitalised, trained.length, trained.distinct_2) == (0.8, 14.5, 1.0)
+    assert trained.real_words is None and trained.first_word_real is None
 
 
 def test_helpers() -> None:

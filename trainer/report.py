@@ -94,7 +94,7 @@ class TargetRow:
     leak_filtered: float | None = None  # reply(): after it (must be 0)
     leak_markov: float | None = None
     model: Reading | None = None  # what a reader sees, in the served messages
-    real: Reading | None = None  # ... in the target's newest real held-out messages
+    real: Reading | None = None  # ... in the target's real held-out messages
     trained: Reading | None = None  # ... in its training messages (what the model learned)
     markov: Reading | None = None
     samples: list[str] = field(default_factory=list)  # inert
@@ -359,8 +359,7 @@ def evaluate_targets(
             notes.append(f"{target.label}: markovify made {len(baseline)} of {samples} "
                          "messages.")
         vocabulary = workspace_vocabulary | Vocabulary.of(corpus.train)
-        real = corpus.val[-samples:]  # the newest held-out messages, as many as generated
-        equal = min(len(kept), len(real)) or None  # variety at equal numbers (a few real ones)
+        equal = min(len(kept), len(corpus.val)) or None  # variety at equal numbers
         rows.append(TargetRow(
             target=target, version=found.row.version,
             which="workspace" if found.row.target == BASE.key else "own",
@@ -369,7 +368,8 @@ def evaluate_targets(
             leak_raw=leak_rate(raw, loaded.novelty), leak_filtered=leak_rate(kept,
                                                                             loaded.novelty),
             leak_markov=leak_rate(baseline, loaded.novelty),
-            model=read(kept, vocabulary, equal, long), real=read(real, vocabulary, equal, long),
+            model=read(kept, vocabulary, equal, long),
+            real=real_reading(corpus.val, vocabulary, equal, long),
             trained=training_reading(corpus.train, vocabulary, equal, long),
             markov=read(baseline, vocabulary, equal, long),
             samples=kept[:SHOWN_SAMPLES],
@@ -483,11 +483,21 @@ def _plot_comparison(rows: Sequence[TargetRow], path: Path) -> None:
     plt.close(fig)
 
 
+def real_reading(messages: Sequence[str], vocabulary: Vocabulary, variety: int | None,
+                 long: int) -> Reading:
+    """What a reader sees in a target's real messages (in time order): shares and length over
+    all of them, variety over the newest `variety` (distinct-2 falls with more messages, so it
+    is compared at equal numbers). Not the newest few alone for every figure: the biggest
+    people's newest 100 start with a capital 4.5 points less often than their held-out
+    messages as a whole (chitchat, eighteenth session)."""
+    return read(messages[::-1], vocabulary, variety, long)
+
+
 def training_reading(train: Sequence[str], vocabulary: Vocabulary, variety: int | None,
                      long: int) -> Reading:
-    """What a reader sees in a target's training messages (variety over the newest `variety`
-    of them); their words are real by construction (`vocabulary` holds them): not shown."""
-    return replace(read(train[::-1], vocabulary, variety, long), first_word_real=None,
+    """`real_reading` of a target's training messages; their words are real by construction
+    (`vocabulary` holds them): not shown."""
+    return replace(real_reading(train, vocabulary, variety, long), first_word_real=None,
                    real_words=None, real_pairs=None)
 
 
@@ -539,9 +549,10 @@ def write_report(report: Report, folder: Path) -> Path:
          "—", percent(o["leak_markov"])],
         ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—", "—"],
         ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—", "—"]])
-    md += ["The training column is the targets' training messages, what the models learned "
-           "from (variety over as many of the newest as the others; their words are the "
-           "vocabulary's own, so not counted).", ""]
+    md += ["The real held-out column reads all of each target's held-out messages, the "
+           "training column all of its training messages, what the models learned from (both: "
+           "variety over as many of the newest as the model drew; the training messages' words "
+           "are the vocabulary's own, so not counted).", ""]
     md += [f"{sentence}\n" for sentence in drift(report)]
     if (o["fidelity_model"] or 0) > (o["fidelity_real"] or 1):
         md += ["Fidelity is above the real ceiling: the messages are **more typical than the "
@@ -576,8 +587,8 @@ def write_report(report: Report, folder: Path) -> Path:
     else:
         md += ["Skipped: it needs at least two people with models.", ""]
     md += ["## What a reader sees", "",
-           "Each figure for the served messages, then for the same number of the target's "
-           "newest real held-out messages, then for its training messages: whether the "
+           "Each figure for the served messages, then for the target's real held-out "
+           "messages, then for its training messages: whether the "
            "first word is one the workspace uses, whether the first letter is a capital, the "
            "share of real words and of real pairs of consecutive words, distinct word pairs "
            "over all pairs (variety), and characters a message.", ""]
