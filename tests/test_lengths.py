@@ -12,8 +12,11 @@ from mimic.trainer.lengths import (
     ODDS,
     OWN_MESSAGES,
     OWN_RANGE,
+    SLOPE,
+    aim,
     fit_end_odds,
     fit_workspace,
+    slope,
     spread,
 )
 from mimic.trainer.model import CharLSTM, ModelConfig
@@ -104,6 +107,23 @@ def test_everyone_else_gets_the_factor_fitted_to_people_of_every_size() -> None:
             alone.end_odds * alone.own_odds[key], rel=1e-2)
     assert fit.record()["biggest"] == alone.record() and "biggest senders" in fit.describe()
     assert fit_workspace(loaded, biggest, []) == alone
+
+
+def test_the_slope_is_fitted_over_every_measurement_and_aimed_along_it() -> None:
+    """Mean length ~ factor^-s: s by least squares over all the factors tried, so that one
+    noisy mean does not turn the search round. Chitchat's biggest senders measured 48.5
+    characters at x1.2, then 45.5 at x1.11: from those two alone the replies lengthen as the
+    end gets likelier; over all four, s is about 0.44."""
+    exact = [(x, 50 * x**-0.3) for x in (0.5, 1.0, 2.0)]
+    assert slope(exact) == pytest.approx(0.3)
+    assert aim(exact, 50 * 1.5**-0.3) == pytest.approx(1.5)
+    chitchat = [(1.2, 48.5), (1.112, 45.5), (0.551, 65.1), (0.844, 57.4)]
+    assert slope(chitchat) == pytest.approx(0.44, abs=0.01)
+    assert 0.8 < aim(chitchat, 52.3) < 0.95  # on the line: between 57.4 at 0.844 and 48.5 at 1.2
+    assert slope([(1.0, 50.0)]) == 1.0  # one factor: no slope yet
+    assert aim([(1.0, 50.0)], 25.0) == 2.0  # ... so twice the odds for half the length
+    assert slope([(1.0, 50.0), (2.0, 60.0)]) == SLOPE[0]  # rising: noise, the flattest believed
+    assert aim([(1.0, 0.0)], 10.0) == ODDS[0]  # nothing but empty replies
 
 
 def test_people_of_every_size_are_spread_over_them() -> None:
