@@ -21,9 +21,9 @@ senders it was fitted to wrote 52.0 characters against their 52.3 (2,000 replies
 them 45 % short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long (57, 57, 56
 characters against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the PEOPLE
 biggest senders get a fit of their own, which then draws OWN_REPLIES for each of them with
-OWN_MESSAGES or more and gives each their own factor on it: their replies' mean / their
-messages', within OWN_RANGE; restated on the workspace's factor, these are the `own_odds` kept
-by lengths.json (`fit_workspace`).
+OWN_MESSAGES or more and gives each their own factor on it: (their replies' mean / their
+messages')^(1/s), within OWN_RANGE; restated on the workspace's factor, these are the
+`own_odds` kept by lengths.json (`fit_workspace`).
 """
 
 from __future__ import annotations
