@@ -112,6 +112,8 @@ def main() -> None:
                    "20 drawn with --chars); a small held-out set is a coarse figure, so more "
                    "people make the real columns steadier")
     args = p.parse_args()
+    if args.people is not None and args.people < 2:
+        p.error(f"--people {args.people}: at least 2 (style fidelity tells people apart)")
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     store, settings = chitchat(args.folder, refresh=False, MIMIC_DEVICE="cpu")
@@ -138,12 +140,15 @@ def main() -> None:
     vocabulary = Vocabulary.of(m.text for m in workspace.train)
     long = long_length(m.text for m in workspace.train)
     attributor = Attributor({person.label: corpus.train for person, _m, corpus, _c in chosen})
-    real = [real_reading(corpus.val, vocabulary | Vocabulary.of(corpus.train), SAMPLES, long)
-            for _p, _m, corpus, _c in chosen]
+    # Variety at equal numbers: as many of each person's messages as they held out (at most
+    # SAMPLES) in every column; a small person holds out a handful.
+    variety = [min(SAMPLES, len(corpus.val)) or None for _p, _m, corpus, _c in chosen]
+    real = [real_reading(corpus.val, vocabulary | Vocabulary.of(corpus.train), v, long)
+            for (_p, _m, corpus, _c), v in zip(chosen, variety, strict=True)]
     # What the model learned from, as `mimic eval` reads it: where the held-out messages
     # differ from these, their habits moved after training (no model could follow).
-    trained = [training_reading(corpus.train, vocabulary | Vocabulary.of(corpus.train),
-                                SAMPLES, long) for _p, _m, corpus, _c in chosen]
+    trained = [training_reading(corpus.train, vocabulary | Vocabulary.of(corpus.train), v, long)
+               for (_p, _m, corpus, _c), v in zip(chosen, variety, strict=True)]
     real_fidelity = statistics.mean(attributor.accuracy(corpus.val[-SAMPLES:], person.label)
                                     or 0.0 for person, _m, corpus, _c in chosen)
     print(f"{len(chosen)} people, {SAMPLES} messages each per seed, {args.seeds} seeds; long: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import pytest
 
 from mimic.core.config import Settings
 from mimic.core.store import Store
-from mimic.trainer.corpus import Target, resolve
+from mimic.trainer.corpus import Target, load_corpus, resolve
 from mimic.trainer.reading import Reading, Vocabulary
 from mimic.trainer.report import (
     SECTIONS,
@@ -68,6 +69,10 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
     assert all(r.fidelity_real == 1 for r in report.rows if r.is_person)
     alice = report.rows[0]
     assert alice.real is not None and alice.real.capitalised == 1.0  # she SHOUTS
+    with store.session() as session:  # more held-out messages than were drawn: all are read
+        held = load_corpus(session, settings, targets(store, "@alice")[0]).val
+    assert len(held) > 10
+    assert alice.real.length == pytest.approx(statistics.mean(len(t) for t in held))
     # ... and nearly always did (a few lowercase messages of the base export's among them);
     # the training messages' words are the vocabulary's own, so not counted.
     assert alice.trained is not None and alice.trained.capitalised > 0.9

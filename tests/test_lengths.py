@@ -16,6 +16,7 @@ from mimic.trainer.lengths import (
     aim,
     fit_end_odds,
     fit_workspace,
+    own_factor,
     slope,
     spread,
 )
@@ -65,8 +66,8 @@ def test_a_length_out_of_reach_stops_at_the_edge_of_the_range() -> None:
 
 def test_each_fitted_person_gets_their_own_factor_on_it() -> None:
     """One factor makes the people's replies 10 characters on average, too long for U1
-    (messages of 4) and too short for U2 (16): each gets their own factor on it, the ratio of
-    their replies' mean to their messages' (U1's held at OWN_RANGE's top), and the rows the
+    (messages of 4) and too short for U2 (16): each gets their own factor on it (`own_factor`;
+    U1's held at OWN_RANGE's top), and the rows the
     bot draws for them end sooner for U1 and later for U2 than for anyone else. U3, with too
     few messages to know their length, keeps the shared factor."""
     loaded = ending_at(0.2)
@@ -121,9 +122,19 @@ def test_the_slope_is_fitted_over_every_measurement_and_aimed_along_it() -> None
     assert slope(chitchat) == pytest.approx(0.44, abs=0.01)
     assert 0.8 < aim(chitchat, 52.3) < 0.95  # on the line: between 57.4 at 0.844 and 48.5 at 1.2
     assert slope([(1.0, 50.0)]) == 1.0  # one factor: no slope yet
-    assert aim([(1.0, 50.0)], 25.0) == 2.0  # ... so twice the odds for half the length
+    assert aim([(1.0, 50.0)], 25.0) == pytest.approx(2.0)  # ... so twice the odds: half as long
+    assert slope([(1.0, 50.0), (1.0, 40.0)]) == 1.0  # one factor, twice
     assert slope([(1.0, 50.0), (2.0, 60.0)]) == SLOPE[0]  # rising: noise, the flattest believed
     assert aim([(1.0, 0.0)], 10.0) == ODDS[0]  # nothing but empty replies
+
+
+def test_a_persons_factor_corrects_their_length_along_the_slope() -> None:
+    """Replies 20 % long where length ~ factor^-0.5: the end's odds x1.44 (x1.2, as if s were
+    1, would leave them 10 % long); within OWN_RANGE."""
+    assert own_factor(60, 50, 0.5) == pytest.approx(1.44)
+    assert own_factor(60, 50, 1.0) == pytest.approx(1.2)
+    assert own_factor(50, 60, 0.5) == pytest.approx((5 / 6) ** 2, abs=1e-3)
+    assert own_factor(200, 50, 0.5) == OWN_RANGE[1] and own_factor(0, 50, 1.0) == OWN_RANGE[0]
 
 
 def test_people_of_every_size_are_spread_over_them() -> None:

@@ -12,7 +12,7 @@ matches theirs: a few seconds on CPU. (Fitted to the biggest senders instead, wh
 of their own anyway, chitchat's small people's replies ran 12 % short of their held-out
 messages.)
 
-The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.1
+The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.2
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
 end coming). The search assumes s = 1, then fits s to everything it measured (`slope`).
 
@@ -112,6 +112,15 @@ def aim(measured: Sequence[tuple[float, float]], target: float) -> float:
     return math.exp(mx + (my - math.log(target)) / s)
 
 
+def own_factor(mine: float, wanted: float, s: float) -> float:
+    """A person's factor on the fitted one, where their replies ran `mine` characters against
+    their messages' `wanted`: on the slope s fitted over every measurement. (Taken as 1, where
+    s is about 0.44 on chitchat, it moved their replies less than half of the way.) Within
+    OWN_RANGE: at a small s, a mean's noise is blown up by 1/s."""
+    factor = (max(mine, 0.1) / wanted) ** (1 / s)
+    return round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
+
+
 def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str]]],
                   others: Sequence[tuple[str, Sequence[str]]]) -> Fit:
     """`fit_end_odds` for a workspace: its factor is for everyone without one of their own, so
@@ -177,8 +186,5 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
         for i, mine in zip(known, lengths(best[0], own_replies, [rows[i] for i in known]),
                            strict=True):
             user, wanted = people[i][0], theirs[i]
-            # On the slope fitted over every measurement: taken as 1 (it is nearer 0.3 on
-            # chitchat), a person's factor moved their replies a third of the way.
-            factor = (max(mine, 0.1) / wanted) ** (1 / s)
-            own[f"user:{user}"] = round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
+            own[f"user:{user}"] = own_factor(mine, wanted, s)
     return Fit(round(best[0], 3), best[1], target, tuple(measured), own)

@@ -359,7 +359,8 @@ def evaluate_targets(
             notes.append(f"{target.label}: markovify made {len(baseline)} of {samples} "
                          "messages.")
         vocabulary = workspace_vocabulary | Vocabulary.of(corpus.train)
-        equal = min(len(kept), len(corpus.val)) or None  # variety at equal numbers
+        # Variety at equal numbers (none drawn: the real ones' over as many as were asked).
+        equal = min(len(kept) or samples, len(corpus.val)) or None
         rows.append(TargetRow(
             target=target, version=found.row.version,
             which="workspace" if found.row.target == BASE.key else "own",
@@ -549,7 +550,8 @@ def write_report(report: Report, folder: Path) -> Path:
          "—", percent(o["leak_markov"])],
         ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—", "—"],
         ["as anyone (nats/char)", number(o["anyone_loss"]), "—", "—", "—"]])
-    md += ["The real held-out column reads all of each target's held-out messages, the "
+    md += ["The real held-out column reads all of each target's held-out messages (style "
+           "fidelity: the newest, as many as were drawn), the "
            "training column all of its training messages, what the models learned from (both: "
            "variety over as many of the newest as the model drew; the training messages' words "
            "are the vocabulary's own, so not counted).", ""]
@@ -575,7 +577,8 @@ def write_report(report: Report, folder: Path) -> Path:
            "the real training messages of " + (", ".join(report.people) or "the people") +
            ", attributes to the right person. Chance is "
            + (f"{1 / len(report.people):.0%}." if report.people else "undefined.")
-           + " Real held-out messages are the ceiling, markovify the baseline. Longer "
+           + " Real held-out messages (the newest, as many as were drawn; the lengths "
+           "beside them are of all of them) are the ceiling, markovify the baseline. Longer "
            "messages carry more evidence, so the mean lengths stand beside them.", ""]
     people = [r for r in rows if r.is_person]
     if report.people:
