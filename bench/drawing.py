@@ -176,15 +176,15 @@ def main() -> None:
         off: dict[str, list[float]] = {"trained": [], "real": []}
         start = time.perf_counter()
         for seed in range(args.seeds):
-            for (person, loaded, corpus, context), *theirs in zip(chosen, trained, real,
-                                                                  strict=True):
+            for (person, loaded, corpus, context), v, *theirs in zip(chosen, variety, trained,
+                                                                     real, strict=True):
                 texts, rows = draw(loaded, person.key, context, values,
                                    seed * 1_000_003 + zlib.crc32(person.key.encode()))
                 stepped, served = stepped + rows, served + len(texts)
                 cut += sum(len(t) >= MAX_LEN for t in texts)
                 fidelity.append(attributor.accuracy(texts, person.label) or 0.0)
                 readings.append(read(texts, vocabulary | Vocabulary.of(corpus.train),
-                                     min(len(texts), len(corpus.val), SAMPLES) or None, long))
+                                     min(len(texts), v or 0) or None, long))
                 for key, reading in zip(off, theirs, strict=True):
                     if None not in (mine := readings[-1].capitalised, reading.capitalised):
                         off[key].append(100 * abs(mine - reading.capitalised))
