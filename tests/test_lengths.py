@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mimic.trainer.lengths import (
+    LONG_MESSAGES,
     MEASUREMENTS,
     ODDS,
     OWN_MESSAGES,
@@ -17,6 +18,7 @@ from mimic.trainer.lengths import (
     fit_end_odds,
     fit_workspace,
     own_factor,
+    own_long,
     slope,
     spread,
 )
@@ -89,6 +91,31 @@ def test_each_fitted_person_gets_their_own_factor_on_it() -> None:
 
     assert mean_length("user:U1") < 0.8 * mean_length("user:U9") < mean_length("user:U2") * 0.8
     assert fit_end_odds(loaded, [("U1", ["abab"])], own_replies=0).own_odds == {}
+
+
+def test_a_person_who_writes_past_the_workspaces_long_messages_gets_replies_that_long() -> None:
+    """Past the workspace's long length (6 here) a reply is drawn to an end within a few
+    characters, so no factor on the end's odds makes U2's replies as long as their messages
+    (8-24 characters, 16 on average). Past their own (`own_long`: the length LONG_QUANTILE of
+    their messages stay within), their fitted factor does; U1, with too few messages to know
+    where theirs stop, keeps the workspace's."""
+    people = [("U1", ["ab" * 2] * (LONG_MESSAGES - 1)),
+              ("U2", ["a" * n for n in range(8, 25)] * (LONG_MESSAGES // 17 + 1))]
+    longs = own_long(people)
+    assert longs == {"user:U2": 23}
+    workspace = replace(ending_at(0.2), long_message=6)
+
+    def replies_to_u2(loaded: LoadedModel) -> float:
+        fit = fit_end_odds(loaded, people)
+        served = replace(loaded, end_odds=fit.end_odds, own_odds=fit.own_odds)
+        texts = sample_rows(loaded.model, loaded.vocab, [served.row("user:U2")] * 600,
+                            generator=torch.Generator().manual_seed(1))
+        return sum(map(len, texts)) / len(texts)
+
+    own = replace(workspace, own_long=longs)
+    assert own.row("user:U2").long_after == 23 and own.row("user:U1").long_after == 6
+    assert replies_to_u2(workspace) < 8  # 6.3
+    assert abs(replies_to_u2(own) / 16 - 1) < 0.15  # 17.1
 
 
 def test_everyone_else_gets_the_factor_fitted_to_people_of_every_size() -> None:

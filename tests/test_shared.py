@@ -217,7 +217,7 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
     lengths = sorted(map(len, texts))
     loaded = load_version(settings.data_dir, row, "cpu")
     assert loaded.long_message == lengths[int(LONG_QUANTILE * (len(lengths) - 1))] > 0
-    assert loaded.row("user:U1").long_after == loaded.long_message
+    assert loaded.row("user:U1").long_after == loaded.own_long.get("user:U1", loaded.long_message)
     path = version_dir(settings.data_dir, row) / LENGTHS
     recorded = json.loads(path.read_text())
     fit = recorded["fit"]
@@ -232,6 +232,7 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
     assert own and set(own) <= {f"user:{user}" for user in shared.people}
     for key in ("user:U1", "user:U2"):
         assert loaded.row(key).end_odds == loaded.end_odds * own.get(key, 1.0)
+    assert recorded["own_long"] == dict(loaded.own_long)  # people with LONG_MESSAGES or more
     assert fit["measured"][0][0] == END_ODDS and fit["target"] > 0
     path.write_text(json.dumps({"long_message": 7}))
     assert load_version(settings.data_dir, row, "cpu").end_odds == END_ODDS
@@ -240,6 +241,10 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
                          ('{"long_message": 7, "own_odds": {"user:U1": 0}}', "own_odds"),
                          ('{"long_message": 7, "own_odds": {"U1": 1.5}}', "by person"),
                          ('{"long_message": 7, "own_odds": 3}', "not a mimic lengths file"),
+                         ('{"long_message": 7, "own_long": {"user:U1": -1}}', "own_long"),
+                         ('{"long_message": 7, "own_long": {"user:U1": 9.5}}', "whole number"),
+                         ('{"long_message": 7, "own_long": {"U1": 90}}', "by person"),
+                         ('{"long_message": 7, "own_long": [3]}', "not a mimic lengths file"),
                          ("[7]", "not a mimic lengths file")):
         path.write_text(damaged)
         with pytest.raises(ValueError, match=why):

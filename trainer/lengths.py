@@ -23,7 +23,9 @@ characters against 56 with their own factors, 59-62 without; BENCHMARKS.md). So 
 biggest senders get a fit of their own, which then draws OWN_REPLIES for each of them with
 OWN_MESSAGES or more and gives each their own factor on it: (their replies' mean / their
 messages')^(1/s), within OWN_RANGE; restated on the workspace's factor, these are the
-`own_odds` kept by lengths.json (`fit_workspace`).
+`own_odds` kept by lengths.json (`fit_workspace`). Their replies are drawn to an end past
+where their own long messages start (`own_long`), not the workspace's: a person whose messages
+often run past the workspace's long length could not get replies that long at any factor.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from typing import Any
 
 import torch
 
+from mimic.trainer.reading import long_length
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.report import PRIMING
-from mimic.trainer.sampler import END_ODDS, MAX_LEN, Row, sample_rows
+from mimic.trainer.sampler import END_ODDS, LONG_QUANTILE, MAX_LEN, Row, sample_rows
 
 PEOPLE = 20  # the people with the most text, each weighted alike
 REPLIES = 400  # drawn per measurement, in one batch: their mean length within ~5 %
@@ -48,6 +51,7 @@ OWN_REPLIES = 100  # drawn per person at the fitted factor: their mean within ~1
 # as long on average as their spread): with fewer messages, the shared factor is as good a guess.
 OWN_MESSAGES = 50
 OWN_RANGE = (0.5, 2.0)  # a person's own factor stays in this range
+LONG_MESSAGES = 100  # a person's own long length is read from this many messages (5 past it)
 CLOSE = 0.03  # stop when the mean is this close (relative)
 SLOPE = (0.2, 2.0)  # the range of s believed (a flat or rising measurement is noise)
 ODDS = (0.25, 64.0)  # the factors tried stay in this range
@@ -119,6 +123,16 @@ def own_factor(mine: float, wanted: float, s: float) -> float:
     OWN_RANGE: at a small s, a mean's noise is blown up by 1/s."""
     factor = (max(mine, 0.1) / wanted) ** (1 / s)
     return round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
+
+
+def own_long(people: Sequence[tuple[str, Sequence[str]]]) -> dict[str, int]:
+    """Where each of `people` with LONG_MESSAGES or more messages has long ones: the length
+    LONG_QUANTILE of theirs stay within, past which their replies are drawn to an end in place
+    of the workspace's (LoadedModel.own_long). At the workspace's, chitchat's biggest senders
+    who often write past its 149 characters (13 % of their messages, a third of their
+    characters) could not get replies that long at any factor on the end's odds."""
+    return {f"user:{user}": long_length(texts, LONG_QUANTILE)
+            for user, texts in people if len(texts) >= LONG_MESSAGES}
 
 
 def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str]]],

@@ -103,6 +103,8 @@ class LoadedModel:
     primer: Primer = field(default=None, compare=False)  # type: ignore[assignment]
     # Each fitted person's own factor on end_odds (trainer/lengths.py): "user:U1" -> x.
     own_odds: Mapping[str, float] = field(default_factory=dict, compare=False)
+    # ... and where their own long messages start, in place of long_message: "user:U1" -> chars.
+    own_long: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.primer is None:  # frozen: set once, here
@@ -141,7 +143,8 @@ class LoadedModel:
         boost = boost_for(wording.count(target) if wording is not None else None)
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
-        return Row(seed_text, temperature, self.voice(target, where), read, self.long_message,
+        return Row(seed_text, temperature, self.voice(target, where), read,
+                   self.own_long.get(target, self.long_message),
                    self.end_odds * self.own_odds.get(target, 1.0), boost, target,
                    (wording.capitals(target) or (0, 0)) if wording is not None else (0, 0))
 
@@ -150,39 +153,46 @@ class LoadedModel:
 class Lengths:
     """How a version's replies are drawn to an end (LENGTHS): faster past `long_message`
     characters (the length LONG_QUANTILE of the workspace's messages stay within; 0: never),
-    and at `end_odds` x the model's own odds of ending (fitted: trainer/lengths.py)."""
+    or past a fitted person's own (`own_long`), and at `end_odds` x the model's own odds of
+    ending (fitted: trainer/lengths.py)."""
 
     long_message: int = 0
     end_odds: float = END_ODDS
     own_odds: Mapping[str, float] = field(default_factory=dict)  # "user:U1" -> x end_odds
+    own_long: Mapping[str, int] = field(default_factory=dict)  # "user:U1" -> characters
 
 
 def save_lengths(path: Path, lengths: Lengths, fit: dict[str, Any] | None = None) -> None:
     """Write LENGTHS, with how `end_odds` was fitted for people to read."""
     path.write_text(json.dumps({"quantile": LONG_QUANTILE, "long_message": lengths.long_message,
                                 "end_odds": lengths.end_odds, "own_odds": dict(lengths.own_odds),
+                                "own_long": dict(lengths.own_long),
                                 **({"fit": fit} if fit else {})}))
 
 
 def load_lengths(path: Path) -> Lengths:
     """What save_lengths wrote (ValueError if the file is not one). Versions trained before
-    the end's odds were fitted have none: END_ODDS."""
+    the end's odds were fitted have none: END_ODDS; before people's own long messages, none."""
     try:
         found = json.loads(path.read_text())
         long, odds = found["long_message"], found.get("end_odds", END_ODDS)
-        own = dict(found.get("own_odds", {}))
+        own, own_long = dict(found.get("own_odds", {})), dict(found.get("own_long", {}))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path} is not a mimic lengths file ({exc})") from None
-    if not isinstance(long, int) or isinstance(long, bool) or long < 0:
-        raise ValueError(f"{path}: long_message must be a whole number >= 0, not {long!r}")
+    for name, value in [("long_message", long), *((f"own_long[{k!r}]", v)
+                                                  for k, v in own_long.items())]:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{path}: {name} must be a whole number >= 0, not {value!r}")
     for name, value in [("end_odds", odds), *((f"own_odds[{k!r}]", v) for k, v in own.items())]:
         if (not isinstance(value, int | float) or isinstance(value, bool)
                 or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{path}: {name} must be a number > 0, not {value!r}")
-    for key in own:
-        if not (isinstance(key, str) and key.startswith("user:") and is_slack_id(key[5:])):
-            raise ValueError(f"{path}: own_odds are kept by person (\"user:U…\"), not {key!r}")
-    return Lengths(long, float(odds), {key: float(value) for key, value in own.items()})
+    for name, keys in [("own_odds", own), ("own_long", own_long)]:
+        for key in keys:
+            if not (isinstance(key, str) and key.startswith("user:") and is_slack_id(key[5:])):
+                raise ValueError(f"{path}: {name} are kept by person (\"user:U…\"), not {key!r}")
+    return Lengths(long, float(odds), {key: float(value) for key, value in own.items()},
+                   own_long)
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
@@ -203,7 +213,8 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     parent_guard, parent_lengths, primer = None, Lengths(), None
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
-        parent_lengths = Lengths(shared.long_message, shared.end_odds, shared.own_odds)
+        parent_lengths = Lengths(shared.long_message, shared.end_odds, shared.own_odds,
+                                 shared.own_long)
     elif parent is not None and row.target != "base":
         try:
             net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
@@ -222,7 +233,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
                        reference, slots,
                        WordGuard(lexicon, vocab, wording) if lexicon is not None
                        else parent_guard, found.long_message, found.end_odds, primer,
-                       found.own_odds)
+                       found.own_odds, found.own_long)
 
 
 def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str

@@ -58,13 +58,14 @@ DEDICATED_BOOST, DEDICATED_HEAT = 2.5, 7 / 6
 # starts fitting a model's own factor to its people's message lengths (trainer/lengths.py);
 # versions trained before that use this.
 END_ODDS = 1.2
-# ... and a reply that runs on past where the workspace's messages stop is drawn to an end: past
-# the length LONG_QUANTILE of them stay within (the trainer records it with the shared model:
-# LoadedModel.long_message), the end mark's odds double every LONG_SLOPE of that length. Sharper
-# wording runs on where people stop: on chitchat's top 10, 7.3 % of replies were longer than 99 %
-# of the workspace's messages (the people's own: 1.3 %), 3 % ran to the 280-character cut, and
-# their mean was 63 characters against 56; with q95 (149) and 2 %: 1.2 %, none, and 58, fidelity
-# 0.914 against 0.906 (`bench.drawing`, 2 seeds; 4 %: 4.3 %, 59).
+# ... and a reply that runs on past where the workspace's messages stop is drawn to an end: past the
+# length LONG_QUANTILE of them stay within (the trainer records it with the shared model:
+# LoadedModel.long_message; for its biggest senders, of their own messages: own_long), the end
+# mark's odds double every LONG_SLOPE of that length. Sharper wording runs on where people stop: on
+# chitchat's top 10, 7.3 % of replies were longer than 99 % of the workspace's messages (the
+# people's own: 1.3 %), 3 % ran to the 280-character cut, and their mean was 63 characters against
+# 56; with q95 (149) and 2 %: 1.2 %, none, and 58, fidelity 0.914 against 0.906 (`bench.drawing`, 2
+# seeds; 4 %: 4.3 %, 59).
 LONG_QUANTILE, LONG_SLOPE = 0.95, 0.02
 # ... and starts early enough that by the cut (max_len) those odds have doubled this many
 # times: where a workspace's long messages reach the cut (Shakespeare's speeches: q95 267

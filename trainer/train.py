@@ -43,7 +43,7 @@ from mimic.trainer.corpus import (
 from mimic.trainer.device import pick_device
 from mimic.trainer.distributed import fit_parallel
 from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, throughput
-from mimic.trainer.lengths import PEOPLE, Fit, fit_workspace, spread
+from mimic.trainer.lengths import PEOPLE, Fit, fit_workspace, own_long, spread
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import (
     CharLSTM,
@@ -413,10 +413,10 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
                  guard: WordGuard, workspace: Workspace, every: Sequence[str]
                  ) -> tuple[Lengths, Fit | None]:
     """Where the new model's replies are drawn to an end: past the length LONG_QUANTILE of the
-    workspace's messages stay within, at the end odds fitted to its people's message lengths
-    (trained ones; END_ODDS where nobody has a vector of their own): the PEOPLE biggest
-    senders each at their own, everyone else at those of PEOPLE people spread over the rest
-    (`fit_workspace`)."""
+    workspace's messages stay within (the PEOPLE biggest senders': of their own, `own_long`),
+    at the end odds fitted to its people's message lengths (trained ones; END_ODDS where
+    nobody has a vector of their own): the PEOPLE biggest senders each at their own, everyone
+    else at those of PEOPLE people spread over the rest (`fit_workspace`)."""
     long = long_length(every, LONG_QUANTILE)
     biggest, others = workspace.people[:PEOPLE], spread(workspace.people[PEOPLE:])
     texts: dict[str, list[str]] = {user: [] for user in [*biggest, *others]}
@@ -426,11 +426,12 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
     people = [(user, texts[user]) for user in biggest if texts[user]]
     if not people:
         return Lengths(long), None
+    longs = own_long(people)
     candidate = LoadedModel(0, 0, model, vocab, novelty, slots=slots,
-                            guard=guard, long_message=long)
+                            guard=guard, long_message=long, own_long=longs)
     fit = fit_workspace(candidate, people, [(user, texts[user]) for user in others
                                             if texts[user]])
-    return Lengths(long, fit.end_odds, fit.own_odds), fit
+    return Lengths(long, fit.end_odds, fit.own_odds, longs), fit
 
 
 # -- dedicated models -------------------------------------------------------------------------
