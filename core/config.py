@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     dedicated: int = Field(0, ge=0, validation_alias="MIMIC_DEDICATED")
     # Training processes (torchrun workers): CPU cores share out, on GPUs one worker per GPU.
     nproc: int = Field(1, ge=1, validation_alias="MIMIC_NPROC")
+    # The training step's products (TrainConfig.precision): auto is bfloat16 on GPUs and on
+    # CPUs where a step measures faster so (AMX), float32 elsewhere.
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", validation_alias="MIMIC_PRECISION")
 
     # Each export walks every channel's last days again to notice messages deleted in Slack.
     recheck_days: float = Field(30.0, ge=0, validation_alias="MIMIC_RECHECK_DAYS")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from mimic.core.config import Settings
@@ -57,7 +58,9 @@ def target(store: Store, name: str):  # noqa: ANN201
 def test_base_then_fine_tune_publishes_complete_versions(trained: tuple[Store, Settings]) -> None:
     store, settings = trained
     alice = target(store, "@alice")
-    outcome = train(store, settings, alice, train_overrides=QUICK)
+    # MIMIC_PRECISION reaches the fine-tune (the tiny model would measure float32 faster).
+    outcome = train(store, settings.model_copy(update={"precision": "bfloat16"}), alice,
+                    train_overrides=QUICK)
     assert (outcome.status, outcome.version, outcome.val_before) == ("active", 1, None)
     with store.session() as s:
         row = active_version(s, alice.key)
@@ -69,8 +72,14 @@ def test_base_then_fine_tune_publishes_complete_versions(trained: tuple[Store, S
         "model.pt", "config.json", "metrics.json", "loss.png", "novelty.npy"}
     config = json.loads((folder / "config.json").read_text())
     assert config["label"] == "@alice" and config["model"]["hidden_size"] == 48
-    assert json.loads((folder / "metrics.json").read_text())["history"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["history"] and metrics["precision"] == "bfloat16"
     assert not list(folder.parent.glob(".tmp-*"))
+
+
+def test_a_precision_mimic_cannot_train_in_is_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValidationError, match="MIMIC_PRECISION"):
+        Settings(_env_file=None, MIMIC_PRECISION="half")
 
 
 def test_a_worse_model_is_kept_but_not_promoted_and_rollback(

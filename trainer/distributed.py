@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from mimic.core.children import die_with_parent
-from mimic.trainer.fit import FitResult, Stream, TrainConfig, fit
+from mimic.trainer.fit import FitResult, Stream, TrainConfig, fit, training_precision
 from mimic.trainer.model import CharLSTM
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def fit_parallel(
                     "one process", nproc, cores)
     # Each CPU worker gets its share of the cores, not all of them.
     threads = cfg.num_threads or max(1, cores // nproc)
+    if cfg.precision == "auto":  # measured once, here: every rank must train alike
+        cfg = replace(cfg, precision=training_precision(model, cfg, device))
     with tempfile.TemporaryDirectory(prefix="mimic-workers-") as folder:
         torch.save({"model": model.cpu(), "train": Stream.of(train_data),
                     "val": Stream.of(val_data), "cfg": replace(cfg, num_threads=threads),

@@ -75,6 +75,14 @@ class TrainConfig:
     # small people's loss as themselves beat "anyone" again, but their replies lost their
     # likeness (fidelity on 20 people with 1-20k chars 0.70 -> 0.31; BENCHMARKS.md).
     own_decay: float = 0.0
+    # The training step's products: "auto" is bfloat16 on GPUs, and on a CPU where a step of
+    # this model measures BFLOAT16_GAIN × faster that way (AMX: ~1.5-1.9×; where bfloat16 is
+    # emulated, several times slower), float32 elsewhere. Weights, optimiser and validation
+    # stay float32 on CPU.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+BFLOAT16_GAIN = 1.25
 
 
 @dataclass
@@ -112,6 +120,7 @@ class FitResult:
     steps: int = 0
     chars_trained: int = 0
     stopped_reason: StopReason = "budget"
+    precision: Literal["float32", "bfloat16"] = "float32"  # the training step's (see TrainConfig)
 
 
 def _set_threads(device: torch.device, num_threads: int) -> None:
@@ -119,11 +128,45 @@ def _set_threads(device: torch.device, num_threads: int) -> None:
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
-def _autocast(device: torch.device):  # noqa: ANN202 - context manager type varies
-    # bf16 for the embedding/head matmuls on GPU; cuDNN's LSTM itself stays fp32 (TF32).
+def _autocast(device: torch.device, precision: str = "float32"):  # noqa: ANN202
+    # bf16 for the embedding/head matmuls on GPU; cuDNN's LSTM itself stays fp32 (TF32). On
+    # CPU only when asked (a training step that measured faster so): oneDNN's LSTM and the
+    # products then run in bfloat16 on float32 weights.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+_measured: dict[tuple[Any, ...], tuple[float, float]] = {}  # chars/s in float32, bfloat16
+
+
+def _speeds(model: CharLSTM, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """`model`'s training chars/s on this CPU in float32 and in bfloat16 (0: unsupported),
+    measured once per size, lanes and threads in a process."""
+    key = (model.config, cfg.batch_size, cfg.seq_len, torch.get_num_threads())
+    if key not in _measured:
+        fp32 = _step_speed(model, cfg, device, "float32")
+        try:
+            bf16 = _step_speed(model, cfg, device, "bfloat16")
+        except RuntimeError:  # no bfloat16 kernels for some op on this CPU
+            bf16 = 0.0
+        _measured[key] = (fp32, bf16)
+    return _measured[key]
+
+
+def training_precision(model: CharLSTM, cfg: TrainConfig, device: torch.device
+                       ) -> Literal["float32", "bfloat16"]:
+    """What cfg.precision means for `model` on `device` (see TrainConfig.precision)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type == "cuda":
+        return "bfloat16"
+    if device.type != "cpu":
+        return "float32"
+    fp32, bf16 = _speeds(model, cfg, device)
+    return "bfloat16" if bf16 >= BFLOAT16_GAIN * fp32 else "float32"
 
 
 def _lanes(data: dict[str, torch.Tensor], batch_size: int, seq_len: int,
@@ -203,10 +246,18 @@ def evaluate(
         model.train(was_training)
 
 
-def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device, steps: int = 2) -> float:
-    """Training characters per second of `model` under `cfg` on `device`: forward and
-    backward passes over random ids, after one warm-up step. Leaves the weights untouched."""
+def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device) -> float:
+    """Training characters per second of `model` under `cfg` on `device`, at the precision it
+    would train in (`training_precision`). Leaves the weights untouched."""
     _set_threads(device, cfg.num_threads)
+    if device.type == "cpu" and cfg.precision == "auto":
+        return max(_speeds(model, cfg, device))
+    return _step_speed(model, cfg, device, training_precision(model, cfg, device))
+
+
+def _step_speed(model: CharLSTM, cfg: TrainConfig, device: torch.device, precision: str,
+                steps: int = 2) -> float:
+    """Forward and backward passes over random ids, after one warm-up step."""
     model = model.to(device).train()
     batch_size, seq_len = cfg.batch_size, cfg.seq_len
     x = torch.randint(model.config.vocab_size, (batch_size, seq_len + 1), device=device)
@@ -217,7 +268,7 @@ def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device, steps: i
                    for n in (model.config.people, model.config.channels)]
 
     def step() -> None:
-        with _autocast(device):
+        with _autocast(device, precision):
             logits, _ = model(x[:, :-1], None, *(context or ()))
         F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
                         ).backward()
@@ -297,6 +348,7 @@ def fit(
     if len(train_stream) < 2 or len(val) < 2:
         raise ValueError("train and validation streams need at least 2 characters each")
     _set_threads(device, cfg.num_threads)
+    precision = training_precision(model, cfg, device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     lead = rank == 0
     torch.manual_seed(cfg.seed + rank)  # dropout: each rank its own masks
@@ -309,7 +361,7 @@ def fit(
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr,
                             weight_decay=cfg.weight_decay, **fused)
-    result = FitResult(best_state_dict={}, best_val_loss=math.inf)
+    result = FitResult(best_state_dict={}, best_val_loss=math.inf, precision=precision)
     start = time.perf_counter()
     train_time = 0.0  # excludes validation, so chars/s measures training alone
     last_eval_t, last_eval_step, last_beat = start, 0, start
@@ -383,7 +435,7 @@ def fit(
                     group["lr"] = lr_at(cfg, result.steps, progress) * group["scale"]
 
                 yb = lanes["y"][:, i : i + seq_len]
-                with _autocast(device):
+                with _autocast(device, precision):
                     logits, state = _forward(net, lanes, i, seq_len, state)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
                 opt.zero_grad(set_to_none=True)

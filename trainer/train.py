@@ -174,7 +174,7 @@ def _write_version(folder: Path, model: CharLSTM, vocab: Vocab, slots: Slots | N
     (folder / "metrics.json").write_text(json.dumps({
         "best_val_loss": result.best_val_loss, "steps": result.steps,
         "chars_trained": result.chars_trained, "stopped": result.stopped_reason,
-        "history": result.history}, indent=2))
+        "precision": result.precision, "history": result.history}, indent=2))
     novelty.save(folder / NOVELTY)
     if words is not None:  # the shared model's: the workspace's words and lengths
         lexicon, wording, lengths, fit = words
@@ -342,7 +342,8 @@ def train_shared(
                          f"channel needs at least {settings.min_chars:,} characters of messages "
                          "mimic may use (MIMIC_MIN_CHARS). Import or export first.")
     slots = slots_of(workspace)
-    budget = TrainConfig(max_seconds=60 * (minutes or settings.base_minutes))
+    budget = TrainConfig(max_seconds=60 * (minutes or settings.base_minutes),
+                         precision=settings.precision)
     if warm is not None:
         model, vocab = carry_over(warm.model, warm.slots, slots), warm.vocab
         messages = _incremental(workspace, previous.data_watermark if previous else None)
@@ -468,7 +469,8 @@ def train_dedicated(
         raise TrainError("The shared model was made by an older mimic: retrain it first "
                          "(`mimic train --base --fresh`).")
     cfg = replace(TrainConfig(max_seconds=60 * (minutes or settings.target_minutes),
-                              **FINE_TUNE), **(train_overrides or {}))
+                              precision=settings.precision, **FINE_TUNE),
+                  **(train_overrides or {}))
 
     def stream(messages: list[Said]) -> Stream:
         return target_stream(vocab, slots, target.key, messages)
