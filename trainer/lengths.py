@@ -22,7 +22,8 @@ them 45 % short and another 29 % long, and `mimic eval`'s top 10 ran 5-11 % long
 characters against 56 with their own factors, 59-62 without; BENCHMARKS.md). So the PEOPLE
 biggest senders get a fit of their own, which then draws OWN_REPLIES for each of them with
 OWN_MESSAGES or more and gives each their own factor on it: (their replies' mean / their
-messages')^(1/s), within OWN_RANGE; restated on the workspace's factor, these are the
+messages')^(1/s), within OWN_RANGE, corrected once more from a second draw at it
+(OWN_ROUNDS); restated on the workspace's factor, these are the
 `own_odds` kept by lengths.json (`fit_workspace`). Their replies are drawn to an end past
 where their own long messages start (`own_long`), not the workspace's: a person whose messages
 often run past the workspace's long length could not get replies that long at any factor.
@@ -50,7 +51,11 @@ OWN_REPLIES = 100  # drawn per person at the fitted factor: their mean within ~1
 # ... for people whose own mean length is known that well too (to ~15 %: messages run about
 # as long on average as their spread): with fewer messages, the shared factor is as good a guess.
 OWN_MESSAGES = 50
-OWN_RANGE = (0.5, 2.0)  # a person's own factor stays in this range
+OWN_RANGE = (0.25, 4.0)  # a person's own factor stays in this range
+# Each person's factor is corrected this many times, drawing OWN_REPLIES at the last: one step
+# along the group's slope left chitchat's 20 biggest senders 4.6 % short of their training
+# messages (a person's own slope differs from the group's); two: 0.7 % long (BENCHMARKS.md).
+OWN_ROUNDS = 2
 LONG_MESSAGES = 100  # a person's own long length is read from this many messages (5 past it)
 CLOSE = 0.03  # stop when the mean is this close (relative)
 SLOPE = (0.2, 2.0)  # the range of s believed (a flat or rising measurement is noise)
@@ -116,12 +121,12 @@ def aim(measured: Sequence[tuple[float, float]], target: float) -> float:
     return math.exp(mx + (my - math.log(target)) / s)
 
 
-def own_factor(mine: float, wanted: float, s: float) -> float:
-    """A person's factor on the fitted one, where their replies ran `mine` characters against
-    their messages' `wanted`: on the slope s fitted over every measurement. (Taken as 1, where
-    s is about 0.44 on chitchat, it moved their replies less than half of the way.) Within
-    OWN_RANGE: at a small s, a mean's noise is blown up by 1/s."""
-    factor = (max(mine, 0.1) / wanted) ** (1 / s)
+def own_factor(mine: float, wanted: float, s: float, drawn_at: float = 1.0) -> float:
+    """A person's factor on the fitted one, where their replies ran `mine` characters at
+    `drawn_at` against their messages' `wanted`: on the slope s fitted over every measurement.
+    (Taken as 1, where s is about 0.44 on chitchat, it moved their replies less than half of
+    the way.) Within OWN_RANGE: at a small s, a mean's noise is blown up by 1/s."""
+    factor = drawn_at * (max(mine, 0.1) / wanted) ** (1 / s)
     return round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
 
 
@@ -170,17 +175,18 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
               for _user, texts in people]
     target = statistics.mean(theirs)
 
-    def lengths(odds: float, each: int, whose: Sequence[Row]) -> list[float]:
-        """The mean length of `each` replies of each of `whose` rows at `odds`."""
-        drawn = sample_rows(loaded.model, loaded.vocab,
-                            [replace(row, end_odds=odds) for row in whose for _ in range(each)],
+    def lengths(whose: Sequence[Row], each: int) -> list[float]:
+        """The mean length of `each` replies of each of `whose` rows, at their end odds."""
+        drawn = sample_rows(loaded.model, loaded.vocab, [row for row in whose
+                                                         for _ in range(each)],
                             reference=loaded.reference, guard=loaded.guard,
                             generator=torch.Generator().manual_seed(seed))
         return [statistics.mean(len(t) for t in drawn[i : i + each])
                 for i in range(0, len(drawn), each)]
 
     def mean_length(odds: float) -> float:
-        return statistics.mean(lengths(odds, max(1, replies // len(people)), rows))
+        return statistics.mean(lengths([replace(row, end_odds=odds) for row in rows],
+                                       max(1, replies // len(people))))
 
     measured: list[tuple[float, float]] = []
     odds = END_ODDS
@@ -194,11 +200,12 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
         odds = then
     best = min(measured, key=lambda m: abs(math.log(max(m[1], 0.1) / target)))
     s = slope(measured)
-    own = {}
     known = [i for i, (_user, texts) in enumerate(people) if len(texts) >= OWN_MESSAGES]
-    if own_replies and known:
-        for i, mine in zip(known, lengths(best[0], own_replies, [rows[i] for i in known]),
-                           strict=True):
-            user, wanted = people[i][0], theirs[i]
-            own[f"user:{user}"] = own_factor(mine, wanted, s)
+    factors = dict.fromkeys(known if own_replies else [], 1.0)
+    for _ in range(OWN_ROUNDS if factors else 0):
+        drawn = lengths([replace(rows[i], end_odds=best[0] * factors[i]) for i in factors],
+                        own_replies)
+        factors = {i: own_factor(mine, theirs[i], s, factors[i])
+                   for i, mine in zip(factors, drawn, strict=True)}
+    own = {f"user:{people[i][0]}": factor for i, factor in factors.items()}
     return Fit(round(best[0], 3), best[1], target, tuple(measured), own)
