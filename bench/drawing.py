@@ -17,7 +17,8 @@ person's own, trainer/lengths.py), how many of the person's last messages are re
 start from an end mark alone), whether the word guard is on (1) or off (0), the plausibility
 floor (PLAUSIBLE), whether replies past the workspace's long-message length are drawn to an end
 (1, LONG_QUANTILE) or not (0), and how much each person's own words are preferred ("own":
-OWN_WORDS; 0: not at all; trainer/wording.py) and whether a reply's first letter follows its
+SMALL_OWN_WORDS to OWN_WORDS, growing with the words counted of them; 0: not at all;
+trainer/wording.py) and whether a reply's first letter follows its
 person's messages ("own": CASE_PRIOR) or the model's odds alone (0). Besides the mean length,
 "long" is the share of messages longer than 99 % of the workspace's, "cut" the share that ran to
 the 280-character cut (MAX_LEN, and stopped there, mid-word as a rule), and "case off" how far
@@ -94,7 +95,8 @@ def _guard(guard: WordGuard, weight: float) -> WordGuard:
 
 def guarded(loaded: LoadedModel, weight: float) -> WordGuard | None:
     """The model's word guard, weighing its targets' own words `weight` times (nan: its
-    own weight, OWN_WORDS); one guard per weight, so that its caches last the run."""
+    own weights, by how many words were counted of each); one guard per weight, so that its
+    caches last the run."""
     if loaded.guard is None or math.isnan(weight):
         return loaded.guard
     return _guard(loaded.guard, weight)

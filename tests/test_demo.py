@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from mimic.core.store import Coverage, ModelVersion, Store, make_engine
+from mimic.trainer.sampler import DEFAULT_TEMPERATURE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,8 @@ def test_demo_runs_the_whole_loop_then_reuses_it(tmp_path: Path) -> None:
     # with the model version that wrote them, and the error cases explain themselves.
     replies = re.findall(r"mimicking [@#]\u2060?(\S+) · temp ([\d.]+) · the workspace model "
                          r"v(\d+)", out)
-    assert len(replies) >= 2 and any(temp == "1.2" for _, temp, _ in replies)
+    assert len(replies) >= 2 and any(
+        temp == f"{DEFAULT_TEMPERATURE:g}" for _, temp, _ in replies)
     assert "Temperature 5 is out of range" in out
     assert "No channel called #secret-plans" in out  # the private channel stays hidden
     assert "I can mimic" in out and "Connecting a real workspace" in out

@@ -13,8 +13,10 @@ from mimic.trainer.lengths import (
     ODDS,
     OWN_MESSAGES,
     OWN_RANGE,
+    RECENT,
     SLOPE,
     aim,
+    expected_length,
     fit_end_odds,
     fit_workspace,
     own_factor,
@@ -54,6 +56,20 @@ def test_the_fitted_factor_makes_replies_as_long_as_the_peoples_messages() -> No
     assert len(fit.measured) <= MEASUREMENTS
     assert fit_end_odds(loaded, people) == fit
     assert "against the people's 10" in fit.describe()
+
+
+def test_replies_are_fitted_to_how_long_a_persons_messages_run_now() -> None:
+    """A person who wrote 4 characters a message for years and 16 lately: their length is
+    the mean of all their messages and of their newest RECENT, half and half (7 and 16:
+    11.5), and the fit aims there; without a recent change, the plain mean."""
+    steady = ["a" * 10] * (3 * RECENT)
+    assert expected_length(steady) == 10
+    grew = ["ab" * 2] * (3 * RECENT) + ["a" * 16] * RECENT
+    assert expected_length(grew) == pytest.approx((7 + 16) / 2)
+    assert expected_length(["a" * 16, "abab"]) == 10  # fewer than RECENT: all of them, once
+    fit = fit_end_odds(ending_at(0.2), [("U1", grew)], own_replies=0)
+    assert fit.target == pytest.approx(11.5)
+    assert abs(fit.length / fit.target - 1) < 0.08
 
 
 def test_a_length_out_of_reach_stops_at_the_edge_of_the_range() -> None:

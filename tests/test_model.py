@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from mimic.trainer.fit import (
     BFLOAT16_GAIN,
     FitResult,
     TrainConfig,
+    _set_threads,
     _speeds,
+    cores,
     evaluate,
     fit,
     throughput,
@@ -215,3 +218,21 @@ def test_pick_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_training_threads_follow_the_cores_the_process_may_use() -> None:
+    """Under `taskset -c 1` or a container's cpuset the machine still counts all its CPUs: the
+    trainer starts as many threads as the process may run on, not two on one core."""
+    allowed, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert cores() == 1
+        _set_threads(torch.device("cpu"), 0)
+        assert torch.get_num_threads() == 1
+        _set_threads(torch.device("cpu"), 3)  # asked for: as asked
+        assert torch.get_num_threads() == 3
+    finally:
+        os.sched_setaffinity(0, allowed)
+        torch.set_num_threads(threads)
+    assert cores() == len(allowed)

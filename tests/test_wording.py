@@ -15,7 +15,6 @@ from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.sampler import (
     BOOST,
-    BOOST_WORDS,
     DEDICATED_BOOST,
     SMALL_BOOST,
     Row,
@@ -23,7 +22,14 @@ from mimic.trainer.sampler import (
     sample_rows,
 )
 from mimic.trainer.vocab import Vocab
-from mimic.trainer.wording import MOST, SMOOTHING, Wording
+from mimic.trainer.wording import (
+    MOST,
+    OWN_WORDS,
+    READ_WORDS,
+    SMALL_OWN_WORDS,
+    SMOOTHING,
+    Wording,
+)
 from tests.test_lexicon import LINES, SMALL
 from tests.test_sampler import fixed_odds, gen
 
@@ -155,6 +161,29 @@ def test_a_words_weights_add_up_to_its_ratio_over_its_letters() -> None:
         assert total == pytest.approx(0.5 * prior.ratio(word, whole=True), abs=1e-5), word
 
 
+def test_a_targets_words_weigh_more_the_more_of_them_were_counted() -> None:
+    """Left to itself, the guard weighs a target's words as the boost grows: SMALL_OWN_WORDS
+    for someone with a few words, OWN_WORDS from READ_WORDS[1] on, in the hot rows (worked
+    out for all of a target's commonest states at once) and outside them alike."""
+    high = READ_WORDS[1]
+    wording = Wording.build([*SAID, ("U4", "C1", "cats dogs " * high)],
+                            COVERED | {"user:U4"})
+    guard = WordGuard(Lexicon(wording.words), VOCAB, wording, hot=3)
+    assert SMALL_OWN_WORDS < OWN_WORDS
+    for key, weight in (("user:U1", SMALL_OWN_WORDS), ("user:U4", OWN_WORDS)):
+        prior = wording.prior(key)
+        assert prior is not None
+        for word in ("cat", "cats", "the", "dogs"):
+            state, total = guard.start(""), 0.0
+            for char in word + " ":
+                bias = guard.biases([(state, key)])
+                assert bias is not None
+                total += float(bias[0, VOCAB.stoi[char]])
+                state = guard.advance(state, VOCAB.stoi[char])
+            assert total == pytest.approx(weight * prior.ratio(word, whole=True),
+                                          abs=1e-5), (key, word)
+
+
 def test_the_ratios_of_a_states_spans_are_each_spans_ratio() -> None:
     """The guard reads a state's spans in one call; a target that used none of their words
     gets None (nothing weighed) and the very row everyone without counts gets."""
@@ -219,7 +248,7 @@ def test_a_targets_boost_grows_with_the_words_the_model_read_of_it() -> None:
     """Little text: SMALL_BOOST (what their vector adds is mostly noise); enough: BOOST; a
     target whose words were not counted (an older version, anyone): BOOST, as before; a
     dedicated model keeps its own."""
-    low, high = BOOST_WORDS
+    low, high = READ_WORDS
     assert boost_for(None) == BOOST
     assert boost_for(0) == boost_for(low) == SMALL_BOOST and boost_for(high) == BOOST
     ramp = [boost_for(n) for n in range(low, high + 1, 500)]

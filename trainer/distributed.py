@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from mimic.core.children import die_with_parent
-from mimic.trainer.fit import FitResult, Stream, TrainConfig, fit, training_precision
+from mimic.trainer.fit import FitResult, Stream, TrainConfig, cores, fit, training_precision
 from mimic.trainer.model import CharLSTM
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,12 @@ def fit_parallel(
     if nproc == 1:
         return fit(model, train_data, val_data, cfg, device, on_progress)
     check(nproc, cfg, device)
-    cores = os.cpu_count() or 1
-    if device.type == "cpu" and nproc > cores:
+    usable = cores()
+    if device.type == "cpu" and nproc > usable:
         log.warning("%d training workers on %d CPU cores: they will take turns, slower than "
-                    "one process", nproc, cores)
+                    "one process", nproc, usable)
     # Each CPU worker gets its share of the cores, not all of them.
-    threads = cfg.num_threads or max(1, cores // nproc)
+    threads = cfg.num_threads or max(1, usable // nproc)
     if cfg.precision == "auto":  # measured once, here: every rank must train alike
         cfg = replace(cfg, precision=training_precision(model, cfg, device))
     with tempfile.TemporaryDirectory(prefix="mimic-workers-") as folder:

@@ -125,9 +125,18 @@ class FitResult:
     precision: Literal["float32", "bfloat16"] = "float32"  # the training step's (see TrainConfig)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (under `taskset` or a container's cpuset, fewer
+    than the machine has: two threads on one core take turns)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _set_threads(device: torch.device, num_threads: int) -> None:
     if device.type == "cpu":
-        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        torch.set_num_threads(num_threads or cores())
 
 
 def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - type varies

@@ -8,9 +8,9 @@ characters against their 52, Shakespeare's 20 biggest speakers 167 against 118 (
 gives them the same voice but not the same length). So the trainer draws replies for
 people of every size (PEOPLE of them spread over the workspace's, `spread`), after their own
 last messages as the bot does, and moves the factor until the mean length (each person alike)
-matches theirs: a few seconds on CPU. (Fitted to the biggest senders instead, who get factors
-of their own anyway, chitchat's small people's replies ran 12 % short of their held-out
-messages.)
+matches theirs (as they write now: `expected_length`): a few seconds on CPU. (Fitted to the
+biggest senders instead, who get factors of their own anyway, chitchat's small people's
+replies ran 12 % short of their held-out messages.)
 
 The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.2
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
@@ -47,6 +47,12 @@ from mimic.trainer.sampler import END_ODDS, LONG_QUANTILE, MAX_LEN, Row, sample_
 PEOPLE = 20  # the people with the most text, each weighted alike
 REPLIES = 400  # drawn per measurement, in one batch: their mean length within ~5 %
 MEASUREMENTS = 5
+# Everyone else's factor is fitted to OTHERS people spread over the rest by size, OTHER_REPLIES
+# a measurement: small people's lengths vary more. (At REPLIES, their measured means did not
+# always fall as the factor rose; at 20 people and 800, two fits of the same chitchat model,
+# at temperatures 1.3 and 1.35, ended at x0.81 and x0.98, and 100 other people with 1-20k
+# characters got replies of 62 and 57 characters against their 60: BENCHMARKS.md.)
+OTHERS, OTHER_REPLIES = 40, 4 * REPLIES
 OWN_REPLIES = 100  # drawn per person at the fitted factor: their mean within ~10 %
 # ... for people whose own mean length is known that well too (to ~15 %: messages run about
 # as long on average as their spread): with fewer messages, the shared factor is as good a guess.
@@ -56,6 +62,13 @@ OWN_RANGE = (0.25, 4.0)  # a person's own factor stays in this range
 # along the group's slope left chitchat's 20 biggest senders 4.6 % short of their training
 # messages (a person's own slope differs from the group's); two: 0.7 % long (BENCHMARKS.md).
 OWN_ROUNDS = 2
+# People's messages lengthen or shorten over time, and a reply should run as long as theirs do
+# now: each person's length is the mean of all their messages and of their newest RECENT, half
+# and half (`expected_length`). Over chitchat's 10 (20, 40) biggest senders it came within 9.9 %
+# (11.6, 12.6) of each one's held-out (newest 10 %) messages' mean, all their training messages
+# within 13.2 % (14.8, 13.8), the newest 200 alone 13.3 % (14.7, 15.5) (BENCHMARKS.md,
+# twenty-first session).
+RECENT = 200
 LONG_MESSAGES = 100  # a person's own long length is read from this many messages (5 past it)
 CLOSE = 0.03  # stop when the mean is this close (relative)
 SLOPE = (0.2, 2.0)  # the range of s believed (a flat or rising measurement is noise)
@@ -130,6 +143,14 @@ def own_factor(mine: float, wanted: float, s: float, drawn_at: float = 1.0) -> f
     return round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
 
 
+def expected_length(texts: Sequence[str]) -> float:
+    """How long a person's messages (oldest first, at least one) run now: the mean of all and
+    of the newest RECENT, half and half. Messages longer than the cut count as that long: no
+    reply can be longer."""
+    lengths = [min(len(t), MAX_LEN) for t in texts]
+    return max(1.0, (statistics.mean(lengths) + statistics.mean(lengths[-RECENT:])) / 2)
+
+
 def own_long(people: Sequence[tuple[str, Sequence[str]]]) -> dict[str, int]:
     """Where each of `people` with LONG_MESSAGES or more messages has long ones: the length
     LONG_QUANTILE of theirs stay within, past which their replies are drawn to an end in place
@@ -150,9 +171,10 @@ def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str
     top = fit_end_odds(loaded, biggest)
     if not others:
         return top
-    # Twice the replies: small people's lengths vary more (at REPLIES, their measured means
-    # did not always fall as the factor rose).
-    rest = fit_end_odds(loaded, others, replies=2 * REPLIES, own_replies=0)
+    # Starting where the biggest senders' factor is, not at END_ODDS: chitchat's took four
+    # measurements from x1.2 to x0.85 (a minute of the trainer's time), two from there.
+    rest = fit_end_odds(loaded, others, replies=OTHER_REPLIES, own_replies=0,
+                        start=top.end_odds)
     # The same odds for the biggest senders as their own fit gives them (their factors stay
     # where OWN_RANGE put them there).
     own = {key: round(x * top.end_odds / rest.end_odds, 3) for key, x in top.own_odds.items()}
@@ -160,19 +182,18 @@ def fit_workspace(loaded: LoadedModel, biggest: Sequence[tuple[str, Sequence[str
 
 
 def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]], *,
-                 replies: int = REPLIES, own_replies: int = OWN_REPLIES, seed: int = 0) -> Fit:
+                 replies: int = REPLIES, own_replies: int = OWN_REPLIES, seed: int = 0,
+                 start: float = END_ODDS) -> Fit:
     """The end-odds factor under which `loaded`'s replies for `people` ((user id, their
     messages oldest first), at least one) are on average as long as their messages, each
     person's mean counted alike, and each person's own factor on it (`own_odds`). Replies are
     drawn as the bot draws them, with the same seed for every factor tried (so that the
-    factors, not the draws, make the difference)."""
+    factors, not the draws, make the difference); the first factor tried is `start`."""
     if not people:
         raise ValueError("fit_end_odds needs at least one person")
     rows = [loaded.row(f"user:{user}", context=[(user, t) for t in texts[-PRIMING:]])
             for user, texts in people]
-    # Messages longer than the cut count as that long: no reply can be longer.
-    theirs = [max(1.0, statistics.mean(min(len(t), MAX_LEN) for t in texts))
-              for _user, texts in people]
+    theirs = [expected_length(texts) for _user, texts in people]
     target = statistics.mean(theirs)
 
     def lengths(whose: Sequence[Row], each: int) -> list[float]:
@@ -189,7 +210,7 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
                                        max(1, replies // len(people))))
 
     measured: list[tuple[float, float]] = []
-    odds = END_ODDS
+    odds = start
     for _ in range(MEASUREMENTS):
         measured.append((odds, mean_length(odds)))
         if abs(measured[-1][1] / target - 1) <= CLOSE:

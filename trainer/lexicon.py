@@ -253,7 +253,8 @@ class WordGuard:
       unconstrained (None), never an all-False mask.
 
     With a `wording`, `biases` also weighs each character by how much its row's target uses
-    the words it leads to against the workspace (trainer/wording.py), `weight` times; inside
+    the words it leads to against the workspace (trainer/wording.py), `weight` times (None:
+    by how many of the target's words were counted, SMALL_OWN_WORDS to OWN_WORDS); inside
     the `hot` commonest word beginnings, for all of them at once the first time the target is
     drawn (HOT_STATES), elsewhere state by state as replies reach them.
 
@@ -262,10 +263,10 @@ class WordGuard:
 
     def __init__(self, lexicon: Lexicon, vocab: Vocab, wording: Wording | None = None,
                  weight: float | None = None, hot: int = HOT_STATES) -> None:
-        from mimic.trainer.wording import OWN_WORDS
-
         self.vocab, self.wording = vocab, wording
-        self.weight = OWN_WORDS if weight is None else weight
+        self.weight = weight
+        self._weights: dict[str, float] = {}  # target key -> its weight
+        self._weighs = wording is not None and weight != 0
         self.hot = hot  # how many of the commonest word states are worked out in blocks
         self._n = len(vocab)
         # Id 0 (EOM) ends the message like whitespace; UNK decodes to U+FFFD, punctuation.
@@ -312,7 +313,7 @@ class WordGuard:
         self._blocks: OrderedDict[str, tuple[int, list[bool]]] = OrderedDict()
         # Built with the guard (~0.15 s for chitchat, part of a model's cold load), not at
         # the first reply drawn.
-        self._hot = self._hot_states() if wording is not None and self.weight else None
+        self._hot = self._hot_states() if self._weighs else None
 
     # -- states -------------------------------------------------------------------------
 
@@ -395,7 +396,7 @@ class WordGuard:
         no weight."""
         slots, hot_rows = [], []
         cache, plain = self._bias_cache, self._plain
-        counted = self.wording.targets if self.wording is not None and self.weight else {}
+        counted = self.wording.targets if self._weighs and self.wording is not None else {}
         hot, taken = self._hot, set[str]()
         for state, key in rows:
             k = hot.index.get(state) if hot is not None and key in counted else None
@@ -479,7 +480,7 @@ class WordGuard:
         # Nothing weighed where the target used none of the state's words, or the workspace
         # none of the words of its own span (`ratios` gives None).
         plain = ~np.logical_or.reduceat(used > 0, hot.starts) | np.isnan(r[hot.starts])
-        weights = np.nan_to_num(self.weight * (r - r[hot.parents]), nan=0.0)
+        weights = np.nan_to_num(self._weight(key) * (r - r[hot.parents]), nan=0.0)
         rows = hot.floors + np.append(weights, 0.0)[hot.child]  # -1: no weight (the 0)
         if len(self._blocks) < BLOCKS:
             first = 1 + len(self._blocks) * len(hot.index)
@@ -492,6 +493,18 @@ class WordGuard:
             first = self._blocks.popitem(last=False)[1][0]
         hot.rows[first : first + len(hot.index)] = torch.from_numpy(rows.astype(np.float32))
         self._blocks[key] = found = first, plain.tolist()
+        return found
+
+    def _weight(self, key: str) -> float:
+        """λ for a counted target: the guard's, or by how many of its words were counted."""
+        found = self._weights.get(key)
+        if found is None:
+            from mimic.trainer.wording import OWN_WORDS, SMALL_OWN_WORDS, by_words
+
+            assert self.wording is not None
+            found = self._weights[key] = (
+                self.weight if self.weight is not None
+                else by_words(self.wording.count(key) or 0, SMALL_OWN_WORDS, OWN_WORDS))
         return found
 
     def _bias(self, state: State, key: str) -> int:
@@ -508,7 +521,7 @@ class WordGuard:
                 self._plain.add((key, state))
                 found = self._bias_cache.get(("", state))
                 return found if found is not None else self._bias(state, "")
-            weights = [(group, self.weight * (there - ratios[0]))
+            weights = [(group, self._weight(key) * (there - ratios[0]))
                        for group, there in zip(groups, ratios[1:], strict=True)
                        if there is not None]
         ids = self._allowed_ids(state)

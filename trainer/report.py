@@ -515,9 +515,9 @@ def drift(report: Report) -> list[str]:
     if real is not None and trained and abs(real / trained - 1) > 0.10:
         said.append(f"The held-out messages run {real:.0f} characters on average, the "
                     f"training messages {trained:.0f}:")
-    return [f"{sentence} replies follow the training messages, so a gap this size from the "
-            "held-out ones is the people's own (a habit changed after training, or too few "
-            "held-out messages to tell)." for sentence in said]
+    return [f"{sentence} replies follow the training messages (for length, the newest weigh "
+            "half), so a gap this size from the held-out ones is the people's own (a habit "
+            "changed after training, or too few held-out messages to tell)." for sentence in said]
 
 
 READER = [("first word real", "first_word_real", percent),

@@ -17,6 +17,7 @@ from mimic.core.inert import make_inert
 from mimic.trainer.model import CharLSTM
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.vocab import Vocab
+from mimic.trainer.wording import by_words
 
 if TYPE_CHECKING:
     from mimic.trainer.registry import LoadedModel
@@ -33,14 +34,18 @@ BOOST = 3.0
 # workspace uses 69 % of the time (theirs: 81 %) and distinct-2 0.94 x theirs; this ramp, 67,
 # 74 % and 0.98 x, at style fidelity 0.97 (goal 0.85; bench.drawing, 2 seeds). The top 10 need
 # the full boost (0.86 at 1). So the boost grows with the words the model read of the target:
-# SMALL_BOOST up to BOOST_WORDS[0], BOOST from BOOST_WORDS[1], log-linear between (`boost_for`;
-# chitchat's people: median 567 words, its top 10 20k-200k).
+# SMALL_BOOST up to READ_WORDS[0], BOOST from READ_WORDS[1] (`boost_for`, trainer/wording.py).
 SMALL_BOOST = 1.0
-BOOST_WORDS = (1_000, 10_000)
 # The default temperature of /mimic, `mimic sample` and `mimic eval`, applied after the boost
-# (which sharpens): at 1.2 the replies' distinct word pairs are 0.96 x the people's own (0.74 x
-# at 0.6), and the word guard keeps every word real at any temperature.
-DEFAULT_TEMPERATURE = 1.2
+# (which sharpens): at 1.2 the replies' distinct word pairs were 0.96 x the people's own (0.74 x
+# at 0.6), and the word guard keeps every word real at any temperature. 1.35 pays for the
+# weight of the biggest senders' own words (trainer/wording.py: OWN_WORDS): on chitchat's top
+# 10 (the people's distinct-2 0.863), λ 0.5 at 1.2 gave fidelity 0.933 and distinct-2 0.790,
+# 0.75 at 1.2 0.962 and 0.770, at 1.3 0.981 and 0.783, at 1.35 0.976 and 0.795, at 1.4 0.979
+# and 0.802, with real word pairs 0.81, 0.79, 0.79, 0.79, 0.78 (the people's 0.86;
+# `bench.drawing`, 3-4 seeds). 100 people with 1-20k characters: 1.2 -> 1.3 took distinct-2
+# 0.963 -> 0.967 (theirs 0.972), fidelity 0.90 either way.
+DEFAULT_TEMPERATURE = 1.35
 # ... but only among characters the person's voice itself finds plausible: at least this share
 # of its likeliest character's probability (else its rare slips would be boosted too).
 PLAUSIBLE = 0.1
@@ -87,11 +92,7 @@ CONTEXTS = 1024
 def boost_for(words: int | None) -> float:
     """The boost of a target whose training messages held `words` words (None: not counted,
     as in versions trained before words were: BOOST)."""
-    if words is None:
-        return BOOST
-    low, high = BOOST_WORDS
-    share = min(1.0, max(0.0, math.log(max(words, 1) / low) / math.log(high / low)))
-    return SMALL_BOOST + (BOOST - SMALL_BOOST) * share
+    return BOOST if words is None else by_words(words, SMALL_BOOST, BOOST)
 
 
 class NoNovelText(Exception):

@@ -43,7 +43,7 @@ from mimic.trainer.corpus import (
 from mimic.trainer.device import pick_device
 from mimic.trainer.distributed import fit_parallel
 from mimic.trainer.fit import FitResult, Stream, TrainConfig, evaluate, throughput
-from mimic.trainer.lengths import PEOPLE, Fit, fit_workspace, own_long, spread
+from mimic.trainer.lengths import OTHERS, PEOPLE, Fit, fit_workspace, own_long, spread
 from mimic.trainer.lexicon import Lexicon, WordGuard
 from mimic.trainer.model import (
     CharLSTM,
@@ -417,11 +417,11 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
     workspace's messages stay within (the PEOPLE biggest senders': of their own, `own_long`),
     at the end odds fitted to its people's message lengths (trained ones; END_ODDS where
     nobody has a vector of their own): the PEOPLE biggest senders each at their own, everyone
-    else at those of PEOPLE people spread over the rest (`fit_workspace`)."""
+    else at those of OTHERS people spread over the rest (`fit_workspace`)."""
     long = long_length(every, LONG_QUANTILE)
-    biggest, others = workspace.people[:PEOPLE], spread(workspace.people[PEOPLE:])
+    biggest, others = workspace.people[:PEOPLE], spread(workspace.people[PEOPLE:], OTHERS)
     texts: dict[str, list[str]] = {user: [] for user in [*biggest, *others]}
-    for m in workspace.train:
+    for m in sorted(workspace.train, key=lambda m: m.ts):  # each person's oldest first
         if m.user in texts:
             texts[m.user].append(m.text)
     people = [(user, texts[user]) for user in biggest if texts[user]]

@@ -41,8 +41,16 @@ from mimic.trainer.reading import first_letter_capital
 # took the style fidelity of the chitchat top 10, drawn from the shared model alone, from 0.85
 # to 0.955, and of 20 people with 1,000-20,000 characters from 0.52 to 0.99, at distinct-2
 # 0.97 x and 0.92 x what it was; 0.75 narrowed the small people's wording past 0.9 x the
-# people's own (bench/drawing.py, BENCHMARKS.md).
-OWN_WORDS = 0.5
+# people's own (bench/drawing.py, BENCHMARKS.md). So λ grows with the words counted of the
+# target, as the boost does (`by_words`): SMALL_OWN_WORDS up to READ_WORDS[0], OWN_WORDS from
+# READ_WORDS[1]. On the 2 x 320 model, chitchat's top 10 at 0.5 and temperature 1.2 had
+# fidelity 0.933 and distinct-2 0.79 (the people's: 0.86); 0.75 at 1.3: 0.960 and 0.79 (3 seeds,
+# BENCHMARKS.md, twenty-first session).
+OWN_WORDS, SMALL_OWN_WORDS = 0.75, 0.5
+# A target's words counted (chitchat's people: median 567, its top 10 20k-200k) from which
+# their habits are pushed less (SMALL_...) or fully: their vector, habits and word counts are
+# learned from so little below that it is mostly noise.
+READ_WORDS = (1_000, 10_000)
 # The share of the workspace's use mixed into the person's: a word they never used is
 # log(SMOOTHING / (1 + SMOOTHING)) = -2.4 nats (x λ) less likely than the model says.
 SMOOTHING = 0.1
@@ -56,6 +64,14 @@ SPANS = 50_000  # prefixes whose place in the word list is kept (~150 B each)
 # came later, as an array of their own that older mimics do not read: files without it load
 # with no counts.
 _MAGIC = 1
+
+
+def by_words(words: int, small: float, big: float) -> float:
+    """`small` for a target with up to READ_WORDS[0] words counted, `big` from READ_WORDS[1],
+    log-linear between."""
+    low, high = READ_WORDS
+    share = min(1.0, max(0.0, math.log(max(words, 1) / low) / math.log(high / low)))
+    return small + (big - small) * share
 
 
 class Wording:
