@@ -6,7 +6,7 @@ wording rarely reaches the places people stop. How much longer it runs depends o
 and the workspace: at END_ODDS (x1.2), the 20 biggest senders of chitchat got replies of 54
 characters against their 52, Shakespeare's 20 biggest speakers 167 against 118 (a model that
 gives them the same voice but not the same length). So the trainer draws replies for
-people of every size (PEOPLE of them spread over the workspace's, `spread`), after their own
+people of every size (OTHERS of them spread over the workspace's, `spread`), after their own
 last messages as the bot does, and moves the factor until the mean length (each person alike)
 matches theirs (as they write now: `expected_length`): a few seconds on CPU. (Fitted to the
 biggest senders instead, who get factors of their own anyway, chitchat's small people's
