@@ -8,9 +8,9 @@ characters against their 52, Shakespeare's 20 biggest speakers 167 against 118 (
 gives them the same voice but not the same length). So the trainer draws replies for
 people of every size (OTHERS of them spread over the workspace's, `spread`), after their own
 last messages as the bot does, and moves the factor until the mean length (each person alike)
-matches theirs (as they write now: `expected_length`): a few seconds on CPU. (Fitted to the
-biggest senders instead, who get factors of their own anyway, chitchat's small people's
-replies ran 12 % short of their held-out messages.)
+matches theirs (as they write now: `expected_length`): seconds on CPU (chitchat's 36).
+(Fitted to the biggest senders instead, who get factors of their own anyway, chitchat's small
+people's replies ran 12 % short of their held-out messages.)
 
 The mean length of replies falls with the factor, roughly as factor^-s for some s between 0.2
 and 1 (each doubling of the end's odds shortens a message less where the model rarely sees an
@@ -185,10 +185,11 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
                  replies: int = REPLIES, own_replies: int = OWN_REPLIES, seed: int = 0,
                  start: float = END_ODDS) -> Fit:
     """The end-odds factor under which `loaded`'s replies for `people` ((user id, their
-    messages oldest first), at least one) are on average as long as their messages, each
-    person's mean counted alike, and each person's own factor on it (`own_odds`). Replies are
-    drawn as the bot draws them, with the same seed for every factor tried (so that the
-    factors, not the draws, make the difference); the first factor tried is `start`."""
+    messages oldest first), at least one) are on average as long as their messages run now
+    (`expected_length`), each person's mean counted alike, and each person's own factor on it
+    (`own_odds`). Replies are drawn as the bot draws them, with the same seed for every factor
+    tried (so that the factors, not the draws, make the difference); the first factor tried is
+    `start`."""
     if not people:
         raise ValueError("fit_end_odds needs at least one person")
     rows = [loaded.row(f"user:{user}", context=[(user, t) for t in texts[-PRIMING:]])

@@ -266,7 +266,7 @@ class WordGuard:
         self.vocab, self.wording = vocab, wording
         self.weight = weight
         self._weights: dict[str, float] = {}  # target key -> its weight
-        self._weighs = wording is not None and weight != 0
+        self._weighing = wording is not None and weight != 0
         self.hot = hot  # how many of the commonest word states are worked out in blocks
         self._n = len(vocab)
         # Id 0 (EOM) ends the message like whitespace; UNK decodes to U+FFFD, punctuation.
@@ -313,7 +313,7 @@ class WordGuard:
         self._blocks: OrderedDict[str, tuple[int, list[bool]]] = OrderedDict()
         # Built with the guard (~0.15 s for chitchat, part of a model's cold load), not at
         # the first reply drawn.
-        self._hot = self._hot_states() if self._weighs else None
+        self._hot = self._hot_states() if self._weighing else None
 
     # -- states -------------------------------------------------------------------------
 
@@ -396,7 +396,7 @@ class WordGuard:
         no weight."""
         slots, hot_rows = [], []
         cache, plain = self._bias_cache, self._plain
-        counted = self.wording.targets if self._weighs and self.wording is not None else {}
+        counted = self.wording.targets if self._weighing and self.wording is not None else {}
         hot, taken = self._hot, set[str]()
         for state, key in rows:
             k = hot.index.get(state) if hot is not None and key in counted else None
