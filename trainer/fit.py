@@ -265,10 +265,11 @@ def throughput(model: CharLSTM, cfg: TrainConfig, device: torch.device) -> float
 
 
 def _step_speed(model: CharLSTM, cfg: TrainConfig, device: torch.device, precision: str,
-                seconds: float = 0.2) -> float:
+                seconds: float = 0.1) -> float:
     """Forward and backward passes over random ids, after one warm-up step, for at least
     `seconds` and two steps: two steps of a test's tiny model (milliseconds each) once timed
-    bfloat16 1.25 x faster by chance, and its model, trained that way, learned otherwise.
+    bfloat16 1.25 x faster by chance, and its model, trained that way, learned otherwise
+    (a 0.1 s floor costs a real model nothing: one of its steps takes longer).
     Torch's random state is left as it was: how many steps fit in `seconds` varies."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _timed_steps(model, cfg, device, precision, seconds)
