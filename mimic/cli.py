@@ -422,7 +422,8 @@ def eval_(
     """Measure the models: held-out loss, style fidelity, what a reader sees, and leaks.
 
     Against real held-out messages and a markovify baseline; writes
-    MIMIC_DATA_DIR/reports/<date>/report.md and its plots."""
+    MIMIC_DATA_DIR/reports/<date>/report.md, its plots, and report.json (the figures
+    unrounded)."""
     from datetime import date
 
     from mimic.trainer.report import (

@@ -3,6 +3,7 @@ the report's figures, files and the command."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -84,6 +85,13 @@ def test_report_figures_and_files(world: tuple[Store, Settings], tmp_path: Path)
     assert "@alice" in text and "#general" in text and "first word real" in text
     for png in ("loss_curves.png", "comparison.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+    # The same figures unrounded, for scripts: the means and each target's.
+    figures = json.loads((folder / "report.json").read_text())
+    assert figures["seed"] == report.seed and figures["samples"] == report.samples
+    assert figures["overall"] == report.overall()
+    assert [t["target"] for t in figures["targets"]] == [r.target.label for r in report.rows]
+    assert figures["targets"][0]["real.length"] == alice.real.length
+    assert figures["targets"][0]["leak_filtered"] == 0
 
 
 def test_answers_in_conversation_are_measured_too(world: tuple[Store, Settings],

@@ -530,8 +530,10 @@ READER = [("first word real", "first_word_real", percent),
 
 
 def write_report(report: Report, folder: Path) -> Path:
-    """Write report.md, loss_curves.png and comparison.png into `folder`; returns report.md."""
+    """Write report.md, report.json, loss_curves.png and comparison.png into `folder`;
+    returns report.md."""
     folder.mkdir(parents=True, exist_ok=True)
+    _write_figures(report, folder / "report.json")
     _plot_losses(report.rows, folder / "loss_curves.png")
     _plot_comparison(report.rows, folder / "comparison.png")
     o = report.overall()
@@ -638,3 +640,16 @@ def write_report(report: Report, folder: Path) -> Path:
     path = folder / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
     return path
+
+
+def _write_figures(report: Report, path: Path) -> None:
+    """The report's figures unrounded, for scripts and BENCHMARKS.md (report.md rounds them):
+    the means, then each target's, by the names of Report.FIGURES."""
+    figures = {"created": report.created.isoformat(), "samples": report.samples,
+               "seed": report.seed, "context": report.context,
+               "overall": report.overall(),
+               "targets": [{"target": r.target.label, "key": r.target.key, "model": r.which,
+                            "version": r.version, "generated": r.generated,
+                            **{name: r.figure(name) for name in Report.FIGURES}}
+                           for r in report.rows]}
+    path.write_text(json.dumps(figures, indent=1), encoding="utf-8")
