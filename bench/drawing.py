@@ -20,7 +20,8 @@ floor (PLAUSIBLE), whether replies past the workspace's long-message length are 
 SMALL_OWN_WORDS to OWN_WORDS, growing with the words counted of them; 0: not at all;
 trainer/wording.py) and whether a reply's first letter follows its
 person's messages ("own": CASE_PRIOR) or the model's odds alone (0). Besides the mean length,
-"long" is the share of messages longer than 99 % of the workspace's, "cut" the share that ran to
+"long" is the share of messages longer than 99 % of the workspace's, "stutters" the share where a
+word follows itself ("just just"), "cut" the share that ran to
 the 280-character cut (MAX_LEN, and stopped there, mid-word as a rule), and "case off" how far
 each person's share of capitalised starts is from their training messages' and from their
 held-out messages' (in points, the mean over people; a few held-out messages make the second
@@ -157,15 +158,16 @@ def main() -> None:
           f"over {long} characters (99 % of the workspace's messages are not)")
     header = (f"{'boost,temp,odds,prime,guard':>28} {'fidelity':>9} "
               + " ".join(f"{name[:11]:>11}" for name in SHOWN)
-              + f" {'chars':>6} {'long':>6} {'cut':>6} {'case off':>11} {'rows/msg':>9}"
+              + f" {'chars':>6} {'long':>6} {'stutters':>8} {'cut':>6} {'case off':>11}"
+              + f" {'rows/msg':>9}"
               + f" {'seconds':>8}")
     print(header)
 
     def line(name: str, fidelity: float, readings: list[Reading], extra: str) -> str:
         means = [statistics.mean([getattr(r, f) for r in readings if getattr(r, f) is not None]
-                                 or [math.nan]) for f in (*SHOWN, "length", "long")]
-        return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-2])
-                + f" {means[-2]:>6.0f} {means[-1]:>6.1%}{extra}")
+                                 or [math.nan]) for f in (*SHOWN, "length", "long", "stutters")]
+        return (f"{name:>28} {fidelity:>9.3f} " + " ".join(f"{m:>11.3f}" for m in means[:-3])
+                + f" {means[-3]:>6.0f} {means[-2]:>6.1%} {means[-1]:>8.1%}{extra}")
 
     print(line("real held-out messages", real_fidelity, real, ""))
     print(line("their training messages", math.nan, trained, ""))

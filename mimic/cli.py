@@ -474,7 +474,8 @@ def eval_(
         short = {"first word real": "1st word", "starts with a capital": "capital",
                  "real words": "words", "real word pairs": "pairs",
                  "distinct word pairs": "distinct-2", "characters a message": "chars",
-                 "longer than 99 % of the workspace's": "long"}[title]
+                 "longer than 99 % of the workspace's": "long",
+                 "a word following itself": "stutters"}[title]
         columns += [(short, f"model.{name}", fmt), ("real", f"real.{name}", fmt)]
     columns += [("leaks", "leak_filtered", percent)]
     overall = report.overall()

@@ -3,6 +3,7 @@ every word it completes is one the workspace has used (or a number, URL, mention
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimic.trainer.lexicon import Lexicon, State, WordGuard, words
+from mimic.trainer.lexicon import Last, Lexicon, State, WordGuard, words
 from mimic.trainer.vocab import Vocab
 
 LINES = [
@@ -336,3 +337,36 @@ def test_states_are_small_values_and_batches_stack(guard: WordGuard) -> None:
     assert mask is not None and torch.equal(biases[1] == 0, mask)
     assert torch.isinf(biases[1][~mask]).all() and not mask.all()
     assert guard.biases([(states[2], ""), (states[3], "user:U1")]) is None
+
+
+def test_a_row_may_not_write_its_last_word_again_where_it_could_go_on() -> None:
+    """After "ha", the next word's "h" weighs 1 - the odds "ha" was finished at from its
+    "h" (`Last.tails`); spelled in full again, "ha" may not end but may go on ("hat");
+    "hat", which nothing continues, may follow itself."""
+    vocab = Vocab(list("hat ."))
+    guard = WordGuard(Lexicon(["ha", "hat", "to"]), vocab)
+    ids = {c: vocab.stoi[c] for c in "hat ."}
+    last = guard.written("ha", [0.5, 0.8, 0.9])  # h, a, then the end
+    assert last == Last("ha", (0.8 * 0.9, 0.9))
+    # The last word written in full: not one the text ends inside.
+    assert guard.last_word("so ha hat ") == Last("hat")
+    assert guard.last_word("so ha hat") == Last("ha")
+    assert guard.last_word("ha.") == Last("ha") and guard.last_word("ha") is None
+    states = [guard.start(s) for s in ("ha ", "ha h", "ha ha", "hat hat", "ha t")]
+    lasts = [last, last, last, Last("hat", (1.0, 1.0, 1.0)), last]
+    plain = guard.biases([(s, "") for s in states])
+    biases = guard.biases([(s, "") for s in states], lasts)
+    assert plain is not None and biases is not None
+    extra = biases - plain
+    extra[torch.isnan(extra)] = 0  # -inf - -inf: nothing new
+    assert extra[0, ids["h"]] == pytest.approx(math.log(1 - 0.72))
+    assert extra[1, ids["a"]] == pytest.approx(math.log(1 - 0.9))
+    assert torch.isinf(biases[2, [ids[" "], ids["."], vocab.eom]]).all()
+    assert biases[2, ids["t"]] == 0  # on to "hat"
+    assert torch.equal(biases[3], plain[3])  # nothing continues "hat": it may repeat
+    assert torch.equal(biases[4], plain[4])  # another word under way
+    nonzero = extra.clone()
+    nonzero[0, ids["h"]] = nonzero[1, ids["a"]] = 0
+    nonzero[2] = 0
+    assert not nonzero.any()
+    assert torch.equal(guard.biases([(states[0], "")], [None]), plain[:1])  # no last word

@@ -10,6 +10,7 @@ from mimic.trainer.reading import (
     long_length,
     pairs,
     read,
+    stutters,
 )
 
 
@@ -26,6 +27,12 @@ def test_reading_counts_what_a_reader_notices() -> None:
     assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
                 long=10).long == pytest.approx(2 / 4)  # 12 and 11 characters
     assert long_length(["x" * n for n in range(1, 201)]) == 198  # 99 % stay within
+    assert reading.stutters == 0
+    # A word following itself, whatever the case and the punctuation between ("no, no"), in
+    # one message of four; not across messages, nor a word inside a longer one.
+    assert read(["just Just do it", "no, no", "the theme", "it. it"], vocabulary
+                ).stutters == pytest.approx(3 / 4)
+    assert not stutters("ha haha") and not stutters("") and stutters("a a a")
     # Variety at equal numbers: the first three messages repeat no pair.
     assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
                 variety=3).distinct_2 == pytest.approx(1.0)

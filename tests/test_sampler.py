@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import weakref
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
 
 from mimic.trainer.fit import TrainConfig, fit
+from mimic.trainer.lexicon import Lexicon, WordGuard, words
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
+from mimic.trainer.reading import stutters
 from mimic.trainer.registry import LoadedModel
 from mimic.trainer.sampler import (
     BOOST,
@@ -199,6 +202,29 @@ def test_temperature_shapes_the_words_not_the_length() -> None:
     mean = (1 - end) / end  # geometric
     assert 0.75 * mean < sum(lengths) / len(lengths) < 1.25 * mean
     assert set("".join(texts)) == {"a"}  # the wording is as sharp as asked
+
+
+def test_a_reply_never_writes_a_word_twice_in_a_row_where_it_could_go_on() -> None:
+    """A model that laughs "ha ha ha" (its odds the same after every character): with the
+    word guard, a reply never writes a word again straight away ("ha ha", "haha haha"), but
+    may go on to a longer one ("ha haha"); only "hahaha", which nothing continues, may
+    follow itself. The same draws without the rule stutter."""
+    vocab = Vocab(list("ha "))
+    model = fixed_odds(vocab, [0.05, 1e-9, 0.4, 0.35, 0.2])
+
+    class Unruled(WordGuard):
+        def biases(self, rows, lasts=None):  # type: ignore[no-untyped-def]
+            return super().biases(rows)
+
+    lexicon = Lexicon(["ha", "haha", "hahaha"])
+    drawn = {rule: sample(model, vocab, n=300, guard=guard, generator=gen(3))
+             for rule, guard in (("on", WordGuard(lexicon, vocab)),
+                                 ("off", Unruled(lexicon, vocab)))}
+    assert all(set(t.split()) <= set(lexicon) for texts in drawn.values() for t in texts)
+    assert sum(map(stutters, drawn["off"])) > 100
+    repeated = {a for t in drawn["on"] for a, b in pairwise(words(t)) if a == b}
+    assert repeated <= {"hahaha"}
+    assert sum("ha haha" in f" {t} " for t in drawn["on"]) > 10
 
 
 def test_a_reply_past_the_workspaces_long_message_is_drawn_to_an_end() -> None:

@@ -8,7 +8,8 @@ each beside the same figure for the people's real held-out messages.
   numbers of messages: `read(..., variety=n)`);
 - length: characters a message;
 - long: the share of messages longer than 99 % of the workspace's (`long_length`): replies
-  that run on where people stop.
+  that run on where people stop;
+- stutters: the share of messages where a word follows itself ("just just", "a a a").
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class Reading:
     distinct_2: float | None
     length: float | None
     long: float | None = None
+    stutters: float | None = None
 
     FIELDS = ("first_word_real", "capitalised", "real_words", "real_pairs", "distinct_2",
-              "length", "long")
+              "length", "long", "stutters")
 
 
 LONG = 0.99  # "long": longer than this share of the workspace's messages
@@ -77,6 +79,12 @@ def first_letter_capital(text: str) -> bool | None:
     """Whether the first letter is a capital; None if the message has no letter."""
     letter = next((ch for ch in text if ch.isalpha()), None)
     return None if letter is None else letter.isupper()
+
+
+def stutters(text: str) -> bool:
+    """Whether a word follows itself ("just just")."""
+    found = words(text)
+    return any(a == b for a, b in zip(found, found[1:], strict=False))
 
 
 def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = None,
@@ -95,4 +103,5 @@ def read(texts: Sequence[str], vocabulary: Vocabulary, variety: int | None = Non
         real_pairs=_share([p in vocabulary.pairs for p in every_pair]),
         distinct_2=len(set(every_pair)) / len(every_pair) if every_pair else None,
         length=sum(map(len, texts)) / len(texts) if texts else None,
-        long=_share([len(t) > long for t in texts]) if long is not None else None)
+        long=_share([len(t) > long for t in texts]) if long is not None else None,
+        stutters=_share([stutters(t) for t in texts]))

@@ -526,7 +526,8 @@ READER = [("first word real", "first_word_real", percent),
           ("real word pairs", "real_pairs", percent),
           ("distinct word pairs", "distinct_2", lambda v: number(v, 2)),
           ("characters a message", "length", lambda v: number(v, 0)),
-          ("longer than 99 % of the workspace's", "long", percent)]
+          ("longer than 99 % of the workspace's", "long", percent),
+          ("a word following itself", "stutters", percent)]
 
 
 def write_report(report: Report, folder: Path) -> Path:
@@ -596,7 +597,9 @@ def write_report(report: Report, folder: Path) -> Path:
            "messages, then for its training messages: whether the "
            "first word is one the workspace uses, whether the first letter is a capital, the "
            "share of real words and of real pairs of consecutive words, distinct word pairs "
-           "over all pairs (variety), and characters a message.", ""]
+           "over all pairs (variety), characters a message, the share longer than 99 % of the "
+           "workspace's messages, and the share where a word follows itself (\"just just\").",
+           ""]
     md += _table(["target", *(title for title, _n, _f in READER)], [
         [r.target.label, *(" / ".join(fmt(r.figure(f"{part}.{name}"))
                                       for part in ("model", "real", "trained"))

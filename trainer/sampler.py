@@ -358,7 +358,11 @@ class Guard(Protocol):
 
     def start(self, text: str) -> Any: ...
     def advance(self, state: Any, char_id: int) -> Any: ...
-    def biases(self, rows: Sequence[tuple[Any, str]]) -> torch.Tensor | None: ...
+    def word(self, state: Any) -> str | None: ...
+    def last_word(self, text: str) -> Any: ...
+    def written(self, word: str, odds: Sequence[float]) -> Any: ...
+    def biases(self, rows: Sequence[tuple[Any, str]],
+               lasts: Sequence[Any] | None = None) -> torch.Tensor | None: ...
 
 
 def _dim(key: str) -> int:
@@ -515,7 +519,9 @@ class Generation:
     dedicated one was fine-tuned from, or an older mimic's base), else by the model itself;
     whether a message's first letter is a capital follows the row's `capitals` (`_case`).
     With a `guard`, no character that would make a word the workspace never used is drawn,
-    and a row's words are weighed by its target's use of them (Row.own_words).
+    a row's words are weighed by its target's use of them (Row.own_words), and a row does not
+    write the word it just wrote again (WordGuard._repeat: at the odds each letter of it was
+    drawn at, kept as the row writes).
     Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
     row's end mark grows likelier (see LONG_QUANTILE).
 
@@ -554,7 +560,9 @@ class Generation:
         self._flat: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._greedy = False  # whether any row going is drawn greedily
         self._boosted = False  # ... or with a contrast (not all bench rows are)
-        self._rows: dict[int, tuple[Row, list[int], Any]] = {}  # id → (row, drawn, guard)
+        # id → (row, drawn, its guard's state, the last word it wrote, the odds the letters of
+        # the word it is writing were drawn at)
+        self._rows: dict[int, tuple[Row, list[int], Any, Any, list[float]]] = {}
         self._done: dict[int, str] = {}
         self._next = 0
         self._own: list[_OwnNet] = []  # rows written by nets of their own
@@ -648,7 +656,9 @@ class Generation:
         self._next += len(rows)
         self._alive += ids_
         for i, row in zip(ids_, rows, strict=True):
-            self._rows[i] = (row, [], self.guard.start(row.seed_text) if self.guard else None)
+            self._rows[i] = (row, [], *((self.guard.start(row.seed_text),
+                                         self.guard.last_word(row.seed_text))
+                                        if self.guard else (None, None)), [])
             if not any(ch.isalpha() for ch in row.seed_text):
                 self._unlettered.add(i)
             if len(row.seed_text) == self.max_len:  # nothing left to write
@@ -696,8 +706,9 @@ class Generation:
         next, its target's word weights (None: nothing, for every row)."""
         if self.guard is None:
             return None
-        biases = self.guard.biases([(self._rows[i][2], self._rows[i][0].own_words)
-                                    for i in self._alive])
+        rows = [self._rows[i] for i in self._alive]
+        biases = self.guard.biases([(state, row.own_words) for row, _d, state, *_ in rows],
+                                   [last for _r, _d, _s, last, _o in rows])
         return biases if biases is None or biases.device == self.device else biases.to(
             self.device)
 
@@ -755,13 +766,22 @@ class Generation:
             nxt = draw_one(probs.to(self._draw_device), self.generator).to(self.device)
         if self._greedy:
             nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
-        for i, token in zip(self._alive, nxt.tolist(), strict=True):
-            row, drawn, guard = self._rows[i]
+        # The odds each character was drawn at: what a word just written would be drawn at
+        # again (the guard keeps a row from writing it twice in a row).
+        odds = probs.gather(1, nxt[:, None]).squeeze(1).tolist() if self.guard else ()
+        for k, (i, token) in enumerate(zip(self._alive, nxt.tolist(), strict=True)):
+            row, drawn, state, last, spelling = self._rows[i]
             drawn.append(token)
             if token in self._letters:
                 self._unlettered.discard(i)
             if self.guard is not None:
-                self._rows[i] = (row, drawn, self.guard.advance(guard, token))
+                new = self.guard.advance(state, token)
+                word = self.guard.word(state)
+                if self.guard.word(new) is not None:
+                    spelling = [*spelling, odds[k]] if word is not None else [odds[k]]
+                elif word is not None:  # it ended here
+                    last = self.guard.written(word, [*spelling, odds[k]])
+                self._rows[i] = (row, drawn, new, last, spelling)
             if (self.stop_at_eom and token == self.vocab.eom) or \
                     len(row.seed_text) + len(drawn) >= self.max_len:
                 self._finish(i)
@@ -832,7 +852,7 @@ class Generation:
 
     def _finish(self, i: int) -> None:
         self._unlettered.discard(i)
-        row, drawn, _guard = self._rows.pop(i)
+        row, drawn, *_guard = self._rows.pop(i)
         if self.stop_at_eom and self.vocab.eom in drawn:
             drawn = drawn[: drawn.index(self.vocab.eom)]
         self._done[i] = row.seed_text + self.vocab.decode(drawn)
