@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -149,8 +149,7 @@ _OUTSIDE = (_START, _PUNCT, _CLOSED)
 State = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
-class Last:
+class Last(NamedTuple):
     """The last word a row wrote, and the odds (as drawn) of spelling the rest of it from
     each of its letters on: tails[k], having written its first k + 1 letters, of the next
     ones and then its end. None: not drawn here (a seed's word)."""
@@ -158,13 +157,11 @@ class Last:
     word: str
     tails: tuple[float, ...] | None = None
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.word, self.tails))
-
 
 # A word's first letter weighs at least 1 - this after the word (log: -6.9), not nothing: the
 # odds it was written at are a guess at the odds now.
 MOST_REPEATED = 0.999
+
 # What a state's word weights need (WordGuard._steps): word-list spans, and the ids weighed.
 _Steps = tuple["Spans", list[list[int]]]
 START: State = (_START,)
@@ -324,7 +321,7 @@ class WordGuard:
         self._rows = 1  # pool rows in use
         self._floors: dict[frozenset[int] | None, list[float]] = {}
         self._steps_cache: dict[State, _Steps] = {}
-        self._stutters: dict[State, list[int] | None] = {}  # a word's enders, to ban
+        self._ends: dict[State, list[int] | None] = {}  # what would end a word that goes on
         self._plain: set[tuple[str, State]] = set()  # (key, state)s weighing nothing
         self._seen: dict[str, tuple[int, str, str]] = {}
         # Blocks: target key -> (its block's first row in _hot.rows, whether each hot state
@@ -481,14 +478,14 @@ class WordGuard:
         else:
             return None
         if written == word:  # spelled in full: it may not end here, if it can go on
-            found = self._stutters.get(state, False)
+            found = self._ends.get(state, False)
             if found is False:
                 going = self._extending(word, self.lexicon.continuations(word))
                 ends = self._strict(state) - going
                 found = sorted(ends) if going and ends else None
-                if len(self._stutters) >= _CACHE_LIMIT:
-                    self._stutters.clear()
-                self._stutters[state] = found
+                if len(self._ends) >= _CACHE_LIMIT:
+                    self._ends.clear()
+                self._ends[state] = found
             return None if found is None else (found, -math.inf)
         ids = self._by_low.get(word[len(written)])
         if tails is None or not ids:
@@ -496,7 +493,7 @@ class WordGuard:
         return ids, math.log1p(-min(tails[len(written)], MOST_REPEATED))
 
     def _biases(self, rows: Sequence[tuple[State, str]]) -> torch.Tensor | None:
-        """`biases`, without the stutter ban."""
+        """`biases`, without keeping rows from repeating their last word."""
         slots, hot_rows = [], []
         cache, plain = self._bias_cache, self._plain
         counted = self.wording.targets if self._weighing and self.wording is not None else {}
