@@ -222,6 +222,7 @@ def train(
         "(default MIMIC_NPROC)."))] = None,
 ) -> None:
     """Train models: the workspace model for everyone, and dedicated ones on request."""
+    store, settings = _store(), get_settings()  # before torch loads, as `models`
     from mimic.core.lock import Busy, retrain_lock
     from mimic.trainer.corpus import BASE
     from mimic.trainer.device import pick_device
@@ -230,7 +231,6 @@ def train(
     from mimic.trainer.train import TrainError, retrain_changed
     from mimic.trainer.train import train as train_one
 
-    store, settings = _store(), get_settings()
     if minutes is not None:
         settings = settings.model_copy(update={"base_minutes": minutes,
                                                "target_minutes": minutes})
@@ -269,11 +269,11 @@ def models(
         "held-out loss in its own voice and as anyone."))] = False,
 ) -> None:
     """List model versions: which is active, its loss, data and device."""
+    store = _store()  # a database that cannot be used is said before torch loads (~2 s)
     from mimic.core.store import Coverage
     from mimic.trainer.corpus import BASE
     from mimic.trainer.registry import active_version, versions
 
-    store = _store()
     with store.session() as session:
         labels = _labels(session)
         shared = active_version(session, BASE.key)
@@ -531,10 +531,10 @@ def retrain(
         help="Only this @person or #channel (default: everything that changed).")] = None,
 ) -> None:
     """Run the nightly job once: incremental export (with a bot token), then retrain."""
+    store, settings = _store(), get_settings()  # before torch loads, as `models`
     from mimic.bot.retrain import retrain_job
     from mimic.core.lock import Busy, retrain_lock
 
-    store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target]) if target else (None,)
     try:
         with retrain_lock(settings, on_lost=_stop_on_lost_lock):

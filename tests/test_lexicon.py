@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimic.trainer.lexicon import Last, Lexicon, State, WordGuard, words
+from mimic.trainer.lexicon import START, Last, Lexicon, State, WordGuard, words
 from mimic.trainer.vocab import Vocab
 
 LINES = [
@@ -341,32 +341,36 @@ def test_states_are_small_values_and_batches_stack(guard: WordGuard) -> None:
 
 def test_a_row_may_not_write_its_last_word_again_where_it_could_go_on() -> None:
     """After "ha", the next word's "h" weighs 1 - the odds "ha" was finished at from its
-    "h" (`Last.tails`); spelled in full again, "ha" may not end but may go on ("hat");
-    "hat", which nothing continues, may follow itself."""
-    vocab = Vocab(list("hat ."))
-    guard = WordGuard(Lexicon(["ha", "hat", "to"]), vocab)
-    ids = {c: vocab.stoi[c] for c in "hat ."}
-    last = guard.written("ha", [0.5, 0.8, 0.9])  # h, a, then the end
+    "h" (`Last.tails`); spelled in full again ("ha", or "ha'" closing a quote), "ha" may not
+    end but may go on ("hat", "ha'd"); "hat", which nothing continues, may follow itself."""
+    vocab = Vocab(list("hat .'d:/"))
+    guard = WordGuard(Lexicon(["ha", "ha'd", "hat", "to", "http"]), vocab)
+    ids = {c: vocab.stoi[c] for c in "hat .'d"}
+    last = guard.written("ha", [0.5, 0.8, 0.9], START)  # h, a, then the end
     assert last == Last("ha", (0.8 * 0.9, 0.9))
-    # The last word written in full: not one the text ends inside.
-    assert guard.last_word("so ha hat ") == Last("hat")
-    assert guard.last_word("so ha hat") == Last("ha")
-    assert guard.last_word("ha.") == Last("ha") and guard.last_word("ha") is None
-    states = [guard.start(s) for s in ("ha ", "ha h", "ha ha", "hat hat", "ha t")]
-    lasts = [last, last, last, Last("hat", (1.0, 1.0, 1.0)), last]
+    assert guard.written("http", [0.5] * 5, guard.start("http:")) is None  # a URL's scheme
+    assert guard.written("ha", [0.5], START) == Last("ha")  # odds not one for one: none
+    # The last word the text wrote; none where it ends inside a word (the user's to finish).
+    assert guard.last_word("so ha hat ") == Last("hat") and guard.last_word("ha.") == Last("ha")
+    assert guard.last_word("so ha hat") is None and guard.last_word("") is None
+    states = [guard.start(s) for s in ("ha ", "ha h", "ha ha", "hat hat", "ha t", "ha ha'")]
+    lasts = [last, last, last, Last("hat", (1.0, 1.0, 1.0)), last, last]
     plain = guard.biases([(s, "") for s in states])
     biases = guard.biases([(s, "") for s in states], lasts)
-    assert plain is not None and biases is not None
+    assert plain is not None and biases is not None and not biases.isnan().any()
     extra = biases - plain
-    extra[torch.isnan(extra)] = 0  # -inf - -inf: nothing new
+    extra[torch.isinf(plain)] = 0  # what was never allowed stays so
     assert extra[0, ids["h"]] == pytest.approx(math.log(1 - 0.72))
     assert extra[1, ids["a"]] == pytest.approx(math.log(1 - 0.9))
-    assert torch.isinf(biases[2, [ids[" "], ids["."], vocab.eom]]).all()
-    assert biases[2, ids["t"]] == 0  # on to "hat"
+    # Spelled in full: what would end it is banned (space, ".", the end, ":"...), what goes
+    # on is not.
+    for row, going in ((2, "t'"), (5, "d")):
+        banned = {vocab.itos[i] for i in (extra[row] == -math.inf).nonzero()[:, 0].tolist()}
+        assert {" ", ".", vocab.itos[vocab.eom]} <= banned and not banned & set("hatd")
+        assert all(biases[row, ids[c]] == 0 for c in going)  # on to "hat", "ha'd"
     assert torch.equal(biases[3], plain[3])  # nothing continues "hat": it may repeat
     assert torch.equal(biases[4], plain[4])  # another word under way
-    nonzero = extra.clone()
-    nonzero[0, ids["h"]] = nonzero[1, ids["a"]] = 0
-    nonzero[2] = 0
-    assert not nonzero.any()
+    extra[0, ids["h"]] = extra[1, ids["a"]] = 0
+    extra[2] = extra[5] = 0
+    assert not extra.any()  # nothing else moved
     assert torch.equal(guard.biases([(states[0], "")], [None]), plain[:1])  # no last word

@@ -33,6 +33,7 @@ def test_reading_counts_what_a_reader_notices() -> None:
     assert read(["just Just do it", "no, no", "the theme", "it. it"], vocabulary
                 ).stutters == pytest.approx(3 / 4)
     assert not stutters("ha haha") and not stutters("") and stutters("a a a")
+    assert read(["see you", "you too"], vocabulary).stutters == 0
     # Variety at equal numbers: the first three messages repeat no pair.
     assert read(["The cat sat.", "jy cat dog", "!!", "the cat sat"], vocabulary,
                 variety=3).distinct_2 == pytest.approx(1.0)

@@ -152,14 +152,16 @@ State = tuple[Any, ...]
 class Last(NamedTuple):
     """The last word a row wrote, and the odds (as drawn) of spelling the rest of it from
     each of its letters on: tails[k], having written its first k + 1 letters, of the next
-    ones and then its end. None: not drawn here (a seed's word)."""
+    ones and then its end. None where its letters' odds are not known one for one (a seed's
+    word, one a drawn apostrophe closed, a letter whose lowercase is two)."""
 
     word: str
     tails: tuple[float, ...] | None = None
 
 
-# A word's first letter weighs at least 1 - this after the word (log: -6.9), not nothing: the
-# odds it was written at are a guess at the odds now.
+# A letter on the way to spelling the last word again is weighed by at least 1 - this (log:
+# -6.9, before the boost and temperature sharpen it), not nothing: the odds the word was
+# written at are a guess at the odds now.
 MOST_REPEATED = 0.999
 
 # What a state's word weights need (WordGuard._steps): word-list spans, and the ids weighed.
@@ -354,17 +356,21 @@ class WordGuard:
         return state[1].rstrip("'") if state[0] == _WORD_MODE else None
 
     def last_word(self, text: str) -> Last | None:
-        """The last word `text` wrote in full (not one it ends inside), as `words` reads it:
-        the word a reply starting after `text` must not repeat straight away (`biases`)."""
+        """The last word `text` wrote, as `words` reads it: the word a reply starting after
+        `text` must not repeat straight away (`biases`). None where `text` ends inside a word:
+        that one is the user's to finish ("ha ha" may end as it is)."""
         found = words(text)
-        if found and self.word(self.start(text)) is not None:  # ends inside its last word
-            found.pop()
-        return Last(found[-1]) if found else None
+        if not found or self.word(self.start(text)) is not None:
+            return None
+        return Last(found[-1])
 
     @staticmethod
-    def written(word: str, odds: Sequence[float]) -> Last:
-        """`word` as a row's last, from the odds each of its letters and then its end were
-        drawn at (one more than its letters; else, as after an apostrophe, without odds)."""
+    def written(word: str, odds: Sequence[float], after: State) -> Last | None:
+        """`word` as a row's last, now that the row has moved on to state `after`, from the
+        odds each of its letters and then its end were drawn at (one more than its letters;
+        else without odds). None if it was not a word after all: a URL's scheme ("http:")."""
+        if after[0] == _URL:
+            return None
         if len(odds) != len(word) + 1:
             return Last(word)
         tails, going = [], 1.0
@@ -443,7 +449,8 @@ class WordGuard:
         where: list[int] = []
         which: list[int] = []
         weights: list[float] = []
-        for r, ((state, _key), last) in enumerate(zip(rows, lasts or (), strict=False)):
+        for r, ((state, _key), last) in enumerate(zip(rows, lasts, strict=True) if lasts
+                                                  is not None else ()):
             if last is not None and (repeat := self._repeat(state, last)) is not None:
                 ids, weight = repeat
                 where += [r] * len(ids)
@@ -464,24 +471,27 @@ class WordGuard:
         a person's favourite word wherever a word starts, also right after it (BENCHMARKS.md,
         twenty-second session).
 
-        The word is taken out of the draw at the odds it was drawn at when it was written
-        (`Last.tails`, the odds of spelling the rest of it from each letter on): its next
-        letter is weighed by 1 - those odds, and once it is spelled in full it may not end
-        there. Banning only the end made rows that meant to repeat it spell a longer word
-        instead ("just justin", "that thats")."""
+        The word is taken out of the draw by the odds it was drawn at when it was written
+        (`Last.tails`, the odds of spelling the rest of it from each letter on): each next
+        letter of it is weighed by 1 - those odds, and once it is spelled in full it may not
+        end there. The weights go in with the word weights, so the boost and the temperature
+        sharpen them as they do those (about (1 - odds) ** ((1 + boost) / temperature)):
+        firmer than the odds alone, which keeps rows off the word's path from its first
+        letter. Banning only the end made rows that meant to repeat a word spell a longer one
+        instead ("just justin", "that thats"; BENCHMARKS.md)."""
         word, tails = last
         mode = state[0]
         if mode in _OUTSIDE:
             written = ""
-        elif mode == _WORD_MODE and word.startswith(state[1]):
+        elif mode == _WORD_MODE and (word.startswith(state[1]) or state[1] == word + "'"):
             written = state[1]
         else:
             return None
-        if written == word:  # spelled in full: it may not end here, if it can go on
+        if written.rstrip("'") == word:  # in full ("i'" too): no end here, if it can go on
             found = self._ends.get(state, False)
             if found is False:
-                going = self._extending(word, self.lexicon.continuations(word))
-                ends = self._strict(state) - going
+                going = self._extending(written, self.lexicon.continuations(written))
+                ends = (self._strict(state) & self._enders) - going
                 found = sorted(ends) if going and ends else None
                 if len(self._ends) >= _CACHE_LIMIT:
                     self._ends.clear()

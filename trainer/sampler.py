@@ -360,7 +360,7 @@ class Guard(Protocol):
     def advance(self, state: Any, char_id: int) -> Any: ...
     def word(self, state: Any) -> str | None: ...
     def last_word(self, text: str) -> Any: ...
-    def written(self, word: str, odds: Sequence[float]) -> Any: ...
+    def written(self, word: str, odds: Sequence[float], after: Any) -> Any: ...
     def biases(self, rows: Sequence[tuple[Any, str]],
                lasts: Sequence[Any] | None = None) -> torch.Tensor | None: ...
 
@@ -520,8 +520,8 @@ class Generation:
     whether a message's first letter is a capital follows the row's `capitals` (`_case`).
     With a `guard`, no character that would make a word the workspace never used is drawn,
     a row's words are weighed by its target's use of them (Row.own_words), and a row does not
-    write the word it just wrote again (WordGuard._repeat: at the odds each letter of it was
-    drawn at, kept as the row writes).
+    write the word it just wrote again where that word can go on into a longer one
+    (WordGuard._repeat: by the odds each letter of it was drawn at, kept as the row writes).
     Past its `long_after` characters (or sooner, to end before `max_len`: CUT_DOUBLINGS), a
     row's end mark grows likelier (see LONG_QUANTILE).
 
@@ -779,8 +779,8 @@ class Generation:
                 word = self.guard.word(state)
                 if self.guard.word(new) is not None:
                     spelling = [*spelling, odds[k]] if word is not None else [odds[k]]
-                elif word is not None:  # it ended here
-                    last = self.guard.written(word, [*spelling, odds[k]])
+                elif word is not None:  # it ended here (None: not a word after all)
+                    last = self.guard.written(word, [*spelling, odds[k]], new) or last
                 self._rows[i] = (row, drawn, new, last, spelling)
             if (self.stop_at_eom and token == self.vocab.eom) or \
                     len(row.seed_text) + len(drawn) >= self.max_len:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,11 +111,16 @@ def test_every_command_that_trains_takes_the_retrain_lock(world: tuple[Store, Se
     store, settings = world
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "MIMIC_DATA_DIR": str(settings.data_dir), "MIMIC_MIN_CHARS": "500"}
-    with retrain_lock(settings):
-        for args in (["train", "@alice"], ["train", "--all"], ["retrain"],
-                     ["demo", "--folder", str(settings.data_dir), "--limit", "10"]):
-            done = subprocess.run([sys.executable, "-m", "mimic.cli", *args], env=env,
-                                  cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    commands = (["train", "@alice"], ["train", "--all"], ["retrain"],
+                ["demo", "--folder", str(settings.data_dir), "--limit", "10"])
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mimic.cli", *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    with retrain_lock(settings), ThreadPoolExecutor(len(commands)) as pool:
+        # All at once: each only starts up and meets the lock (one after another: ~20 s).
+        for args, done in zip(commands, pool.map(run, commands), strict=True):
             assert done.returncode == 1, (args, done.stdout, done.stderr)
             assert "already going" in done.stderr and "Traceback" not in done.stderr, args
 
