@@ -16,14 +16,9 @@ from pathlib import Path
 
 from bench.workspace import imported, machine
 from mimic.trainer.corpus import load_workspace
-from mimic.trainer.lengths import RECENT, expected_length
-from mimic.trainer.sampler import MAX_LEN
+from mimic.trainer.lengths import RECENT, expected_length, mean_length
 
 GROUPS = (10, 20, 40)  # the biggest senders, in groups this big
-
-
-def mean_length(texts: Sequence[str]) -> float:
-    return statistics.mean(min(len(t), MAX_LEN) for t in texts)
 
 
 PREDICTORS: dict[str, Callable[[Sequence[str]], float]] = {

@@ -143,12 +143,16 @@ def own_factor(mine: float, wanted: float, s: float, drawn_at: float = 1.0) -> f
     return round(min(OWN_RANGE[1], max(OWN_RANGE[0], factor)), 3)
 
 
+def mean_length(texts: Sequence[str]) -> float:
+    """The mean length of `texts` (at least one), each longer than the cut counted as that
+    long: no reply can be longer."""
+    return statistics.mean(min(len(t), MAX_LEN) for t in texts)
+
+
 def expected_length(texts: Sequence[str]) -> float:
     """How long a person's messages (oldest first, at least one) run now: the mean of all and
-    of the newest RECENT, half and half. Messages longer than the cut count as that long: no
-    reply can be longer."""
-    lengths = [min(len(t), MAX_LEN) for t in texts]
-    return max(1.0, (statistics.mean(lengths) + statistics.mean(lengths[-RECENT:])) / 2)
+    of the newest RECENT, half and half (`mean_length`)."""
+    return max(1.0, (mean_length(texts) + mean_length(texts[-RECENT:])) / 2)
 
 
 def own_long(people: Sequence[tuple[str, Sequence[str]]]) -> dict[str, int]:
