@@ -109,8 +109,8 @@ class DrawResult:
     blank: int = 0  # drawn and dropped for being empty or whitespace only
 
 
-# On CPU, the sampler's big products (each layer's recurrent weights, layer 1's input weights and
-# the output layer) run on 8-bit copies of the weights, the activations quantized as they come
+# On CPU, the sampler's big products (each layer's recurrent weights and layer 1's input weights)
+# run on 8-bit copies of the weights, the activations quantized as they come
 # (PyTorch's dynamic quantization, fbgemm): a step for one reply 0.80 -> 0.60 ms, for 20 1.75 ->
 # 1.46 ms (the products no longer stream 4.9 MB of float weights from L3 each character), while
 # the held-out loss read through them moves 1.3207 -> 1.3210 nats/char (`python -m
@@ -188,9 +188,8 @@ class _Stepper:
                     _pack(torch.cat([layer.weight_ih_l0[:, : width[i]], layer.weight_hh_l0], 1)
                           * twice[:, None], self.bias[i])
                     for i, layer in enumerate(model.layers) if i]
-                head = _pack(model.head.weight, model.head.bias)
-                _int8(torch.zeros(1, self.hidden), head)  # the kernel runs here
-                self.packed, self.head_packed = packed, head
+                _int8(torch.zeros(1, self.hidden), packed[0])  # the kernel runs here
+                self.packed = packed
             except (RuntimeError, AttributeError, NotImplementedError):
                 self.packed = []  # no int8 kernel in this build: float products
 
@@ -270,8 +269,7 @@ class _Stepper:
             si, sf, sg, so = torch.sigmoid(gates).unflatten(1, (4, n)).unbind(1)
             ci.mul_(sf).addcmul_(si, sg, value=2).sub_(si)
             x = torch.mul(so, torch.tanh(ci), out=hi)
-        logits = (_int8(x, self.head_packed) if self.packed
-                  else torch.addmm(self.head_b, x, self.head_w))
+        logits = torch.addmm(self.head_b, x, self.head_w)
         if self.adapted:
             logits.addmm_((x @ self.head_a).mul_(ctx[f"b{self.layers}"]), self.head_u)
         if self.habits:
