@@ -343,22 +343,25 @@ def sample(
                                               "likeliest characters.")] = None,
 ) -> None:
     """Write new messages in a person's or channel's voice, as the bot would (novel, inert)."""
-    from mimic.bot.replies import PRIMING_MESSAGES
     from mimic.trainer.corpus import may_have_model, recent
-    from mimic.trainer.device import pick_device
-    from mimic.trainer.registry import RegistryError, load_served, serving
-    from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
 
     store, settings = _store(), get_settings()
     (chosen,) = _resolve(store, [target])
-    temp = DEFAULT_TEMPERATURE if temp is None else temp
-    if not 0 < temp <= 2:
+    if temp is not None and not 0 < temp <= 2:
         raise _fail(f"--temp {temp:g} is out of range: use a number above 0 and at most 2, "
                     "e.g. --temp 0.8.")
     with store.session() as session:
         if not may_have_model(session, settings, chosen):
             raise _fail(f"{chosen.label} has opted out of mimic (or not opted in): nobody "
                         "imitates them.")
+    # Only now torch (seconds): a mistyped name or temperature is told at once.
+    from mimic.bot.replies import PRIMING_MESSAGES
+    from mimic.trainer.device import pick_device
+    from mimic.trainer.registry import RegistryError, load_served, serving
+    from mimic.trainer.sampler import DEFAULT_TEMPERATURE, NoNovelText, reply
+
+    temp = DEFAULT_TEMPERATURE if temp is None else temp
+    with store.session() as session:
         found = serving(session, chosen)
         context = recent(session, settings, chosen, PRIMING_MESSAGES)
     if found is None:
