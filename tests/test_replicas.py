@@ -184,9 +184,10 @@ def test_a_model_promoted_elsewhere_is_served_by_both_within_seconds(
     assert all("workspace model v1" in deployment.ask(r, "@alice", user=f"U{i}0")
                for i, r in enumerate(replicas))
     # A third process, as a trainer machine would: `mimic train`, on the same database and
-    # model folder.
+    # model folder. Six seconds of training: three, on a host busy with other work, once
+    # left the new model worse than v1 (3.31 against 2.42 nats/char), and it was kept back.
     done = subprocess.run([sys.executable, "-m", "mimic.cli", "train", "--base", "--fresh",
-                           "--minutes", "0.05"], env=deployment.env(), cwd=deployment.folder,
+                           "--minutes", "0.1"], env=deployment.env(), cwd=deployment.folder,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     promoted = time.monotonic()
