@@ -3,8 +3,10 @@ rollback, corrupt checkpoints, interrupted processes, and what needs retraining.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from rich.console import Console
 from sqlalchemy import select, update
 
 from mimic.core.config import Settings
@@ -99,6 +102,22 @@ def test_a_worse_model_is_kept_but_not_promoted_and_rollback(
     with store.session() as s:
         statuses = {v.version: v.status for v in versions(s, alice.key)}
     assert list(statuses.values()).count("active") == 1 and statuses[3] == "retired"
+
+
+def test_a_log_gets_a_line_at_each_validation_a_terminal_only_the_bar(
+        trained: tuple[Store, Settings]) -> None:
+    """`mimic train` from cron writes to a log, where the progress bar shows nothing."""
+    store, settings = trained
+    alice = target(store, "@alice")
+    logged, shown = io.StringIO(), io.StringIO()
+    train(store, settings, alice, train_overrides=QUICK, console=Console(file=logged))
+    train(store, settings, alice, train_overrides=QUICK,
+          console=Console(file=shown, force_terminal=True))
+    lines = [line for line in logged.getvalue().splitlines() if line.startswith("training")]
+    assert [line.split(", ")[1] for line in lines] == ["step 20", "step 40"]
+    assert all(re.search(r"^training @alice: \d+ s, step \d+, validation loss \d\.\d{3}, "
+                         r"[\d,]+ chars/s$", line) for line in lines), lines
+    assert "validation loss" not in shown.getvalue()
 
 
 def test_rollback_without_an_earlier_version_says_so(trained: tuple[Store, Settings]) -> None:

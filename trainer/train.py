@@ -201,10 +201,20 @@ def _show_progress(console: Console | None, label: str, cfg: TrainConfig
     task = bar.add_task(f"training {label}", total=cfg.max_seconds or None, step=0, loss="…",
                         speed="…")
 
+    # Where the output is not a terminal (a cron job's log), the bar shows nothing: a plain
+    # line at each validation says how far a run has come instead.
+    lines = console is not None and not console.is_terminal
+    budget = f" of {cfg.max_seconds:,.0f}" if cfg.max_seconds else ""
+
     def show(row: dict[str, Any]) -> None:
         loss = row["val_loss"] or row["train_loss"]
         bar.update(task, completed=row["seconds"], step=row["step"],
                    loss=f"{loss:.3f}" if loss else "…", speed=f"{row['chars_per_s']:,.0f}")
+        if lines and row["val_loss"] is not None:
+            assert console is not None
+            console.print(f"training {label}: {row['seconds']:,.0f}{budget} s, step "
+                          f"{row['step']:,}, validation loss {row['val_loss']:.3f}, "
+                          f"{row['chars_per_s']:,.0f} chars/s", markup=False, highlight=False)
 
     return bar, show
 
