@@ -473,12 +473,7 @@ def eval_(
     # (header, figure, format): model figures sit beside the real held-out ones.
     columns = [("loss", "val_loss", loss), ("as anyone", "anyone_loss", loss),
                ("fidelity", "fidelity_model", percent), ("real", "fidelity_real", percent)]
-    for title, name, fmt in READER:
-        short = {"first word real": "1st word", "starts with a capital": "capital",
-                 "real words": "words", "real word pairs": "pairs",
-                 "distinct word pairs": "distinct-2", "characters a message": "chars",
-                 "longer than 99 % of the workspace's": "long",
-                 "a word following itself": "stutters"}[title]
+    for _title, short, name, fmt in READER:
         columns += [(short, f"model.{name}", fmt), ("real", f"real.{name}", fmt)]
     columns += [("leaks", "leak_filtered", percent)]
     overall = report.overall()

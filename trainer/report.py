@@ -520,14 +520,15 @@ def drift(report: Report) -> list[str]:
             "changed after training, or too few held-out messages to tell)." for sentence in said]
 
 
-READER = [("first word real", "first_word_real", percent),
-          ("starts with a capital", "capitalised", percent),
-          ("real words", "real_words", percent),
-          ("real word pairs", "real_pairs", percent),
-          ("distinct word pairs", "distinct_2", lambda v: number(v, 2)),
-          ("characters a message", "length", lambda v: number(v, 0)),
-          ("longer than 99 % of the workspace's", "long", percent),
-          ("a word following itself", "stutters", percent)]
+# What a reader sees: (title in report.md, column in `mimic eval`'s table, figure, format).
+READER = [("first word real", "1st word", "first_word_real", percent),
+          ("starts with a capital", "capital", "capitalised", percent),
+          ("real words", "words", "real_words", percent),
+          ("real word pairs", "pairs", "real_pairs", percent),
+          ("distinct word pairs", "distinct-2", "distinct_2", lambda v: number(v, 2)),
+          ("characters a message", "chars", "length", lambda v: number(v, 0)),
+          ("longer than 99 % of the workspace's", "long", "long", percent),
+          ("a word following itself", "stutters", "stutters", percent)]
 
 
 def write_report(report: Report, folder: Path) -> Path:
@@ -548,7 +549,7 @@ def write_report(report: Report, folder: Path) -> Path:
          percent(o["fidelity_markov"])],
         *([title, *(fmt(o[f"{part}.{name}"]) for part in ("model", "real", "trained",
                                                           "markov"))]
-          for title, name, fmt in READER),
+          for title, _c, name, fmt in READER),
         ["leak rate", f"{percent(o['leak_raw'])} raw → {percent(o['leak_filtered'])} served", "—",
          "—", percent(o["leak_markov"])],
         ["held-out loss (nats/char)", number(o["val_loss"]), "—", "—", "—"],
@@ -600,10 +601,10 @@ def write_report(report: Report, folder: Path) -> Path:
            "over all pairs (variety), characters a message, the share longer than 99 % of the "
            "workspace's messages, and the share where a word follows itself (\"just just\").",
            ""]
-    md += _table(["target", *(title for title, _n, _f in READER)], [
+    md += _table(["target", *(title for title, _c, _n, _f in READER)], [
         [r.target.label, *(" / ".join(fmt(r.figure(f"{part}.{name}"))
                                       for part in ("model", "real", "trained"))
-                           for _t, name, fmt in READER)] for r in rows])
+                           for _t, _c, name, fmt in READER)] for r in rows])
     md += ["## Leak rate", "",
            f"Share of generated messages containing a verbatim span of ≥ {WINDOW} characters "
            "of the workspace's messages (a dedicated model: of the target's own): the raw "
