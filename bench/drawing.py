@@ -10,7 +10,8 @@ starts, real words, distinct word pairs) and length; and the LSTM rows stepped p
 
 A setting is `boost,temp,odds[,prime[,guard[,plausible[,long[,words[,case]]]]]]`: the weight
 of the contrast with anyone (see trainer/sampler.py: BOOST; "own": each row's, growing with the
-words the model read of its person, `boost_for`, and DEDICATED_BOOST for a dedicated model), the
+words the model read of its person, `boost_for`, or the lower one the trainer fitted to them,
+`own_boost`; DEDICATED_BOOST for a dedicated model), the
 temperature asked (a dedicated model's rows are drawn DEDICATED_HEAT x hotter), the end mark's
 odds factor ("fit": the one fitted to the model's people when it was trained, times each fitted
 person's own, trainer/lengths.py), how many of the person's last messages are read first (0:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 import torch
 
 from mimic.trainer.lengths import (
+    BOOST_ROUNDS,
+    BOOST_STEP,
     LONG_MESSAGES,
     MEASUREMENTS,
     ODDS,
@@ -15,10 +19,13 @@ from mimic.trainer.lengths import (
     OWN_RANGE,
     RECENT,
     SLOPE,
+    Fit,
     aim,
     expected_length,
     fit_end_odds,
     fit_workspace,
+    lowered_boosts,
+    narrower,
     own_factor,
     own_long,
     slope,
@@ -27,7 +34,7 @@ from mimic.trainer.lengths import (
 from mimic.trainer.model import CharLSTM, ModelConfig
 from mimic.trainer.novelty import NoveltyIndex
 from mimic.trainer.registry import LoadedModel
-from mimic.trainer.sampler import sample_rows
+from mimic.trainer.sampler import Row, sample_rows
 from mimic.trainer.vocab import Vocab
 
 
@@ -186,3 +193,46 @@ def test_people_of_every_size_are_spread_over_them() -> None:
     assert spread(list("abcdefghij"), 4) == list("adgj")
     assert spread(["a", "b"], 20) == ["a", "b"]
     assert spread(["a"], 1) == ["a"] and spread([], 5) == []
+
+
+# A person's messages: 60 different sentences (every word pair in them is new), oldest first.
+SAID = [f"we {verb} the {thing} today" for verb in ("saw", "fixed", "lost", "sold", "drew", "ate")
+        for thing in ("cake", "car", "map", "song", "plan", "bike", "lamp", "door", "boat", "kite")]
+
+
+def test_replies_narrower_than_the_persons_messages_are_told_by_their_word_pairs() -> None:
+    """Replies that say the same few things over and over hold fewer distinct word pairs than
+    the person's messages; replies as varied as theirs do not, nor do replies twice as long
+    (each two of their sentences): the pairs are counted as many of each, their newest. One-
+    word replies have no pairs to tell by."""
+    assert narrower(["we saw the cake today", "we saw the car today"] * 30, SAID)
+    assert not narrower(SAID[::-1], SAID)
+    assert not narrower([f"{a}. {b}" for a, b in zip(SAID[::2], SAID[1::2], strict=True)], SAID)
+    assert not narrower(["ok", "sure"] * 30, SAID)
+    assert not narrower(SAID, ["ok"] * 60)
+
+
+def test_a_narrow_persons_boost_is_lowered_until_their_wording_is_as_varied_as_theirs() -> None:
+    """Three people drawn at a boost of 3, where wording narrows as the boost grows (a plain
+    stand-in for the model, by the row's boost): U1 narrows only above 2.5, U2 above 1.5, U3
+    never. U1 gets one step down, U2 two (the most BOOST_ROUNDS gives, taken without a look
+    after the last), U3 none; a row at boost 0 (no contrast) is never drawn for it."""
+    narrows_above = {"user:U1": 2.5, "user:U2": 1.5, "user:U3": math.inf, "user:U4": -1.0}
+    asked: list[list[tuple[str, float]]] = []
+
+    def draw(rows: Sequence[Row]) -> list[list[str]]:
+        asked.append([(row.own_words, row.boost) for row in rows])
+        return [SAID[:2] * 30 if row.boost > narrows_above[row.own_words] else SAID
+                for row in rows]
+
+    rows = [Row(boost=3.0, own_words=f"user:U{k}") for k in (1, 2, 3)] + [
+        Row(boost=0.0, own_words="user:U4")]
+    boosts = lowered_boosts(rows, [SAID] * 4, draw)
+    assert BOOST_ROUNDS == 2
+    assert boosts == [round(3 * BOOST_STEP, 3), round(round(3 * BOOST_STEP, 3) * BOOST_STEP, 3),
+                      3.0, 0.0]
+    assert asked == [[("user:U1", 3.0), ("user:U2", 3.0), ("user:U3", 3.0)],
+                     [("user:U1", 2.0), ("user:U2", 2.0)]]
+    fit = Fit(1.0, 10.0, 10.0, ((1.0, 10.0),), {"user:U1": 1.2, "user:U2": 0.9},
+              {"user:U2": boosts[1]})
+    assert "1 of them drawn at a lower boost for their variety (1.333)" in fit.describe()

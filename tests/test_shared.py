@@ -236,11 +236,20 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
     for key in ("user:U1", "user:U2"):
         assert loaded.row(key).end_odds == loaded.end_odds * own.get(key, 1.0)
     assert recorded["own_long"] == dict(loaded.own_long)  # people with LONG_MESSAGES or more
+    # Fitted people whose wording narrowed at the full boost are drawn at a lower one.
+    assert set(recorded["own_boost"]) <= set(own)
+    for key, boost in recorded["own_boost"].items():
+        assert 0 < loaded.row(key).boost == boost
     # From END_ODDS: this workspace has no one past its biggest senders, whose fit this is
     # (everyone else's would start from theirs).
     assert fit["measured"][0][0] == END_ODDS and fit["target"] > 0
     path.write_text(json.dumps({"long_message": 7}))
-    assert load_version(settings.data_dir, row, "cpu").end_odds == END_ODDS
+    plain = load_version(settings.data_dir, row, "cpu")
+    assert plain.end_odds == END_ODDS
+    path.write_text(json.dumps({"long_message": 7, "own_boost": {"user:U1": 1.25}}))
+    lowered = load_version(settings.data_dir, row, "cpu")
+    assert lowered.row("user:U1").boost == 1.25 != plain.row("user:U1").boost
+    assert lowered.row("user:U2").boost == plain.row("user:U2").boost
     for damaged, why in (('{"long_message": "many"}', "whole number"),
                          ('{"long_message": 7, "end_odds": -2}', "end_odds"),
                          ('{"long_message": 7, "own_odds": {"user:U1": 0}}', "own_odds"),
@@ -250,6 +259,11 @@ def test_the_shared_model_knows_how_long_the_workspaces_messages_run(
                          ('{"long_message": 7, "own_long": {"user:U1": 9.5}}', "whole number"),
                          ('{"long_message": 7, "own_long": {"U1": 90}}', "by person"),
                          ('{"long_message": 7, "own_long": [3]}', "not a mimic lengths file"),
+                         ('{"long_message": 7, "own_boost": {"user:U1": -1}}', "own_boost"),
+                         ('{"long_message": 7, "own_boost": {"user:U1": NaN}}', "own_boost"),
+                         ('{"long_message": 7, "own_boost": {"user:U1": "3"}}', "own_boost"),
+                         ('{"long_message": 7, "own_boost": {"U1": 2}}', "by person"),
+                         ('{"long_message": 7, "own_boost": [2]}', "not a mimic lengths file"),
                          ("[7]", "not a mimic lengths file")):
         path.write_text(damaged)
         with pytest.raises(ValueError, match=why):

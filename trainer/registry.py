@@ -105,6 +105,8 @@ class LoadedModel:
     own_odds: Mapping[str, float] = field(default_factory=dict, compare=False)
     # ... and where their own long messages start, in place of long_message: "user:U1" -> chars.
     own_long: Mapping[str, int] = field(default_factory=dict, compare=False)
+    # ... and the boost of those whose wording narrowed at the full one (trainer/lengths.py).
+    own_boost: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.primer is None:  # frozen: set once, here
@@ -134,13 +136,16 @@ class LoadedModel:
             where: str | None = None, context: Sequence[tuple[str, str]] | None = None) -> Row:
         """A row to draw `target`'s next message, after `context` ((author id, text) pairs,
         oldest first, said in `where`), boosted as much as the model read of the target
-        (`boost_for`; a dedicated model's with its own boost, hotter: see DEDICATED_BOOST),
+        (`boost_for`, or its fitted `own_boost`; a dedicated model's with its own boost,
+        hotter: see DEDICATED_BOOST),
         starting with a capital as often as the target's messages do (CASE_PRIOR)."""
         channel = self.slots.channel(where) if where else 0
         read = tuple((self.slots.person(author), channel, text)
                      for author, text in context or ())
         wording = self.guard.wording if self.guard is not None else None
-        boost = boost_for(wording.count(target) if wording is not None else None)
+        boost = self.own_boost.get(target)
+        if boost is None:
+            boost = boost_for(wording.count(target) if wording is not None else None)
         if self.reference is not None:
             boost, temperature = DEDICATED_BOOST, min(2.0, temperature * DEDICATED_HEAT)
         return Row(seed_text, temperature, self.voice(target, where), read,
@@ -154,12 +159,14 @@ class Lengths:
     """How a version's replies are drawn to an end (LENGTHS): faster past `long_message`
     characters (the length LONG_QUANTILE of the workspace's messages stay within; 0: never),
     or past a fitted person's own (`own_long`), and at `end_odds` x the model's own odds of
-    ending (fitted: trainer/lengths.py)."""
+    ending (fitted: trainer/lengths.py); and the lower boost fitted to a person whose wording
+    narrowed at the full one (`own_boost`)."""
 
     long_message: int = 0
     end_odds: float = END_ODDS
     own_odds: Mapping[str, float] = field(default_factory=dict)  # "user:U1" -> x end_odds
     own_long: Mapping[str, int] = field(default_factory=dict)  # "user:U1" -> characters
+    own_boost: Mapping[str, float] = field(default_factory=dict)  # "user:U1" -> boost
 
 
 def save_lengths(path: Path, lengths: Lengths, fit: dict[str, Any] | None = None) -> None:
@@ -167,6 +174,7 @@ def save_lengths(path: Path, lengths: Lengths, fit: dict[str, Any] | None = None
     path.write_text(json.dumps({"quantile": LONG_QUANTILE, "long_message": lengths.long_message,
                                 "end_odds": lengths.end_odds, "own_odds": dict(lengths.own_odds),
                                 "own_long": dict(lengths.own_long),
+                                "own_boost": dict(lengths.own_boost),
                                 **({"fit": fit} if fit else {})}))
 
 
@@ -177,22 +185,24 @@ def load_lengths(path: Path) -> Lengths:
         found = json.loads(path.read_text())
         long, odds = found["long_message"], found.get("end_odds", END_ODDS)
         own, own_long = dict(found.get("own_odds", {})), dict(found.get("own_long", {}))
+        own_boost = dict(found.get("own_boost", {}))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path} is not a mimic lengths file ({exc})") from None
     for name, value in [("long_message", long), *((f"own_long[{k!r}]", v)
                                                   for k, v in own_long.items())]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{path}: {name} must be a whole number >= 0, not {value!r}")
-    for name, value in [("end_odds", odds), *((f"own_odds[{k!r}]", v) for k, v in own.items())]:
+    for name, value in [("end_odds", odds), *((f"own_odds[{k!r}]", v) for k, v in own.items()),
+                        *((f"own_boost[{k!r}]", v) for k, v in own_boost.items())]:
         if (not isinstance(value, int | float) or isinstance(value, bool)
                 or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{path}: {name} must be a number > 0, not {value!r}")
-    for name, keys in [("own_odds", own), ("own_long", own_long)]:
+    for name, keys in [("own_odds", own), ("own_long", own_long), ("own_boost", own_boost)]:
         for key in keys:
             if not (isinstance(key, str) and key.startswith("user:") and is_slack_id(key[5:])):
                 raise ValueError(f"{path}: {name} are kept by person (\"user:U…\"), not {key!r}")
     return Lengths(long, float(odds), {key: float(value) for key, value in own.items()},
-                   own_long)
+                   own_long, {key: float(value) for key, value in own_boost.items()})
 
 
 def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str = "cpu",
@@ -214,7 +224,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
     if shared is not None and row.target != "base" and shared.vocab == vocab:
         reference, parent_guard, primer = shared.model, shared.guard, shared.primer
         parent_lengths = Lengths(shared.long_message, shared.end_odds, shared.own_odds,
-                                 shared.own_long)
+                                 shared.own_long, shared.own_boost)
     elif parent is not None and row.target != "base":
         try:
             net, parent_vocab, _slots = load_model(version_dir(data_dir, parent) / WEIGHTS,
@@ -233,7 +243,7 @@ def load_version(data_dir: Path, row: ModelVersion, device: torch.device | str =
                        reference, slots,
                        WordGuard(lexicon, vocab, wording) if lexicon is not None
                        else parent_guard, found.long_message, found.end_odds, primer,
-                       found.own_odds, found.own_long)
+                       found.own_odds, found.own_long, found.own_boost)
 
 
 def load_served(data_dir: Path, found: Serving, device: torch.device | str, label: str

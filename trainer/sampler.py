@@ -35,7 +35,8 @@ BOOST = 3.0
 # 74 % and 0.98 x, at style fidelity 0.97 (goal 0.85; bench.drawing, 2 seeds). The top 10 need
 # the full boost (0.86 at 1). So the boost grows with the words the model read of the target:
 # SMALL_BOOST up to READ_WORDS[0], BOOST from READ_WORDS[1], log-linear between (`boost_for`,
-# trainer/wording.py).
+# trainer/wording.py); lower for one of the biggest senders whose wording it narrows, as the
+# trainer finds when it fits their length (trainer/lengths.py: VARIETY, `own_boost`).
 SMALL_BOOST = 1.0
 # The default temperature of /mimic, `mimic sample` and `mimic eval`, applied after the boost
 # (which sharpens): at 1.2 the replies' distinct word pairs were 0.96 x the people's own (0.74 x

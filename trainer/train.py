@@ -9,8 +9,9 @@ target's own for a dedicated one) and, for the shared model, the workspace's lex
 words drawing may use), wording.npz (how often each covered person and channel used each
 word, and how many of their messages start with a capital: the words their replies prefer and
 how they begin, trainer/wording.py) and lengths.json (where its replies
-are drawn to an end, and the factor on the end mark's odds fitted to its people's message
-lengths: trainer/lengths.py).
+are drawn to an end, the factor on the end mark's odds fitted to its people's message
+lengths, and the lower boost of those whose wording narrowed at the full one:
+trainer/lengths.py).
 """
 
 from __future__ import annotations
@@ -442,7 +443,7 @@ def _fit_lengths(model: CharLSTM, vocab: Vocab, slots: Slots, novelty: NoveltyIn
                             guard=guard, long_message=long, own_long=longs)
     fit = fit_workspace(candidate, people, [(user, texts[user]) for user in others
                                             if texts[user]])
-    return Lengths(long, fit.end_odds, fit.own_odds, longs), fit
+    return Lengths(long, fit.end_odds, fit.own_odds, longs, fit.own_boost), fit
 
 
 # -- dedicated models -------------------------------------------------------------------------
