@@ -251,13 +251,20 @@ def fit_end_odds(loaded: LoadedModel, people: Sequence[tuple[str, Sequence[str]]
     theirs = [expected_length(texts) for _user, texts in people]
     target = statistics.mean(theirs)
 
+    drawn_before: dict[tuple[tuple[Row, ...], int], list[list[str]]] = {}
+
     def draw(whose: Sequence[Row], each: int) -> list[list[str]]:
-        """`each` replies for each of `whose` rows."""
-        drawn = sample_rows(loaded.model, loaded.vocab, [row for row in whose
-                                                         for _ in range(each)],
-                            reference=loaded.reference, guard=loaded.guard,
-                            generator=torch.Generator().manual_seed(seed))
-        return [drawn[i : i + each] for i in range(0, len(drawn), each)]
+        """`each` replies for each of `whose` rows; the same rows again, from the same seed, are
+        the same replies (the first length round of people whose boost stays redraws the
+        variety round's)."""
+        key = (tuple(whose), each)
+        if key not in drawn_before:
+            drawn = sample_rows(loaded.model, loaded.vocab, [row for row in whose
+                                                             for _ in range(each)],
+                                reference=loaded.reference, guard=loaded.guard,
+                                generator=torch.Generator().manual_seed(seed))
+            drawn_before[key] = [drawn[i : i + each] for i in range(0, len(drawn), each)]
+        return drawn_before[key]
 
     def lengths(whose: Sequence[Row], each: int) -> list[float]:
         """The mean length of `each` replies of each of `whose` rows, at their end odds."""
