@@ -11,6 +11,7 @@ $(BIN)/mimic: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[demo,dev,bench]'
+	$(BIN)/python -m mimic.trainer.native
 	@touch $@
 
 install: $(BIN)/mimic

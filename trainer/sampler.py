@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from mimic.core.inert import make_inert
+from mimic.trainer import native
 from mimic.trainer.model import CharLSTM
 from mimic.trainer.novelty import WINDOW, NoveltyIndex
 from mimic.trainer.vocab import Vocab
@@ -119,6 +120,9 @@ class DrawResult:
 # few outputs cost less to multiply than its input costs to quantize (one reply's step 4-6 %
 # faster, twenty-third session).
 INT8 = True
+# ... and what follows each big product runs in C (trainer/native.py), where a C compiler built
+# it: a step's ~30 small torch calls in three (BENCHMARKS.md, twenty-fifth session).
+NATIVE = True
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor) -> Any:
@@ -181,9 +185,22 @@ class _Stepper:
         self.habits = cfg.habits if cfg.conditioned else 0
         if self.habits:
             self.habit_in = model.habit_in.weight.T.contiguous()
+        # The C step reads the output side's weights as (out, in), as the model holds them.
+        self.rows_out = {"head": model.head.weight.detach(),
+                         "a": [ad.a.weight.detach() for ad in model.adapters],
+                         "head_a": (model.head_adapter.a.weight.detach() if self.adapted
+                                    else None),
+                         "head_u": model.head_out.weight.detach() if self.adapted else None,
+                         "habit_in": model.habit_in.weight.detach() if self.habits else None}
         self._contexts: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
         self._contexts_lock = threading.Lock()  # a net's step is shared by every batch
         self.packed: list[Any] = []
+        self.native = None  # the C step (trainer/native.py), where it is built and fits
+        weights = model.embed.weight
+        if NATIVE and weights.device.type == "cpu" and weights.dtype == torch.float32:
+            lib = native.library()
+            widest = max(cfg.rank if self.adapted else 0, self.habits)
+            self.native = lib if lib is not None and widest <= lib.mimic_max_rank() else None
         if int8:
             try:
                 zeros = torch.zeros(4 * self.hidden)
@@ -247,7 +264,10 @@ class _Stepper:
         """ids (n,) → logits (n, V); h, c (layers, n, H) are updated in place; `ctx` holds
         the rows' `contexts`. Each op costs a few microseconds of dispatch, as much as a
         small matmul: index_select, slices and in-place updates, not indexing, chunk and
-        copies (a step for one reply 1.3 → 1.0 ms, BENCHMARKS.md)."""
+        copies (a step for one reply 1.3 → 1.0 ms, BENCHMARKS.md). With the C step, torch
+        runs the big products and C the rest (`_native`)."""
+        if self.native is not None and h.is_contiguous() and c.is_contiguous():
+            return self._native(ids.contiguous(), h, c, ctx)
         x = None
         n = self.hidden
         hs, cs = h.unbind(0), c.unbind(0)  # each layer's, as views: one call, not one a use
@@ -280,6 +300,62 @@ class _Stepper:
             logits = logits.squeeze_(1).add_(ctx["hb"])
         return logits
 
+    def _native(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`__call__` with what follows each big product done in C (trainer/native.c): a
+        step's ~30 small torch calls become three."""
+        n, H, r = len(ids), self.hidden, self.w_u[0].shape[0] if self.adapted else 0
+        four, V = 4 * H, self.head_w.shape[1]
+
+        def at(key: str, *shape: int) -> int | None:  # a row context's address, checked
+            t = ctx.get(key)
+            return None if t is None else _address(t, n, *shape)
+
+        lib, ptr, out = self.native, ids.data_ptr(), self.rows_out
+        assert lib is not None and ids.dtype == torch.long
+        x = nxt = None
+        for i in range(self.layers):
+            hi, ci = h[i], c[i]
+            if i == 0:
+                gates = (_int8(hi, self.packed[0]) if self.packed else torch.mm(hi, self.w_hh[0]))
+            else:
+                gates = (_int8(nxt, self.packed[i]) if self.packed else
+                         torch.addmm(self.bias[i], x, self.w_x[i]).addmm_(hi, self.w_hh[i]))
+            # The layer above's int8 product reads [this layer's new h, its own h]: C lays
+            # them out side by side as it goes, in place of a cat.
+            nxt = (torch.empty(n, 2 * H) if self.packed and i + 1 < self.layers else None)
+            first = i == 0
+            lib.mimic_layer(
+                n, H, r, _address(gates, n, four),
+                self.table.data_ptr() if first else None, ptr if first else None,
+                at("g", four) if first else None,
+                self.table_a.data_ptr() if first and self.adapted else None,
+                at("ca", r) if first else None,
+                None if first or not self.adapted else _address(x, n, H), H,
+                None if first or not self.adapted else out["a"][i].data_ptr(),
+                at(f"b{i}", r), self.w_u[i].data_ptr() if self.adapted else None,
+                _address(ci, n, H), _address(hi, n, H),
+                None if nxt is None else nxt.data_ptr(),
+                None if nxt is None else _address(h[i + 1], n, H))
+            x = hi
+        logits = torch.empty(n, V)
+        lib.mimic_head(
+            n, H, V, _address(x, n, H), out["head"].data_ptr(), self.head_b.data_ptr(), r,
+            out["head_a"].data_ptr() if self.adapted else None, at(f"b{self.layers}", r),
+            out["head_u"].data_ptr() if self.adapted else None, self.habits,
+            out["habit_in"].data_ptr() if self.habits else None,
+            at("hw", self.habits, V), at("hb", V), logits.data_ptr())
+        return logits
+
+
+def _address(t: torch.Tensor, *shape: int) -> int:
+    """Where `t`'s data starts, for C: only a contiguous float32 tensor of this shape (a wrong
+    one would be read past its end)."""
+    if t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"the C step takes contiguous float32 {shape}, got {t.dtype} "
+                         f"{tuple(t.shape)}")
+    return t.data_ptr()
+
 
 _steppers: weakref.WeakKeyDictionary[CharLSTM, tuple[tuple[Any, ...], _Stepper]] = \
     weakref.WeakKeyDictionary()
@@ -290,7 +366,7 @@ def stepper(net: CharLSTM, device: torch.device) -> _Stepper:
     """net's _Stepper, built once and kept while its weights stay as they are (a training run
     changes them in place, which bumps each tensor's version): building one copies the
     weights (3 ms, 17 ms with int8 ones), and the bot starts a batch for every burst."""
-    key = (device.type, INT8, *(p._version for p in net.parameters()))
+    key = (device.type, INT8, NATIVE, *(p._version for p in net.parameters()))
     with _steppers_lock:
         found = _steppers.get(net)
         if found is not None and found[0] == key:
@@ -542,6 +618,9 @@ class Generation:
         self.generator, self.device, self.guard = generator, torch.device(device), guard
         self.stop_at_eom = stop_at_eom
         self._draw_device = generator.device if generator is not None else self.device
+        # The C draw (trainer/native.py), where it is built: on CPU, noise drawn there too.
+        self._c = (native.library() if NATIVE and top_k is None and self.device.type == "cpu"
+                   and self._draw_device == self.device else None)
         contrast = contrast_net(model, reference)
         self._nets = [model] + ([] if contrast is None else [contrast])
         # Nets stepped as one batch: a model drawn against its own "anyone" rows is one
@@ -717,12 +796,45 @@ class Generation:
     def step(self) -> None:
         """Draw one character for every row still going."""
         st = self._state
-        eom = self.vocab.eom
         logits = self._logits(0)
         for own in self._own:
             logits = logits.index_copy(0, own.where, own.logits)
-        logits = logits.index_fill(1, self._unk, -torch.inf)
         biases = self._biases()
+        if self._c is not None and not self._greedy and not self._unlettered:
+            _probs, nxt, odds = self._draw_in_c(logits, biases)
+        else:
+            _probs, nxt, odds = self._draw(logits, biases)
+        for k, (i, token) in enumerate(zip(self._alive, nxt.tolist(), strict=True)):
+            row, drawn, state, last, spelling = self._rows[i]
+            drawn.append(token)
+            if token in self._letters:
+                self._unlettered.discard(i)
+            if self.guard is not None:
+                new = self.guard.advance(state, token)
+                word = self.guard.word(state)
+                if self.guard.word(new) is not None:
+                    spelling = [*spelling, odds[k]] if word is not None else [odds[k]]
+                elif word is not None:  # it ended here (None: not a word after all)
+                    last = self.guard.written(word, [*spelling, odds[k]], new) or last
+                self._rows[i] = (row, drawn, new, last, spelling)
+            if (self.stop_at_eom and token == self.vocab.eom) or \
+                    len(row.seed_text) + len(drawn) >= self.max_len:
+                self._finish(i)
+        st["length"] += 1
+        kept = self._compact()
+        if kept is not None:
+            nxt = nxt.index_select(0, kept)
+        if self._alive:
+            self._advance(nxt)
+
+    def _draw(self, logits: torch.Tensor, biases: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """The odds of every row's next character (n, V), from the voice's `logits` (n, V)
+        and the guard's `biases`; the character drawn at them (n,), and its odds (for the
+        guard; [] without one)."""
+        st = self._state
+        eom = self.vocab.eom
+        logits = logits.index_fill(1, self._unk, -torch.inf)
         if biases is not None:
             logits.add_(biases)
         logp = logits.log_softmax(-1)
@@ -769,29 +881,28 @@ class Generation:
             nxt = torch.where(st["greedy"], probs.argmax(-1), nxt)
         # The odds each character was drawn at: what a word just written would be drawn at
         # again (the guard keeps a row from writing it twice in a row).
-        odds = probs.gather(1, nxt[:, None]).squeeze(1).tolist() if self.guard else ()
-        for k, (i, token) in enumerate(zip(self._alive, nxt.tolist(), strict=True)):
-            row, drawn, state, last, spelling = self._rows[i]
-            drawn.append(token)
-            if token in self._letters:
-                self._unlettered.discard(i)
-            if self.guard is not None:
-                new = self.guard.advance(state, token)
-                word = self.guard.word(state)
-                if self.guard.word(new) is not None:
-                    spelling = [*spelling, odds[k]] if word is not None else [odds[k]]
-                elif word is not None:  # it ended here (None: not a word after all)
-                    last = self.guard.written(word, [*spelling, odds[k]], new) or last
-                self._rows[i] = (row, drawn, new, last, spelling)
-            if (self.stop_at_eom and token == self.vocab.eom) or \
-                    len(row.seed_text) + len(drawn) >= self.max_len:
-                self._finish(i)
-        st["length"] += 1
-        kept = self._compact()
-        if kept is not None:
-            nxt = nxt.index_select(0, kept)
-        if self._alive:
-            self._advance(nxt)
+        odds = probs.gather(1, nxt[:, None]).squeeze(1).tolist() if self.guard else []
+        return probs, nxt, odds
+
+    def _draw_in_c(self, logits: torch.Tensor, biases: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """`_draw` in one C call (trainer/native.c: mimic_draw) in place of ~40 small torch
+        calls, from the same Exp(1) noise: for steps without greedy rows, top_k or rows yet
+        to write a letter (`step` checks)."""
+        st, (n, width) = self._state, logits.shape
+        noise = torch.empty(n, width).exponential_(generator=self.generator)
+        probs, nxt, drawn = torch.empty(n, width), torch.empty(n, dtype=torch.long), torch.empty(n)
+        contrasted = len(self._nets) > 1 and self._boosted
+        assert self._c is not None
+        self._c.mimic_draw(
+            n, width, _address(logits, n, width),
+            None if biases is None else _address(biases, n, width),
+            _address(self._logits(1), n, width) if contrasted else None,
+            self.vocab.unk, self.vocab.eom, math.log(self.plausible),
+            *(_address(st[key], n, 1) for key in ("boost", "temps", "length", "long", "rate",
+                                                   "odds")),
+            noise.data_ptr(), probs.data_ptr(), nxt.data_ptr(), drawn.data_ptr())
+        return probs, nxt, drawn.tolist()
 
     def _advance(self, nxt: torch.Tensor) -> None:
         """Step every net's rows past the characters just drawn."""
