@@ -62,6 +62,44 @@ static inline void times_row(long m, long k, const float *restrict w, const floa
 
 long mimic_max_rank(void) { return MAX_RANK; }
 
+/* Rows i0 .. i0 + R - 1 of gates (G wide): + table[ids] and ctx_g where given, + u @ w_u
+ * where u (R, r) is, 16 gates at a time summed in registers, each lane of w_u read once for
+ * the R rows. R is 4 or 1, known where this is inlined. */
+static inline void add_to_gates(const long R, long i0, long G, long r, float *restrict gates,
+                                const float *restrict table, const int64_t *restrict ids,
+                                const float *restrict ctx_g, const float *restrict u,
+                                const float *restrict w_u) {
+    float *g[4];
+    const float *t1[4], *t2[4];
+    for (long q = 0; q < R; q++) {
+        g[q] = gates + (i0 + q) * G;
+        t1[q] = table ? table + ids[i0 + q] * G : NULL;
+        t2[q] = ctx_g ? ctx_g + (i0 + q) * G : NULL;
+    }
+    long j = 0;
+    for (; j + 16 <= G; j += 16) {
+        sums acc[4];
+        for (long q = 0; q < R; q++) {
+            acc[q] = *(const lanes *)(g[q] + j);
+            if (t1[q]) acc[q] += *(const lanes *)(t1[q] + j);
+            if (t2[q]) acc[q] += *(const lanes *)(t2[q] + j);
+        }
+        if (u)
+            for (long p = 0; p < r; p++) {
+                const sums w = *(const lanes *)(w_u + p * G + j);
+                for (long q = 0; q < R; q++) acc[q] += u[q * r + p] * w;
+            }
+        for (long q = 0; q < R; q++) *(lanes *)(g[q] + j) = acc[q];
+    }
+    for (; j < G; j++)
+        for (long q = 0; q < R; q++) {
+            float s = g[q][j] + (t1[q] ? t1[q][j] : 0.0f) + (t2[q] ? t2[q][j] : 0.0f);
+            if (u)
+                for (long p = 0; p < r; p++) s += u[q * r + p] * w_u[p * G + j];
+            g[q][j] = s;
+        }
+}
+
 /* One layer for n rows, after its big product: gates (n, 4H) hold it (and the layer's bias).
  * Adds, where given: table[ids] (layer 0's input rows), ctx_g (what each row's context adds
  * to layer 0), and the adapter's u @ w_u (r, 4H), with u = (table_a[ids] + ca) * b for layer
@@ -75,49 +113,42 @@ void mimic_layer(long n, long H, long r, float *restrict gates, const float *res
                  const float *restrict b, const float *restrict w_u, float *restrict c,
                  float *restrict h, float *restrict next, const float *restrict h_above) {
     const long G = 4 * H;
-    float u[MAX_RANK];
-    for (long i = 0; i < n; i++) {
-        float *restrict g = gates + i * G;
-        const float *restrict t1 = table ? table + ids[i] * G : NULL;
-        const float *restrict t2 = ctx_g ? ctx_g + i * G : NULL;
-        if (t1 && t2)
-            for (long j = 0; j < G; j++) g[j] += t1[j] + t2[j];
-        else if (t1 || t2) {
-            const float *restrict t = t1 ? t1 : t2;
-            for (long j = 0; j < G; j++) g[j] += t[j];
-        }
-        if (b) {
+    float u[4 * MAX_RANK];
+    for (long i0 = 0; i0 < n; i0 += 4) {
+        const long R = n - i0 < 4 ? n - i0 : 4;
+        for (long q = 0; b && q < R; q++) {
+            const long i = i0 + q;
+            float *restrict uq = u + q * r;
             if (table_a) {
                 const float *restrict t = table_a + ids[i] * r, *restrict t2 = ca + i * r;
-                for (long p = 0; p < r; p++) u[p] = t[p] + t2[p];
+                for (long p = 0; p < r; p++) uq[p] = t[p] + t2[p];
             } else {
-                memset(u, 0, sizeof(float) * r);
-                times_row(r, hin, a, x + i * hin, u);
+                memset(uq, 0, sizeof(float) * r);
+                times_row(r, hin, a, x + i * hin, uq);
             }
-            for (long p = 0; p < r; p++) u[p] *= b[i * r + p];
-            /* g += u @ w_u, each gate summed in a register (not g re-read r times) */
-            /* g += u @ w_u, 16 gates at a time summed in a register (not g re-read r times) */
-            long j = 0;
-            for (; j + 16 <= G; j += 16) {
-                sums s = *(const lanes *)(g + j);
-                for (long p = 0; p < r; p++) s += u[p] * *(const lanes *)(w_u + p * G + j);
-                *(lanes *)(g + j) = s;
+            for (long p = 0; p < r; p++) uq[p] *= b[i * r + p];
+        }
+        if (R == 4)
+            add_to_gates(4, i0, G, r, gates, table, ids, ctx_g, b ? u : NULL, w_u);
+        else
+            for (long q = 0; q < R; q++)
+                add_to_gates(1, i0 + q, G, r, gates, table, ids, ctx_g, b ? u + q * r : NULL,
+                             w_u);
+        for (long i = i0; i < i0 + R; i++) {
+            float *restrict g = gates + i * G;
+            for (long j = 0; j < G; j++) g[j] = sigmoid(g[j]);
+            float *restrict ci = c + i * H, *restrict hi = h + i * H;
+            const float *si = g, *sf = g + H, *sg = g + 2 * H, *so = g + 3 * H;
+            for (long j = 0; j < H; j++) {
+                /* c = f c + i tanh(g) = f c + 2 i sigmoid(2 g) - i; h = o tanh(c) */
+                const float cj = ci[j] * sf[j] + 2.0f * si[j] * sg[j] - si[j];
+                ci[j] = cj;
+                hi[j] = so[j] * (2.0f * sigmoid(2.0f * cj) - 1.0f);
             }
-            for (; j < G; j++)
-                for (long p = 0; p < r; p++) g[j] += u[p] * w_u[p * G + j];
-        }
-        for (long j = 0; j < G; j++) g[j] = sigmoid(g[j]);
-        float *restrict ci = c + i * H, *restrict hi = h + i * H;
-        const float *si = g, *sf = g + H, *sg = g + 2 * H, *so = g + 3 * H;
-        for (long j = 0; j < H; j++) {
-            /* c = f c + i tanh(g) = f c + 2 i sigmoid(2 g) - i; h = o tanh(c) */
-            const float cj = ci[j] * sf[j] + 2.0f * si[j] * sg[j] - si[j];
-            ci[j] = cj;
-            hi[j] = so[j] * (2.0f * sigmoid(2.0f * cj) - 1.0f);
-        }
-        if (next) {
-            memcpy(next + i * 2 * H, hi, sizeof(float) * H);
-            memcpy(next + i * 2 * H + H, h_above + i * H, sizeof(float) * H);
+            if (next) {
+                memcpy(next + i * 2 * H, hi, sizeof(float) * H);
+                memcpy(next + i * 2 * H + H, h_above + i * H, sizeof(float) * H);
+            }
         }
     }
 }

@@ -351,7 +351,7 @@ class _Stepper:
 def _address(t: torch.Tensor, *shape: int) -> int:
     """Where `t`'s data starts, for C: only a contiguous float32 tensor of this shape (a wrong
     one would be read past its end)."""
-    if t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
+    if t.dtype != torch.float32 or t.shape != shape or not t.is_contiguous():
         raise ValueError(f"the C step takes contiguous float32 {shape}, got {t.dtype} "
                          f"{tuple(t.shape)}")
     return t.data_ptr()
