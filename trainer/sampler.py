@@ -120,8 +120,10 @@ class DrawResult:
 # few outputs cost less to multiply than its input costs to quantize (one reply's step 4-6 %
 # faster, twenty-third session).
 INT8 = True
-# ... and what follows each big product runs in C (trainer/native.py), where a C compiler built
-# it: a step's ~30 small torch calls in three (BENCHMARKS.md, twenty-fifth session).
+# ... and the rest of a step (each layer's gates, the output layer, the draw) runs in C
+# (trainer/native.py), where a C compiler built it: five calls in place of ~70 small torch
+# ones, a step for one reply 0.58 x the time, for 20 0.74 x, at the same odds (BENCHMARKS.md,
+# "The sampler's step in C").
 NATIVE = True
 
 
@@ -186,12 +188,12 @@ class _Stepper:
         if self.habits:
             self.habit_in = model.habit_in.weight.T.contiguous()
         # The C step reads the output side's weights as (out, in), as the model holds them.
-        self.rows_out = {"head": model.head.weight.detach(),
-                         "a": [ad.a.weight.detach() for ad in model.adapters],
-                         "head_a": (model.head_adapter.a.weight.detach() if self.adapted
-                                    else None),
-                         "head_u": model.head_out.weight.detach() if self.adapted else None,
-                         "habit_in": model.habit_in.weight.detach() if self.habits else None}
+        self.out_in = {"head": model.head.weight.detach(),
+                       "a": [ad.a.weight.detach() for ad in model.adapters],
+                       "head_a": (model.head_adapter.a.weight.detach() if self.adapted
+                                  else None),
+                       "head_u": model.head_out.weight.detach() if self.adapted else None,
+                       "habit_in": model.habit_in.weight.detach() if self.habits else None}
         self._contexts: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
         self._contexts_lock = threading.Lock()  # a net's step is shared by every batch
         self.packed: list[Any] = []
@@ -311,7 +313,7 @@ class _Stepper:
             t = ctx.get(key)
             return None if t is None else _address(t, n, *shape)
 
-        lib, ptr, out = self.native, ids.data_ptr(), self.rows_out
+        lib, ptr, out = self.native, ids.data_ptr(), self.out_in
         assert lib is not None and ids.dtype == torch.long
         x = nxt = None
         for i in range(self.layers):
