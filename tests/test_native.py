@@ -69,8 +69,8 @@ def test_the_c_step_gives_the_torch_steps_logits_and_states(name: str, int8: boo
 
 
 def test_rows_the_c_step_cannot_read_in_place_are_refused_not_read_past() -> None:
-    """A row context that is not a contiguous float32 tensor of the batch's shape would be
-    read past its end in C: it is refused with what was wrong."""
+    """A row context or state that is not a contiguous float32 tensor of the batch's shape
+    would be read past its end in C: it is refused with what was wrong."""
     model = net(NETS["conditioned"])
     step = sampler._Stepper(model)
     assert step.native is not None
@@ -82,6 +82,8 @@ def test_rows_the_c_step_cannot_read_in_place_are_refused_not_read_past() -> Non
             step(torch.tensor([3, 4]), h, c, short)
         with pytest.raises(ValueError, match="contiguous float32"):
             step(torch.tensor([3, 4]), h, c, dict(ctx, hb=ctx["hb"].double()))
+        with pytest.raises(ValueError, match=r"contiguous float32 \(2, 2, 16\)"):
+            step(torch.tensor([3, 4]), h, torch.zeros(2, 1, 16), ctx)  # a state one row short
 
 
 def test_it_is_built_once_and_kept_under_the_users_cache(tmp_path: Path,

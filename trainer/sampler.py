@@ -315,6 +315,8 @@ class _Stepper:
 
         lib, ptr, out = self.native, ids.data_ptr(), self.out_in
         assert lib is not None and ids.dtype == torch.long
+        for state in (h, c):  # checked whole: each layer's h and c, and x, are rows of these
+            _address(state, self.layers, n, H)
         x = nxt = None
         for i in range(self.layers):
             hi, ci = h[i], c[i]
@@ -333,16 +335,15 @@ class _Stepper:
                 at("g", four) if first else None,
                 self.table_a.data_ptr() if first and self.adapted else None,
                 at("ca", r) if first else None,
-                None if first or not self.adapted else _address(x, n, H), H,
+                None if first or not self.adapted else x.data_ptr(), H,
                 None if first or not self.adapted else out["a"][i].data_ptr(),
                 at(f"b{i}", r), self.w_u[i].data_ptr() if self.adapted else None,
-                _address(ci, n, H), _address(hi, n, H),
-                None if nxt is None else nxt.data_ptr(),
-                None if nxt is None else _address(h[i + 1], n, H))
+                ci.data_ptr(), hi.data_ptr(), None if nxt is None else nxt.data_ptr(),
+                None if nxt is None else h[i + 1].data_ptr())
             x = hi
         logits = torch.empty(n, V)
         lib.mimic_head(
-            n, H, V, _address(x, n, H), out["head"].data_ptr(), self.head_b.data_ptr(), r,
+            n, H, V, x.data_ptr(), out["head"].data_ptr(), self.head_b.data_ptr(), r,
             out["head_a"].data_ptr() if self.adapted else None, at(f"b{self.layers}", r),
             out["head_u"].data_ptr() if self.adapted else None, self.habits,
             out["habit_in"].data_ptr() if self.habits else None,
