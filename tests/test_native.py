@@ -4,6 +4,7 @@ every kind of net, built once per machine, and torch alone where no compiler bui
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,18 @@ def test_the_c_draw_gives_the_torch_draws_odds_and_characters(monkeypatch: pytes
             batch.step()
             steps += 1
     assert steps > 10 and sum(past) >= 2  # (and rows drawn past their long length)
+
+
+def test_a_library_without_the_steps_functions_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A library under the expected name that lacks mimic_layer (any other build) is told and
+    left alone: the sampler steps in torch."""
+    other = tmp_path / "other.c"
+    other.write_text("int mimic_nothing = 0;\n")
+    built = tmp_path / "other.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(built), str(other)], check=True)
+    monkeypatch.setattr(native, "_build", lambda compiler: built)
+    with caplog.at_level(logging.WARNING, logger="mimic.trainer.native"):
+        assert native._load() is None
+    assert "could not be built" in caplog.text and "mimic_layer" in caplog.text

@@ -75,25 +75,27 @@ def _build(compiler: str) -> Path:
 def _load() -> ctypes.PyDLL | None:
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
-        log.info("no C compiler (cc, or $CC) here: the sampler steps in torch alone")
-        return None
-    try:
-        # PyDLL: the calls keep the interpreter lock. They are short (tens of microseconds),
-        # and letting it go at each would let a listener thread in at every step.
-        lib = ctypes.PyDLL(str(_build(compiler)))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("the sampler's C step could not be built (%s): stepping in torch alone", e)
+        log.warning("no C compiler (cc, or $CC) here: the sampler steps in torch alone, "
+                    "1.3-2x slower a character (install gcc or clang to speed it up)")
         return None
     size, pointer = ctypes.c_long, ctypes.c_void_p
-    lib.mimic_layer.argtypes = [size, size, size, pointer, pointer, pointer, pointer, pointer,
-                                pointer, pointer, size, pointer, pointer, pointer, pointer,
-                                pointer, pointer, pointer]
-    lib.mimic_head.argtypes = [size, size, size, pointer, pointer, pointer, size, pointer,
-                               pointer, pointer, size, pointer, pointer, pointer, pointer]
-    lib.mimic_draw.argtypes = [size, size, pointer, pointer, pointer, size, size,
-                               ctypes.c_float, *[pointer] * 10]
+    try:
+        # PyDLL: the calls keep the interpreter lock; they take tens of microseconds (letting
+        # it go made no difference, BENCHMARKS.md).
+        lib = ctypes.PyDLL(str(_build(compiler)))
+        lib.mimic_layer.argtypes = [size, size, size, pointer, pointer, pointer, pointer,
+                                    pointer, pointer, pointer, size, pointer, pointer, pointer,
+                                    pointer, pointer, pointer, pointer]
+        lib.mimic_head.argtypes = [size, size, size, pointer, pointer, pointer, size, pointer,
+                                   pointer, pointer, size, pointer, pointer, pointer, pointer]
+        lib.mimic_draw.argtypes = [size, size, pointer, pointer, pointer, size, size,
+                                   ctypes.c_float, *[pointer] * 10]
+        lib.mimic_max_rank.restype = size
+    except (OSError, AttributeError, subprocess.SubprocessError) as e:
+        # (AttributeError: a library under that name without these functions)
+        log.warning("the sampler's C step could not be built (%s): stepping in torch alone", e)
+        return None
     lib.mimic_layer.restype = lib.mimic_head.restype = lib.mimic_draw.restype = None
-    lib.mimic_max_rank.restype = size
     return lib
 
 
