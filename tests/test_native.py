@@ -54,9 +54,8 @@ def test_the_c_step_gives_the_torch_steps_logits_and_states(name: str, int8: boo
     people = torch.tensor([0, 1, 2, 1, 0]) % max(1, config.people)
     channels = torch.tensor([0, 1, 0, 1, 1]) % max(1, config.channels)
     shape = (config.num_layers, rows, config.hidden_size)
-    states = {step: (torch.randn(shape) * 0.5, torch.randn(shape) * 0.5)
-              for step in (fast, slow)}
-    states[fast] = (states[slow][0].clone(), states[slow][1].clone())
+    h, c = torch.randn(shape) * 0.5, torch.randn(shape) * 0.5  # each step its own copies
+    states = {step: (h.clone(), c.clone()) for step in (fast, slow)}
     ids = torch.randint(config.vocab_size, (12, rows))
     with torch.inference_mode():
         contexts = {step: step.contexts(people, channels) for step in (fast, slow)}

@@ -26,6 +26,7 @@ SOURCE = Path(__file__).with_name("native.c")
 # product vectorises; it rounds as torch's own products do, in an order of its own.
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
          "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared", "-fPIC")
+LIBS = ("-lm",)  # the draw's expf, logf and log1pf (found in the process anyway, but said)
 BUILD_SECONDS = 120
 
 _lock = threading.Lock()
@@ -51,7 +52,7 @@ def _cpu() -> str:
 
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS + LIBS).encode(), compiler.encode(),
                                      _cpu().encode()])).hexdigest()[:16]
     built = cache_folder() / f"sampler-{key}.so"
     if built.exists():
@@ -62,7 +63,7 @@ def _build(compiler: str) -> Path:
     fd, partial = tempfile.mkstemp(dir=built.parent, suffix=".so.part")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)],
+        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), *LIBS],
                               capture_output=True, text=True, timeout=BUILD_SECONDS)
         if done.returncode:
             raise OSError(done.stderr.strip()[-500:] or f"{compiler} exited {done.returncode}")
