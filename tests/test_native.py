@@ -4,7 +4,9 @@ every kind of net, built once per machine, and torch alone where no compiler bui
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -94,10 +96,29 @@ def test_it_is_built_once_and_kept_under_the_users_cache(tmp_path: Path,
     assert lib is not None
     built = list((tmp_path / "mimic").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # no partial file left beside it
-    stamp = built[0].stat().st_mtime_ns
+    inode = built[0].stat().st_ino
+    month = time.time() - 31 * 86_400
+    os.utime(built[0], (month, month))
     assert native._load() is not None
-    assert built[0].stat().st_mtime_ns == stamp  # found, not built again
+    assert built[0].stat().st_ino == inode  # found, not built again
+    assert built[0].stat().st_mtime > month + 86_400  # and marked used
     assert lib.mimic_max_rank() >= 16
+
+
+def test_a_new_build_removes_builds_unused_for_a_month_and_partial_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = tmp_path / "mimic"
+    folder.mkdir()
+    ages = {"sampler-0123456789abcdef.so": 31, "sampler-fedcba9876543210.so": 29,
+            "sampler-tmpk3j2.so.part": 1, "notes.txt": 400}  # in days
+    for name, days in ages.items():
+        (folder / name).write_bytes(b"old")
+        then = time.time() - days * 86_400
+        os.utime(folder / name, (then, then))
+    assert native._load() is not None
+    left = sorted(p.name for p in folder.iterdir())
+    assert len(left) == 3 and "sampler-fedcba9876543210.so" in left and "notes.txt" in left
 
 
 def test_without_a_compiler_the_sampler_steps_in_torch_alone(

@@ -6,6 +6,7 @@ before: the same odds, ~70 small calls a step where C makes five."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
          "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared", "-fPIC")
 LIBS = ("-lm",)  # the draw's expf, logf and log1pf (found in the process anyway, but said)
 BUILD_SECONDS = 120
+# Each change of the source (or compiler, or CPU) makes a new build; a build that no process
+# here has loaded for this long is removed when another is made (loading one marks it used).
+UNUSED_DAYS = 30
 
 _lock = threading.Lock()
 _loaded: list[ctypes.PyDLL | None] = []  # [] until tried, then [the library or None]
@@ -56,11 +61,14 @@ def _build(compiler: str) -> Path:
                                      _cpu().encode()])).hexdigest()[:16]
     built = cache_folder() / f"sampler-{key}.so"
     if built.exists():
+        # Used now: kept by _prune (not where this user may read the folder but not write).
+        with contextlib.suppress(OSError):
+            os.utime(built)
         return built
     built.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and moved in whole: another process building at once, or one killed
     # halfway, never leaves a half-written library under the name that is loaded.
-    fd, partial = tempfile.mkstemp(dir=built.parent, suffix=".so.part")
+    fd, partial = tempfile.mkstemp(dir=built.parent, prefix="sampler-", suffix=".so.part")
     os.close(fd)
     try:
         done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), *LIBS],
@@ -70,7 +78,22 @@ def _build(compiler: str) -> Path:
         os.replace(partial, built)
     finally:
         Path(partial).unlink(missing_ok=True)
+    _prune(built.parent)
     return built
+
+
+def _prune(folder: Path) -> None:
+    """Remove the builds unused for UNUSED_DAYS, and what builds killed halfway left (a
+    partial file older than any build may take). A process that has one loaded keeps it: the
+    file goes, its mapping stays."""
+    now = time.time()
+    for found in folder.glob("sampler-*.so*"):
+        limit = UNUSED_DAYS * 86_400 if found.suffix == ".so" else 10 * BUILD_SECONDS
+        try:
+            if now - found.stat().st_mtime > limit:
+                found.unlink()
+        except OSError:  # gone already (another process pruned it), or not ours to remove
+            pass
 
 
 def _load() -> ctypes.PyDLL | None:
