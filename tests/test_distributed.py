@@ -75,9 +75,12 @@ def test_mimic_train_nproc_2_stops_its_workers_on_ctrl_c_and_publishes_what_they
     done = subprocess.run([sys.executable, "-m", "mimic.cli", "train", "--base", "--nproc", "3"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "cannot share the global batch of 32 lanes" in done.stderr
+    # Ctrl-C's default handling, whatever the runner's: one started in the background of a
+    # non-interactive shell ignores SIGINT, and its children would too (never told to stop).
     proc = subprocess.Popen([sys.executable, "-m", "mimic.cli", "train", "--base", "--nproc",
                              "2", "--minutes", "5"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     workers: list[int] = []
     # Training by now: past starting up, which on a slow day took a worker over 5 CPU-seconds
