@@ -1,8 +1,9 @@
 """The sampler's step apart from its big products (each layer's gates, the output layer, the
 draw), in C (native.c): built for this machine by `make install` or the first time it is asked
-for, and kept in the user's cache folder. Without a C compiler, or if the build fails,
-`library()` is None (the reason logged once) and the sampler steps in torch alone, as it did
-before: the same odds, ~70 small calls a step where C makes five."""
+for, and kept in the user's cache folder (where builds unused for a month are pruned). Without
+a C compiler, or if the build fails, `library()` is None (the reason logged once) and the
+sampler steps in torch alone, as it did before: the same odds, ~70 small calls a step where C
+makes five."""
 
 from __future__ import annotations
 
