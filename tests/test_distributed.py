@@ -4,6 +4,7 @@ the same model as one process, published once, and failures that say what failed
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from mimic.core.config import Settings
 from mimic.core.store import ModelVersion, Store, make_engine, upgrade
 from mimic.exporter.importer import import_export
+from mimic.trainer import distributed
 from mimic.trainer.corpus import BASE
 from mimic.trainer.distributed import DistributedError, fit_parallel
 from mimic.trainer.fit import TrainConfig
@@ -126,3 +128,15 @@ def test_a_failing_worker_is_a_clear_error_not_a_hang() -> None:
     with pytest.raises(DistributedError, match=r"2 torchrun workers failed \(exit 1\): "
                        r"\[rank\d\]: ValueError: the training stream is too short"):
         fit_parallel(model, ids[:40], ids[40:], cfg, torch.device("cpu"), nproc=2)
+
+
+def test_a_worker_failing_after_the_result_is_written_costs_a_warning_not_the_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    died = "RuntimeError: Connection closed by peer\n"
+    with pytest.raises(DistributedError, match=r"failed \(exit -6\): RuntimeError: Conn"):
+        distributed._outcome(2, -6, tmp_path, died)  # no result: the run failed
+    (tmp_path / distributed.RESULT).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="mimic.trainer.distributed"):
+        distributed._outcome(2, -6, tmp_path, died)
+    assert "after the result was written (exit -6): RuntimeError" in caplog.text
+    distributed._outcome(2, 0, tmp_path, "")
