@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             torch.save(result, folder / "result.part")
             (folder / "result.part").replace(folder / RESULT)  # whole or not at all
-        # No rank shuts down before the result is written: twice in 34 runs stopped by
+        # No rank shuts down before the result is written: in 2 or 3 of 34 runs stopped by
         # Ctrl-C, a worker aborted (SIGABRT) while rank 0 was still finishing, and torchrun
         # killed rank 0 with it.
         dist.barrier()
