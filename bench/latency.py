@@ -90,14 +90,25 @@ def recent_texts(store: Store, settings: Settings, target: Target) -> list[tuple
         return recent(session, settings, target, 2)
 
 
-def cpu_line(before: tuple[float, float, float], pid: int, requests: int) -> str:
-    """How busy the two sides were since `before` (server CPU, our CPU, wall clock): whether
-    the rounds were bound by the cores or by something serial."""
-    server, ours, wall = (cpu_s(pid) - before[0], time.process_time() - before[1],
-                          time.perf_counter() - before[2])
-    busy = (server + ours) / wall / (os.cpu_count() or 1)
-    return (f"  CPU: mimic serve {server / requests * 1e3:.1f} ms a request, the load generator "
-            f"{ours / requests * 1e3:.1f} ms; cores busy {busy:.0%} of {wall:.1f} s")
+def usage(processes: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each named group of processes (with their children), of this
+    process (the load generator, with fake Slack and the reply catcher), and the wall clock."""
+    return {**{who: sum(cpu_s(pid) for pid in pids) for who, pids in processes.items()},
+            "the load generator": time.process_time(), "wall": time.perf_counter()}
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each side used between two `usage()` readings, and the wall clock's time."""
+    return {who: after[who] - before[who] for who in before}
+
+
+def cpu_line(used: dict[str, float], requests: int) -> str:
+    """Where the cores went (`spent()`, or several added up): whether the rounds were bound by
+    the cores (and whose work filled them) or by something serial."""
+    cpu = {who: seconds for who, seconds in used.items() if who != "wall"}
+    busy = sum(cpu.values()) / used["wall"] / (os.cpu_count() or 1)
+    each = ", ".join(f"{who} {seconds / requests * 1e3:.1f} ms" for who, seconds in cpu.items())
+    return f"  CPU a request: {each}; cores busy {busy:.0%} of {used['wall']:.1f} s"
 
 
 def by_length(lengths: list[int], times: list[float]) -> str:
@@ -194,7 +205,7 @@ def main() -> None:
         print(f"one at a time: p50 {statistics.median(single) * 1e3:.0f} ms, "
               f"max {max(single) * 1e3:.0f} ms over {len(single)} requests")
         acks, replies, lengths = [], [], []
-        used = cpu_s(server.pid), time.process_time(), time.perf_counter()
+        used = usage({"mimic serve": [server.pid]})
         with ThreadPoolExecutor(args.concurrency) as pool:
             for r in range(args.rounds):
                 jobs = [(f"U{r}X{i}", r * args.concurrency + i) for i in range(args.concurrency)]
@@ -208,7 +219,7 @@ def main() -> None:
               f"({'goal met' if p99 * 1e3 <= GOAL_P99_MS else 'GOAL MISSED'}, goal <= "
               f"{GOAL_P99_MS} ms); ack p99 {percentile(acks, 0.99) * 1e3:.0f} ms; "
               f"replies average {statistics.mean(lengths):.0f} chars")
-        print(cpu_line(used, server.pid, len(replies)))
+        print(cpu_line(spent(used, usage({"mimic serve": [server.pid]})), len(replies)))
         print(by_length(lengths, replies))
 
         # Mentions: each in a thread of three real messages by other people, answered in the
@@ -232,7 +243,7 @@ def main() -> None:
             return slack.wait_posted(parent) - start
 
         mentions: list[float] = []
-        used = cpu_s(server.pid), time.process_time(), time.perf_counter()
+        used = usage({"mimic serve": [server.pid]})
         with ThreadPoolExecutor(args.concurrency) as pool:
             for r in range(args.rounds):
                 mentions += pool.map(mention, [(r, i) for i in range(args.concurrency)])
@@ -241,7 +252,7 @@ def main() -> None:
               f"thread): threaded reply p50 {percentile(mentions, 0.5) * 1e3:.0f} ms, p99 "
               f"{p99 * 1e3:.0f} ms ({'goal met' if p99 * 1e3 <= GOAL_MENTION_MS else 'GOAL MISSED'}"
               f", goal <= {GOAL_MENTION_MS} ms)")
-        print(cpu_line(used, server.pid, len(mentions)))
+        print(cpu_line(spent(used, usage({"mimic serve": [server.pid]})), len(mentions)))
 
         # Conversations, one at a time: two people, four turns, each turn reading the ones before.
         talks = []

@@ -6,10 +6,12 @@ ran it dies (kill -9).
 Copies bench.quality's chitchat workspace (SQLite, trained) into a fresh PostgreSQL database,
 then times signed `/mimic @person` requests, from the POST to the reply at its response_url:
 rounds of 20 concurrent requests to one replica, of 20 spread over two, and of 40 spread over
-two (a load balancer's round robin). Needs a PostgreSQL server: tests/with-postgres.sh starts
-a throwaway one.
+two (a load balancer's round robin), taking turns round by round. Each says where the CPU went:
+the replicas, PostgreSQL, and this process (the load generator, fake Slack and the reply
+catcher). `--pin` runs each replica on one core of its own, as if on a machine of its own.
+Needs a PostgreSQL server: tests/with-postgres.sh starts a throwaway one.
 
-    bash tests/with-postgres.sh .venv/bin/python -m bench.replicas [--rounds 20]
+    bash tests/with-postgres.sh .venv/bin/python -m bench.replicas [--rounds 40] [--pin]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from bench.latency import percentile
+from bench.latency import cpu_line, percentile, spent, usage
 from bench.workspace import chitchat, copied_to, machine
 from mimic.bot.replies import RateLimiter, SharedRateLimiter
 from mimic.core.store import Channel
@@ -41,8 +43,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", type=Path, default=Path("data/bench/quality"),
                    help="a chitchat workspace with a trained model (default: bench.quality's)")
-    p.add_argument("--rounds", type=int, default=20, help="rounds of concurrent requests")
+    p.add_argument("--rounds", type=int, default=40,
+                   help="rounds of concurrent requests (40: the p99 of 20 x 40 is the 8th worst "
+                        "reply, not the 4th)")
+    p.add_argument("--pin", action="store_true",
+                   help="run replica 1 on the first core only and replica 2 on the second "
+                        "(`taskset`), as if each had a machine; PostgreSQL and this process "
+                        "still run anywhere")
     args = p.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) < 2:
+        sys.exit(f"--pin needs two cores; this process may use {len(cores)}.")
     server_url = os.environ.get("MIMIC_TEST_POSTGRES_URL")
     if not server_url:
         sys.exit("No PostgreSQL: run `bash tests/with-postgres.sh .venv/bin/python -m "
@@ -67,6 +78,7 @@ def main() -> None:
         store = copied_to(sqlite, url)
         print(f"workspace copied into PostgreSQL in {time.perf_counter() - start:.0f} s")
         with store.session() as session:
+            postgres = parent(session.scalar(text("SELECT pg_backend_pid()")))
             channel, cid = session.execute(select(Channel.name, Channel.id).where(
                 ~Channel.is_private, ~Channel.is_dm)).first()
         slack.add_channel(cid, channel)
@@ -84,8 +96,11 @@ def main() -> None:
         env = replica_env(url, settings.data_dir.resolve(), slack.url, MIMIC_RATE_LIMIT="100000",
                           MIMIC_RETRAIN_CRON="0 3 * * *")
         folder = Path(os.environ.get("TMPDIR", "/tmp"))
-        replicas = [Replica(env, folder / f"mimic-bench-replica-{i}.log", scheduler=True)
-                    for i in range(2)]
+        replicas = [Replica(env, folder / f"mimic-bench-replica-{i}.log", scheduler=True,
+                            core=cores[i] if args.pin else None) for i in range(2)]
+        processes = {"replicas": [r.process.pid for r in replicas], "PostgreSQL": [postgres]}
+        if args.pin:
+            print(f"replicas pinned to cores {cores[0]} and {cores[1]}")
         for replica in replicas:
             replica.wait_listening()
 
@@ -103,18 +118,31 @@ def main() -> None:
         for replica in replicas:  # warm: each has its model loaded and its queries planned
             for i in range(3):
                 ask((replica, f"UWARM{i}", i))
-        for label, serving, concurrency in (("1 replica, 20 concurrent", replicas[:1], 20),
-                                            ("2 replicas, 20 concurrent", replicas, 20),
-                                            ("2 replicas, 40 concurrent", replicas, 40)):
-            times: list[float] = []
-            with ThreadPoolExecutor(concurrency) as pool:
-                for r in range(args.rounds):
+        # Round by round in turn, so that all three see the same host: a 2-core VM's pace
+        # drifts by more than the difference sought between runs of a few seconds each.
+        phases = {"1 replica, 20 concurrent": (replicas[:1], 20),
+                  "2 replicas, 20 concurrent": (replicas, 20),
+                  "2 replicas, 40 concurrent": (replicas, 40)}
+        times: dict[str, list[float]] = {label: [] for label in phases}
+        used = {label: dict.fromkeys(usage(processes), 0.0) for label in phases}
+        with ThreadPoolExecutor(40) as pool:
+            for r in range(args.rounds):
+                for label, (serving, concurrency) in phases.items():
                     jobs = [(serving[i % len(serving)], f"U{label[0]}{concurrency}R{r}X{i}",
                              r * concurrency + i) for i in range(concurrency)]
-                    times += pool.map(ask, jobs)
-            print(f"{label} x {args.rounds} rounds: p50 {percentile(times, 0.5) * 1e3:.0f} ms, "
-                  f"p99 {percentile(times, 0.99) * 1e3:.0f} ms, "
-                  f"{len(times) / sum(times) * concurrency:.1f} replies/s")
+                    before = usage(processes)
+                    times[label] += pool.map(ask, jobs)
+                    for who, seconds in spent(before, usage(processes)).items():
+                        used[label][who] += seconds
+        for label, took in times.items():
+            print(f"{label} x {args.rounds} rounds: p50 {percentile(took, 0.5) * 1e3:.0f} ms, "
+                  f"p99 {percentile(took, 0.99) * 1e3:.0f} ms, "
+                  f"{len(took) / used[label]['wall']:.1f} replies/s")
+            print(cpu_line(used[label], len(took)))
+        cost = (percentile(times["2 replicas, 40 concurrent"], 0.99)
+                / percentile(times["1 replica, 20 concurrent"], 0.99) - 1)
+        print(f"the second replica's cost in p99 (40 over two against 20 on one): {cost:+.0%} "
+              f"(goal: nothing)")
 
         # The nightly schedule's hand-over: the elected replica dies; the other's next try
         # for the scheduler lock (every 5 s) finds it free.
@@ -133,6 +161,12 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def parent(pid: int) -> int:
+    """The parent of `pid` (a PostgreSQL backend's is the server, whose children are all its
+    processes)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 if __name__ == "__main__":

@@ -33,11 +33,14 @@ def replica_env(database_url: str, data_dir: Path, slack_url: str, **extra: str)
 
 
 class Replica:
-    def __init__(self, env: dict[str, str], log: Path, *, scheduler: bool = False) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *, scheduler: bool = False,
+                 core: int | None = None) -> None:
+        """`core`: run it on that CPU only (`taskset`), as if it had a machine of its own."""
         self.log = log
         self.output = log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mimic.cli", "serve", "--http", "0", "--host", "127.0.0.1",
+            [*([] if core is None else ["taskset", "--cpu-list", str(core)]),
+             sys.executable, "-m", "mimic.cli", "serve", "--http", "0", "--host", "127.0.0.1",
              *([] if scheduler else ["--no-scheduler"])], cwd=log.parent, env=env,
             stdout=subprocess.PIPE, stderr=self.output, text=True)
         self.url = ""
