@@ -196,6 +196,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_timeout_s: float =
     cursor.close()
 
 
+# PostgreSQL connections a process keeps open, and the most it opens. SQLAlchemy's default
+# keeps 5 and opens 10 more for a burst, closing each extra one as it comes back: every burst
+# of concurrent commands connected afresh, and the server started a process for each (half a
+# connection a /mimic request, ~3.5 ms of the server's CPU: bench/replicas.py). SQLite's
+# connections are cheap to open, and each one kept keeps its page cache: it keeps SQLAlchemy's
+# default. Locks take connections of their own (core/lock.py).
+POOL_SIZE = 15
+
+
 def make_engine(database_url: str, *, busy_timeout_s: float = 30) -> Engine:
     """The engine for DATABASE_URL. On SQLite a writer waits up to `busy_timeout_s` for
     another's transaction before "database is locked"."""
@@ -209,7 +218,7 @@ def make_engine(database_url: str, *, busy_timeout_s: float = 30) -> Engine:
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas,
                                                          busy_timeout_s=busy_timeout_s))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
 
 
 def _alembic_config(engine: Engine) -> Any:

@@ -6,13 +6,23 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
 
-from mimic.core.store import Channel, Message, Run, SchemaError, Store, User, open_store
+from mimic.core.store import (
+    POOL_SIZE,
+    Channel,
+    Message,
+    Run,
+    SchemaError,
+    Store,
+    User,
+    open_store,
+)
 from mimic.exporter.importer import BadExportError, import_export
 from mimic.exporter.messages import normalise
 from tests.slack_export import DROPPED, KEPT, msg, write_export, zip_folder
@@ -172,6 +182,33 @@ def test_not_an_export(any_store: Store, tmp_path: Path) -> None:
 def test_store_refuses_a_database_behind_the_code(database_url: str) -> None:
     with pytest.raises(SchemaError, match="mimic init"):
         open_store(database_url)
+
+
+def test_a_burst_of_sessions_finds_its_connections_open_again(postgres_store: Store) -> None:
+    """Concurrent commands check out a connection each. A pool that closed the extras as they
+    came back made every burst connect afresh: half a new PostgreSQL connection (a server
+    process) a /mimic request, once the pool's 5 were busy (bench/replicas.py)."""
+    store = postgres_store
+    opened: list[object] = []
+    event.listen(store.engine, "connect", lambda connection, _record: opened.append(connection))
+    together = threading.Barrier(POOL_SIZE)
+
+    def hold() -> None:
+        with store.session() as session:
+            session.execute(text("SELECT 1"))
+            together.wait(timeout=30)  # every session holds its connection at once
+
+    for burst in range(2):
+        threads = [threading.Thread(target=hold) for _ in range(POOL_SIZE)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if burst == 0:
+            first = len(opened)
+            assert 0 < first <= POOL_SIZE
+    assert not together.broken
+    assert len(opened) == first, "the second burst opened connections again"
 
 
 def mimic_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
