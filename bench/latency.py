@@ -76,12 +76,14 @@ def memory_kb(pid: int) -> tuple[int, int]:
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) `pid` and its child processes have used so far."""
+    """CPU seconds (user + system) `pid` and its child processes have used so far, also the
+    children that have ended (a PostgreSQL server's backends come and go)."""
     ticks = 0
     for process in (pid, *children(pid)):
-        # utime and stime: fields 14 and 15 of /proc/PID/stat, after the ")" closing its name
+        # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat, after the ")" closing
+        # its name; the last two are its children's that it has waited for.
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
+        ticks += sum(int(f) for f in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

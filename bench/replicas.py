@@ -6,10 +6,11 @@ ran it dies (kill -9).
 Copies bench.quality's chitchat workspace (SQLite, trained) into a fresh PostgreSQL database,
 then times signed `/mimic @person` requests, from the POST to the reply at its response_url:
 rounds of 20 concurrent requests to one replica, of 20 spread over two, and of 40 spread over
-two (a load balancer's round robin), taking turns round by round. Each says where the CPU went:
-the replicas, PostgreSQL, and this process (the load generator, fake Slack and the reply
-catcher). `--pin` runs each replica on one core of its own, as if on a machine of its own.
-Needs a PostgreSQL server: tests/with-postgres.sh starts a throwaway one.
+two (a load balancer's round robin), taking turns round by round. Each says where the CPU went
+(the replicas, PostgreSQL, and this process: the load generator, fake Slack and the reply
+catcher) and how many connections the replicas opened to PostgreSQL. `--pin` runs each replica
+on one core of its own, as if on a machine of its own. Needs a PostgreSQL server:
+tests/with-postgres.sh starts a throwaway one.
 
     bash tests/with-postgres.sh .venv/bin/python -m bench.replicas [--rounds 40] [--pin]
 """
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from bench.latency import cpu_line, percentile, spent, usage
@@ -125,20 +126,23 @@ def main() -> None:
                   "2 replicas, 40 concurrent": (replicas, 40)}
         times: dict[str, list[float]] = {label: [] for label in phases}
         used = {label: dict.fromkeys(usage(processes), 0.0) for label in phases}
+        opened = dict.fromkeys(phases, 0)
         with ThreadPoolExecutor(40) as pool:
             for r in range(args.rounds):
                 for label, (serving, concurrency) in phases.items():
                     jobs = [(serving[i % len(serving)], f"U{label[0]}{concurrency}R{r}X{i}",
                              r * concurrency + i) for i in range(concurrency)]
-                    before = usage(processes)
+                    before, connected = usage(processes), sessions(admin, name)
                     times[label] += pool.map(ask, jobs)
                     for who, seconds in spent(before, usage(processes)).items():
                         used[label][who] += seconds
+                    opened[label] += sessions(admin, name) - connected
         for label, took in times.items():
             print(f"{label} x {args.rounds} rounds: p50 {percentile(took, 0.5) * 1e3:.0f} ms, "
                   f"p99 {percentile(took, 0.99) * 1e3:.0f} ms, "
                   f"{len(took) / used[label]['wall']:.1f} replies/s")
-            print(cpu_line(used[label], len(took)))
+            print(f"{cpu_line(used[label], len(took))}; {opened[label]} PostgreSQL connections "
+                  "opened")
         cost = (percentile(times["2 replicas, 40 concurrent"], 0.99)
                 / percentile(times["1 replica, 20 concurrent"], 0.99) - 1)
         print(f"the second replica's cost in p99 (40 over two against 20 on one): {cost:+.0%} "
@@ -161,6 +165,14 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def sessions(admin: Engine, database: str) -> int:
+    """Connections ever opened to `database` (a pool that closes and reopens them makes the
+    server start a process for each)."""
+    with admin.connect() as conn:
+        return conn.scalar(text("SELECT sessions FROM pg_stat_database WHERE datname = :name"),
+                           {"name": database})
 
 
 def parent(pid: int) -> int:
