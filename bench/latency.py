@@ -75,15 +75,17 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the ")" closing its name: the first is field 3."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) `pid` and its child processes have used so far, also the
     children that have ended (a PostgreSQL server's backends come and go)."""
-    ticks = 0
-    for process in (pid, *children(pid)):
-        # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat, after the ")" closing
-        # its name; the last two are its children's that it has waited for.
-        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += sum(int(f) for f in fields[11:15])
+    # utime, stime, cutime, cstime: fields 14-17; the last two are its children's that it has
+    # waited for.
+    ticks = sum(int(f) for process in (pid, *children(pid)) for f in stat(process)[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

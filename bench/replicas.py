@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from bench.latency import cpu_line, percentile, spent, usage
+from bench.latency import cpu_line, percentile, spent, stat, usage
 from bench.workspace import chitchat, copied_to, machine
 from mimic.bot.replies import RateLimiter, SharedRateLimiter
 from mimic.core.store import Channel
@@ -178,7 +178,7 @@ def sessions(admin: Engine, database: str) -> int:
 def parent(pid: int) -> int:
     """The parent of `pid` (a PostgreSQL backend's is the server, whose children are all its
     processes)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(stat(pid)[1])
 
 
 if __name__ == "__main__":
